@@ -1,0 +1,22 @@
+"""esper: grow neural networks while they train."""
+
+from esper.kasmina.instrument import instrument
+from esper.kasmina.model import MorphogeneticModel
+from esper.kasmina.plane import KasminaPlane
+from esper.kasmina.slot import SeedSlot
+from esper.leyline import CheckpointError, Edit, EsperError, ExportError, LifecycleError, Op, SeedStage, TraceError
+
+__all__ = [
+    "CheckpointError",
+    "Edit",
+    "EsperError",
+    "ExportError",
+    "KasminaPlane",
+    "LifecycleError",
+    "MorphogeneticModel",
+    "Op",
+    "SeedSlot",
+    "SeedStage",
+    "TraceError",
+    "instrument",
+]

@@ -1,0 +1,3 @@
+from esper.cli.main import main
+
+raise SystemExit(main())

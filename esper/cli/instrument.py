@@ -1,0 +1,55 @@
+"""`esper instrument MODEL.py`: place seed slots and print where they went."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import yaml
+
+import esper
+from esper.cli.loading import load_model_file, parse_shape
+from esper.cli.main import UsageError
+from esper.leyline import TraceError
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", help="a Python file defining build_model(), `model`, or one nn.Module class")
+    p.add_argument("--input-shape", help="example input shape, batch first (default: the file's example_input, else 1,3,32,32)")
+    p.add_argument("--max-slots", type=int, help="at most this many slots")
+    p.add_argument("--spec", help="a YAML slot spec to follow (include/exclude globs, names, or exact slots)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--out", help="write the resolved slot spec here (default: MODEL_STEM.slots.yaml; '-' to skip)")
+
+
+def run(args) -> int:
+    model, example = load_model_file(args.model)
+    if args.input_shape:
+        example = torch.randn(parse_shape(args.input_shape))
+    elif example is None:
+        example = torch.randn(1, 3, 32, 32)
+    try:
+        mm = esper.instrument(model, (example,), max_slots=args.max_slots, spec=args.spec)
+    except (TraceError, FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from e
+    rows = [
+        {"id": slot_id, "target": mm.points[slot_id].module, "shape": list(slot.shape), "depth": mm.points[slot_id].depth}
+        for slot_id, slot in mm.plane.slots.items()
+    ]
+    out = args.out or f"{Path(args.model).stem}.slots.yaml"
+    if out != "-":
+        Path(out).write_text(yaml.safe_dump(mm.spec, sort_keys=False))
+    if args.json:
+        slots = [{k: r[k] for k in ("id", "target", "shape")} for r in rows]
+        print(json.dumps({"slots": slots, "params": mm.host_parameter_count(), "trace": mm.kind}))
+        return 0
+    print(f"{type(model).__name__}: {mm.host_parameter_count():,} parameters, traced with {mm.kind}, "
+          f"{len(rows)} slots of {len(mm.candidates)} candidate points")
+    width = max(len(r["id"]) for r in rows)
+    print(f"{'slot':<{width}}  {'after module':<{width}}  {'shape':<20}  depth")
+    for r in rows:
+        print(f"{r['id']:<{width}}  {r['target']:<{width}}  {str(tuple(r['shape'])):<20}  {r['depth']}")
+    if out != "-":
+        print(f"slot spec written to {out}")
+    return 0

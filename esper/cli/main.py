@@ -1,0 +1,35 @@
+"""`esper COMMAND ...`: dispatch to one module per command."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "instrument": "place seed slots in a model file and print the slot table",
+    "export": "export a checkpoint's fossilized model for deployment (pt2 or onnx)",
+    "train": "train Tamiyo (PPO) to grow hosts",
+    "grow": "grow one host with a policy",
+    "report": "plots and a Markdown summary of a run directory",
+}
+
+
+class UsageError(Exception):
+    """A user mistake: printed as one line, exit code 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="esper", description="Grow neural networks while they train.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    modules = {}
+    for name, help_text in COMMANDS.items():
+        module = importlib.import_module(f"esper.cli.{name}")
+        module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+        modules[name] = module
+    args = parser.parse_args(argv)
+    try:
+        return modules[args.command].run(args) or 0
+    except UsageError as e:
+        print(f"esper {args.command}: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,1 @@
+"""Kasmina: the morphogenetic plane (seed slots, their lifecycle, blueprints and blending)."""

@@ -1,0 +1,141 @@
+"""Blending algorithms: how a seed's alpha moves from 0 (host only) to 1 (seed fully in).
+
+Each seed owns one algorithm and one schedule length `steps`, counted in plane ticks
+(`plane.step()`). The blend itself is `out = h + alpha * (seed(x) - x)`, x = h detached.
+
+    linear   alpha = t / steps
+    sigmoid  alpha = (sig(k (t/steps - 1/2)) - sig(-k/2)) / (sig(k/2) - sig(-k/2)),  k = 10
+    gated    alpha = (t / steps) * g(x), g a learned per-sample, per-channel gate in (0, 1)
+
+Register your own with `@register_blend("name")` on a BlendAlgorithm subclass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+_BLENDS: dict[str, type[BlendAlgorithm]] = {}
+
+
+def register_blend(name: str):
+    def wrap(cls):
+        cls.name = name
+        _BLENDS[name] = cls
+        return cls
+
+    return wrap
+
+
+def blend_names() -> list[str]:
+    return list(_BLENDS)
+
+
+def build_blend(name: str, shape: tuple[int, ...], steps: int) -> "BlendAlgorithm":
+    if name not in _BLENDS:
+        raise KeyError(f"unknown blend '{name}'; known: {', '.join(_BLENDS)}")
+    if steps < 1:
+        raise ValueError(f"a blend needs at least 1 step, got {steps}")
+    return _BLENDS[name](tuple(shape), steps)
+
+
+class BlendAlgorithm(nn.Module):
+    """A schedule over ticks; subclasses shape alpha. State lives in buffers, so it checkpoints."""
+
+    name = "base"
+
+    def __init__(self, shape: tuple[int, ...], steps: int):
+        super().__init__()
+        self.steps = steps
+        self.register_buffer("t", torch.zeros((), dtype=torch.long))
+
+    @property
+    def progress(self) -> float:
+        return min(int(self.t), self.steps) / self.steps
+
+    @property
+    def done(self) -> bool:
+        return int(self.t) >= self.steps
+
+    def tick(self) -> None:
+        if not self.done:
+            self.t += 1
+
+    def scheduled_alpha(self) -> float:
+        return self.progress
+
+    def alpha(self, x: torch.Tensor) -> torch.Tensor:
+        """Alpha for this batch: a 0-dim tensor, or one that broadcasts against x."""
+        return torch.tensor(self.scheduled_alpha(), dtype=x.dtype, device=x.device)
+
+    def extra_repr(self) -> str:
+        return f"steps={self.steps}"
+
+
+@register_blend("linear")
+class LinearBlend(BlendAlgorithm):
+    pass
+
+
+@register_blend("sigmoid")
+class SigmoidBlend(BlendAlgorithm):
+    sharpness = 10.0
+
+    def scheduled_alpha(self) -> float:
+        k = self.sharpness
+        lo, hi = _sig(-k / 2), _sig(k / 2)
+        return (_sig(k * (self.progress - 0.5)) - lo) / (hi - lo)
+
+
+class ChannelGate(nn.Module):
+    """g(x) in (0, 1) per sample and per channel, from x pooled over space or sequence.
+
+    Its bias starts at +2, so the gate opens at about 0.88 and may learn to close where
+    the seed hurts.
+    """
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.rank = len(shape)
+        c = shape[1] if self.rank == 4 else shape[-1]
+        hidden = max(4, c // 4)
+        self.mlp = nn.Sequential(nn.Linear(c, hidden), nn.ReLU(), nn.Linear(hidden, c))
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.constant_(self.mlp[2].bias, 2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rank == 4:
+            return torch.sigmoid(self.mlp(x.mean(dim=(2, 3))))[:, :, None, None]
+        g = torch.sigmoid(self.mlp(x.mean(dim=tuple(range(1, x.dim() - 1)))))
+        return g.reshape(g.shape[0], *([1] * (x.dim() - 2)), g.shape[-1])
+
+
+@register_blend("gated")
+class GatedBlend(BlendAlgorithm):
+    """A learned gate scales the linear schedule; it reads the detached host activation
+    and learns from the task loss through alpha."""
+
+    def __init__(self, shape: tuple[int, ...], steps: int):
+        super().__init__(shape, steps)
+        self.gate = ChannelGate(shape)
+
+    def alpha(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scheduled_alpha() * self.gate(x).to(x.dtype)
+
+
+class GatedResidual(nn.Module):
+    """A fossil whose blend keeps its learned gate: x + g(x) * (seed(x) - x)."""
+
+    def __init__(self, seed: nn.Module, gate: ChannelGate):
+        super().__init__()
+        self.seed = seed
+        self.gate = gate
+
+    def forward(self, x):
+        return x + self.gate(x) * (self.seed(x) - x)
+
+
+def _sig(v: float) -> float:
+    return 1.0 / (1.0 + math.exp(-v))

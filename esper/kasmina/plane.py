@@ -1,0 +1,193 @@
+"""KasminaPlane: the one owner of every seed slot of a model, and the edit log.
+
+Every lifecycle decision, by hand or by Tamiyo, is an `Edit` applied through
+`plane.apply`, which validates it against the Leyline transition table, performs it,
+and appends it (with the plane's tick count) to `plane.edits`.
+
+Time: `plane.step()` is one tick. Blend schedules (`steps=N` at germination), epochs in
+stage and cull cooldowns count ticks. Call it once per epoch (what `esper train` does)
+or once per optimizer step, and size `steps` to match.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from collections.abc import Callable
+from contextlib import contextmanager
+from types import MappingProxyType
+
+import torch
+from torch import nn
+
+from esper.kasmina.slot import SeedSlot
+from esper.leyline import Edit, Op, SeedStage, target_stage
+
+S = SeedStage
+DEFAULT_BLEND_STEPS = 5
+
+
+def module_key(slot_id: str) -> str:
+    """The submodule name of a slot: ids may contain '.', module names may not."""
+    return re.sub(r"\W", "_", slot_id)
+
+
+class KasminaPlane(nn.Module):
+    def __init__(self, slots: list[tuple[str, tuple[int, ...]]]):
+        super().__init__()
+        self._ids: list[str] = []
+        self.edits: list[Edit] = []
+        self.step_count = 0
+        self._routing = 0
+        self._optimizers: list[tuple[weakref.ref, dict]] = []
+        self._listeners: list[Callable[[Edit], None]] = []
+        self._anchor: Callable[[], torch.Tensor] | None = None
+        for slot_id, shape in slots:
+            self.add_slot(slot_id, shape)
+
+    # ---- slots ----------------------------------------------------------------------
+    def add_slot(self, slot_id: str, shape: tuple[int, ...], after: str | None = None) -> SeedSlot:
+        key = module_key(slot_id)
+        if slot_id in self._ids or hasattr(self, key):
+            raise ValueError(f"slot '{slot_id}' already exists")
+        slot = SeedSlot(slot_id, shape)
+        self.add_module(key, slot)
+        pos = self._ids.index(after) + 1 if after is not None else len(self._ids)
+        self._ids.insert(pos, slot_id)
+        return slot
+
+    @property
+    def slots(self) -> MappingProxyType:
+        """Ordered mapping slot id -> SeedSlot, input side first."""
+        return MappingProxyType({i: getattr(self, module_key(i)) for i in self._ids})
+
+    def slot(self, slot_id: str) -> SeedSlot:
+        if slot_id not in self._ids:
+            raise KeyError(f"no slot '{slot_id}'; slots: {', '.join(self._ids)}")
+        return getattr(self, module_key(slot_id))
+
+    # ---- edits ----------------------------------------------------------------------
+    def apply(self, edit: Edit) -> Edit:
+        """Validate, perform and log one edit. Returns the logged edit."""
+        if edit.op is Op.WAIT:
+            logged = Edit(Op.WAIT, edit.slot, step=self.step_count)
+            self.edits.append(logged)
+            return logged
+        slot = self.slot(edit.slot)
+        dst = target_stage(edit.slot, slot.stage, edit.op)
+        if dst is S.GERMINATED:
+            steps = edit.steps or DEFAULT_BLEND_STEPS
+            slot.germinate(edit.blueprint, edit.blend or "linear", steps, self._like())
+            logged = Edit(Op.GERMINATE, edit.slot, edit.blueprint, edit.blend or "linear", steps, self.step_count)
+            self._attach(slot)
+        else:
+            if dst is S.FOSSILIZED:
+                slot.fossilize()
+            elif dst is S.CULLED:
+                self._detach(slot)
+                slot.cull()
+            else:
+                slot.enter(dst)
+            logged = Edit(edit.op, edit.slot, step=self.step_count)
+        self.edits.append(logged)
+        for listener in self._listeners:
+            listener(logged)
+        return logged
+
+    def germinate(self, slot_id: str, blueprint: str, blend: str = "linear", steps: int = DEFAULT_BLEND_STEPS) -> Edit:
+        return self.apply(Edit(Op.GERMINATE, slot_id, blueprint, blend, steps))
+
+    def advance(self, slot_id: str) -> Edit:
+        return self.apply(Edit(Op.ADVANCE, slot_id))
+
+    def fossilize(self, slot_id: str) -> Edit:
+        return self.apply(Edit(Op.FOSSILIZE, slot_id))
+
+    def cull(self, slot_id: str) -> Edit:
+        return self.apply(Edit(Op.CULL, slot_id))
+
+    def step(self) -> None:
+        """One tick: blend schedules advance, stage ages grow, cooldowns run down."""
+        self.step_count += 1
+        for slot in self.slots.values():
+            slot.tick()
+
+    def guard(self) -> list[str]:
+        """Cull every seed whose gradients are not finite; call after backward, before
+        the optimizer step. The culled seed's gradients are dropped, so the step skips it
+        and the host's own gradients (which never flow through the seed) are untouched."""
+        culled = []
+        for slot_id, slot in self.slots.items():
+            if slot.seed is None or slot.stage is S.FOSSILIZED or slot.gradients_finite():
+                continue
+            for p in slot.seed_parameters():
+                p.grad = None
+            self._detach(slot)
+            slot._cull("non-finite seed gradient")
+            culled.append(slot_id)
+        return culled
+
+    # ---- optimizers -------------------------------------------------------------------
+    def seed_parameters(self, slot_id: str) -> list[nn.Parameter]:
+        """The trainable parameters of the seed (and its blend gate) in this slot."""
+        return self.slot(slot_id).seed_parameters()
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer, **group_options) -> None:
+        """Keep `optimizer` in step with the seeds: each germinated seed joins it as a new
+        parameter group (with `group_options`, e.g. lr), and leaves it when culled."""
+        self._optimizers.append((weakref.ref(optimizer), group_options))
+        for slot in self.slots.values():
+            if slot.seed is not None:
+                self._attach(slot)
+
+    def _attach(self, slot: SeedSlot) -> None:
+        params = slot.seed_parameters()
+        for ref, options in self._optimizers:
+            opt = ref()
+            if opt is None or not params:
+                continue
+            known = {id(p) for g in opt.param_groups for p in g["params"]}
+            fresh = [p for p in params if id(p) not in known]
+            if fresh:
+                opt.add_param_group({"params": fresh, "esper_slot": slot.slot_id, **options})
+
+    def _detach(self, slot: SeedSlot) -> None:
+        params = {id(p) for p in slot.seed_parameters()}
+        for ref, _ in self._optimizers:
+            opt = ref()
+            if opt is None:
+                continue
+            for group in list(opt.param_groups):
+                if group.get("esper_slot") == slot.slot_id:
+                    for p in group["params"]:
+                        opt.state.pop(p, None)
+                    opt.param_groups.remove(group)
+            for group in opt.param_groups:
+                group["params"] = [p for p in group["params"] if id(p) not in params]
+
+    def _like(self) -> torch.Tensor:
+        """A tensor whose device and dtype new seeds should take (the host's first parameter)."""
+        ref = self._anchor() if self._anchor is not None else None
+        return ref if ref is not None else torch.empty(0)
+
+    # ---- hook routing (eager hosts) ------------------------------------------------------
+    @contextmanager
+    def routing(self):
+        """Slots hooked onto an eager host act only inside the instrumented model's call,
+        so the original host object keeps computing exactly what it did."""
+        self._routing += 1
+        try:
+            yield
+        finally:
+            self._routing -= 1
+
+    @property
+    def is_routing(self) -> bool:
+        return self._routing > 0
+
+    # ---- reading -------------------------------------------------------------------------
+    def telemetry(self) -> list[dict]:
+        return [slot.telemetry().to_dict() for slot in self.slots.values()]
+
+    def extra_repr(self) -> str:
+        return f"slots={len(self._ids)}, step={self.step_count}"

@@ -1,0 +1,166 @@
+"""SeedSlot: one point on the Kasmina plane, and the forward pass of each seed stage.
+
+    DORMANT, GERMINATED, CULLED   out = h                                   (no-op)
+    TRAINING                      out = h + (s - s.detach()),  s = seed(h.detach())
+    BLENDING                      out = h + alpha * (s - x),   x = h.detach(), s = seed(x)
+    FOSSILIZED                    out = seed(h)                (isolation lifted)
+
+In TRAINING the output is h bit for bit and the host's gradient is exactly what it would
+be without the seed, while the seed learns from the task loss. In BLENDING the host's
+gradient through h stays whole (dh = g) whatever alpha is.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from esper import kernels
+from esper.kasmina.blending import GatedBlend, GatedResidual, build_blend
+from esper.kasmina.blueprints import build_blueprint
+from esper.leyline import SeedStage, SlotTelemetry, check_move
+
+S = SeedStage
+STATS_EVERY = 16  # sample input statistics every N forward passes: cheap enough to leave on
+
+
+def _tracing() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler and (compiler.is_compiling() or getattr(compiler, "is_exporting", lambda: False)()))
+
+
+class SeedSlot(nn.Module):
+    def __init__(self, slot_id: str, shape: tuple[int, ...], cooldown: int = 1):
+        super().__init__()
+        self.slot_id = slot_id
+        self.shape = tuple(shape)
+        self.cooldown = cooldown
+        self.stage = S.DORMANT
+        self.seed: nn.Module | None = None
+        self.blend: nn.Module | None = None
+        self.blueprint: str | None = None
+        self.blend_name: str | None = None
+        self.ticks_in_stage = 0
+        self.events: list[str] = []
+        self._calls = 0
+        self._stats: torch.Tensor | None = None
+        self._grad_norm: torch.Tensor | None = None
+
+    # ---- forward -------------------------------------------------------------------
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self._calls % STATS_EVERY == 0 and not _tracing():
+            self._sample(h)
+        self._calls += 1
+        stage = self.stage
+        if stage is S.DORMANT or stage is S.GERMINATED or stage is S.CULLED:
+            return h
+        if stage is S.FOSSILIZED:
+            return self.seed(h)
+        if stage is S.TRAINING and not self.training:
+            return h  # the seed is not in the output yet: nothing to compute
+        x = h.detach()
+        s = self.seed(x)
+        if not _tracing() and not bool(torch.isfinite(s).all()):
+            self._cull("non-finite seed output")
+            return h
+        if stage is S.TRAINING:
+            return kernels.straight_through(h, s)
+        return kernels.blend(h, s, self.blend.alpha(x))
+
+    def _sample(self, h: torch.Tensor) -> None:
+        with torch.no_grad():
+            hf = h.detach().float()
+            self._stats = torch.stack([hf.mean(), hf.std()]) if hf.numel() > 1 else None
+        if h.requires_grad:
+            h.register_hook(self._record_grad)
+
+    def _record_grad(self, g: torch.Tensor) -> None:
+        self._grad_norm = g.detach().float().norm()
+
+    # ---- lifecycle (the plane calls these; it owns validation and logging) --------
+    def _move(self, dst: SeedStage) -> None:
+        check_move(self.slot_id, self.stage, dst)
+        self.stage = dst
+        self.ticks_in_stage = 0
+
+    def germinate(self, blueprint: str, blend: str, steps: int, like: torch.Tensor) -> None:
+        seed = build_blueprint(blueprint, self.shape)
+        mixer = build_blend(blend, self.shape, steps)
+        self._move(S.GERMINATED)
+        self.seed = seed.to(device=like.device, dtype=like.dtype)
+        self.blend = mixer.to(device=like.device, dtype=like.dtype)
+        self.blend.t = self.blend.t.long()
+        self.blueprint, self.blend_name = blueprint, blend
+
+    def enter(self, dst: SeedStage) -> None:
+        """Move to TRAINING or BLENDING; the seed's modules stay as they are."""
+        self._move(dst)
+
+    def fossilize(self) -> None:
+        self._move(S.FOSSILIZED)
+        if isinstance(self.blend, GatedBlend):
+            self.seed = GatedResidual(self.seed, self.blend.gate)
+        self.blend = None
+
+    def cull(self) -> None:
+        self._cull("culled")
+
+    def _cull(self, why: str) -> None:
+        self._move(S.CULLED)
+        self.events.append(f"{why} ({self.blueprint})")
+        self.seed = None
+        self.blend = None
+        self.blueprint = self.blend_name = None
+
+    def tick(self) -> None:
+        self.ticks_in_stage += 1
+        if self.stage is S.BLENDING:
+            self.blend.tick()
+        elif self.stage is S.CULLED and self.ticks_in_stage >= self.cooldown:
+            self._move(S.DORMANT)
+
+    # ---- reading ------------------------------------------------------------------
+    @property
+    def alpha(self) -> float:
+        if self.stage is S.FOSSILIZED:
+            return 1.0
+        if self.stage is S.BLENDING:
+            return self.blend.scheduled_alpha()
+        return 0.0
+
+    @property
+    def blend_done(self) -> bool:
+        return self.stage is S.BLENDING and self.blend.done
+
+    def seed_parameters(self) -> list[nn.Parameter]:
+        mods = [m for m in (self.seed, self.blend) if m is not None]
+        return [p for m in mods for p in m.parameters()]
+
+    def param_count(self) -> int:
+        return sum(p.numel() for p in self.seed_parameters())
+
+    def gradients_finite(self) -> bool:
+        grads = [p.grad for p in self.seed_parameters() if p.grad is not None]
+        return all(bool(torch.isfinite(g).all()) for g in grads)
+
+    def telemetry(self) -> SlotTelemetry:
+        stats = self._stats.tolist() if self._stats is not None else (None, None)
+        seed_grads = [p.grad.detach().float().norm() for p in self.seed_parameters() if p.grad is not None]
+        return SlotTelemetry(
+            slot=self.slot_id,
+            stage=self.stage.name,
+            shape=self.shape,
+            epochs_in_stage=self.ticks_in_stage,
+            alpha=self.alpha,
+            params=self.param_count(),
+            blueprint=self.blueprint,
+            blend=self.blend_name,
+            input_mean=stats[0],
+            input_std=stats[1],
+            grad_norm=float(self._grad_norm) if self._grad_norm is not None else None,
+            seed_grad_norm=float(torch.stack(seed_grads).norm()) if seed_grads else None,
+            events=list(self.events),
+        )
+
+    def extra_repr(self) -> str:
+        return f"id={self.slot_id!r}, shape={self.shape}, stage={self.stage.name}"

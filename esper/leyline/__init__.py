@@ -1,0 +1,56 @@
+"""Leyline: the shared contracts (seed stages, the one transition table, edits, telemetry, errors)."""
+
+from esper.leyline.errors import CheckpointError, EsperError, ExportError, LifecycleError, TraceError
+from esper.leyline.edits import Edit, Op
+from esper.leyline.stages import (
+    ACTIVE_STAGES,
+    TRANSITIONS,
+    SeedStage,
+    check_move,
+    legal_ops,
+    target_stage,
+)
+from esper.leyline.telemetry import SlotTelemetry
+
+__all__ = [
+    "ACTIVE_STAGES",
+    "TRANSITIONS",
+    "CheckpointError",
+    "Edit",
+    "EsperError",
+    "ExportError",
+    "LifecycleError",
+    "Op",
+    "SeedStage",
+    "SlotTelemetry",
+    "TraceError",
+    "check_move",
+    "legal_ops",
+    "target_stage",
+]
+
+from esper.leyline.observations import (  # noqa: E402
+    GLOBAL_FEATURES,
+    MAX_BLENDS,
+    MAX_BLUEPRINTS,
+    NUM_GLOBAL_FEATURES,
+    NUM_OPS,
+    NUM_SLOT_FEATURES,
+    SLOT_FEATURES,
+    Observation,
+    ObservationBatch,
+    batch_observations,
+)
+
+__all__ += [
+    "GLOBAL_FEATURES",
+    "MAX_BLENDS",
+    "MAX_BLUEPRINTS",
+    "NUM_GLOBAL_FEATURES",
+    "NUM_OPS",
+    "NUM_SLOT_FEATURES",
+    "SLOT_FEATURES",
+    "Observation",
+    "ObservationBatch",
+    "batch_observations",
+]

@@ -1,0 +1,35 @@
+"""Hosts and helpers shared by the tests."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "examples"))
+
+from host_cnn import HostCNN  # noqa: E402
+from tiny_gpt import TinyGPT  # noqa: E402
+
+__all__ = ["HostCNN", "TinyGPT", "ROOT", "outputs_equal", "tiny_bert"]
+
+
+def outputs_equal(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, dict):
+        return all(outputs_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (tuple, list)):
+        return all(outputs_equal(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def tiny_bert() -> tuple[nn.Module, torch.Tensor]:
+    from transformers import BertConfig, BertModel
+
+    cfg = BertConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, vocab_size=100)
+    torch.manual_seed(0)
+    return BertModel(cfg), torch.randint(0, 100, (2, 12))
