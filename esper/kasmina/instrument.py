@@ -50,6 +50,8 @@ def instrument(
         if result.kind == "fx":
             return instrument(model, args, max_slots=max_slots, spec=spec, prefer="export")
         raise TraceError(f"instrumented {type(model).__name__} does not reproduce the host's output", hint="report this model")
+    for slot in mm.plane.slots.values():
+        slot.reset_statistics()
     return mm
 
 

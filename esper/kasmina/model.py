@@ -62,7 +62,9 @@ class MorphogeneticModel(nn.Module):
             return self._host(*args, **kwargs)
 
     def _recompile(self) -> None:
-        object.__setattr__(self, "_gm", fx.GraphModule(self, self._graph, f"Morphogenetic{type(self._host).__name__}"))
+        gm = fx.GraphModule(self, self._graph, f"Morphogenetic{type(self._host).__name__}")
+        gm.graph.lint()
+        object.__setattr__(self, "_gm", gm)
 
     def _hook(self, module_path: str, slot_ids: list[str]) -> None:
         module = self._host.get_submodule(module_path)

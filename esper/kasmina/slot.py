@@ -74,6 +74,11 @@ class SeedSlot(nn.Module):
         if h.requires_grad:
             h.register_hook(self._record_grad)
 
+    def reset_statistics(self) -> None:
+        """Forget sampled statistics; the next forward pass takes a fresh sample."""
+        self._calls = 0
+        self._stats = self._grad_norm = None
+
     def _record_grad(self, g: torch.Tensor) -> None:
         self._grad_norm = g.detach().float().norm()
 

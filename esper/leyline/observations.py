@@ -27,6 +27,8 @@ NUM_OPS = len(Op)
 ACC_SCALE = 10.0  # accuracy deltas and contributions: 1 percentage point -> 0.1
 EPOCH_SCALE = 10.0  # epochs in stage: 10 epochs -> 1.0
 PARAM_RATIO_SCALE = 100.0  # params ratio r -> log1p(100 r) / log1p(100): 1% -> 0.15, 100% -> 1
+WIDTH_SCALE = 10.0  # log2(width) / 10: 1024 channels -> 1.0
+GRAD_DECADES = 3.0  # grad_ratio 1.0: the seed's gradient norm is 1000x the host's
 FEATURE_CLIP = 3.0  # every scaled feature lies in [-3, 3]
 
 GLOBAL_FEATURES: tuple[str, ...] = (
@@ -62,11 +64,11 @@ SLOT_FEATURES: tuple[str, ...] = (
     "rank_2",  # activation rank one-hot (rank_4 also covers higher ranks)
     "rank_3",
     "rank_4",
-    "width",  # log2(channels or features) / 10
+    "width",  # log2(channels or features) / WIDTH_SCALE
     "param_ratio",  # seed params relative to host params, log-scaled like the global one
     "contribution",  # val acc with the seed minus with alpha forced to 0, x ACC_SCALE
     "contribution_known",
-    "grad_ratio",  # log10(seed grad norm / host grad norm) / 3
+    "grad_ratio",  # log10(seed grad norm / host grad norm) / GRAD_DECADES
     "grad_known",
     "input_mean",  # sign(m) log1p(|m|)
     "input_std",  # log1p(std)

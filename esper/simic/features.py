@@ -1,0 +1,216 @@
+"""Features: turn raw training signals and slot telemetry into the Observation a policy sees.
+
+Column meanings and scales are defined once, in esper.leyline.observations
+(GLOBAL_FEATURES, SLOT_FEATURES); this module only computes them. Missing or
+non-finite inputs become 0 with their "..._known" flag at 0, except a non-finite
+loss, which reads as the largest loss (a diverged run should look bad, not unknown).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from esper.leyline import (
+    ACTIVE_STAGES,
+    GLOBAL_FEATURES,
+    MAX_BLENDS,
+    MAX_BLUEPRINTS,
+    NUM_OPS,
+    SLOT_FEATURES,
+    Observation,
+    Op,
+    SeedStage,
+    SlotTelemetry,
+    legal_ops,
+)
+from esper.leyline.observations import (
+    ACC_SCALE,
+    EPOCH_SCALE,
+    FEATURE_CLIP,
+    GRAD_DECADES,
+    PARAM_RATIO_SCALE,
+    STAGE_FEATURES,
+    WIDTH_SCALE,
+)
+
+
+@dataclass(kw_only=True)
+class TrainingSignals:
+    """The host's training state at one decision point. Accuracies are fractions in
+    [0, 1]; each history lists earlier epochs' values, oldest first, without the
+    current one."""
+
+    epoch: int
+    total_epochs: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    host_params: int
+    total_params: int
+    train_loss_history: list[float] = field(default_factory=list)
+    train_acc_history: list[float] = field(default_factory=list)
+    val_loss_history: list[float] = field(default_factory=list)
+    val_acc_history: list[float] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.total_epochs <= 0 or self.host_params <= 0:
+            raise ValueError("total_epochs and host_params must be positive")
+        for name in ("train_acc", "val_acc"):
+            value = getattr(self, name)
+            if math.isfinite(value) and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name}={value}: accuracies are fractions in [0, 1], not percentages")
+
+
+def _known(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def _clip(x: float, low: float = -FEATURE_CLIP, high: float = FEATURE_CLIP) -> float:
+    return min(max(x, low), high)
+
+
+def _log_loss(loss: float) -> float:
+    return _clip(math.log1p(max(loss, 0.0)), 0.0) if _known(loss) else FEATURE_CLIP
+
+
+def _acc(acc: float) -> float:
+    return acc if _known(acc) else 0.0
+
+
+def _log_ratio(ratio: float) -> float:
+    return _clip(math.log1p(PARAM_RATIO_SCALE * max(ratio, 0.0)) / math.log1p(PARAM_RATIO_SCALE), 0.0)
+
+
+def _acc_delta(now: float, history: list[float], k: int) -> float:
+    if len(history) < k or not (_known(now) and _known(history[-k])):
+        return 0.0
+    return _clip((now - history[-k]) * ACC_SCALE)
+
+
+def _loss_delta(now: float, history: list[float], k: int) -> float:
+    """Relative change, so that the feature means the same early (loss 2) and late (loss 0.1)."""
+    if len(history) < k or not (_known(now) and _known(history[-k])):
+        return 0.0
+    return _clip((now - history[-k]) / max(abs(history[-k]), 1e-8))
+
+
+def global_features(signals: TrainingSignals, stages: list[SeedStage]) -> torch.Tensor:
+    s = signals
+    n = len(stages)
+    f = {
+        "progress": _clip(s.epoch / s.total_epochs, 0.0, 1.0),
+        "train_loss": _log_loss(s.train_loss),
+        "val_loss": _log_loss(s.val_loss),
+        "train_acc": _acc(s.train_acc),
+        "val_acc": _acc(s.val_acc),
+        "generalization_gap": _acc(s.train_acc) - _acc(s.val_acc),
+        "param_ratio": _log_ratio((s.total_params - s.host_params) / s.host_params),
+        "active_fraction": sum(st in ACTIVE_STAGES for st in stages) / n,
+        "fossilized_fraction": sum(st is SeedStage.FOSSILIZED for st in stages) / n,
+        "dormant_fraction": sum(st is SeedStage.DORMANT for st in stages) / n,
+    }
+    for k in (1, 3):
+        f[f"delta_{k}_known"] = float(len(s.val_acc_history) >= k)
+        f[f"train_loss_delta_{k}"] = _loss_delta(s.train_loss, s.train_loss_history, k)
+        f[f"val_loss_delta_{k}"] = _loss_delta(s.val_loss, s.val_loss_history, k)
+        f[f"train_acc_delta_{k}"] = _acc_delta(s.train_acc, s.train_acc_history, k)
+        f[f"val_acc_delta_{k}"] = _acc_delta(s.val_acc, s.val_acc_history, k)
+    return torch.tensor([f[name] for name in GLOBAL_FEATURES], dtype=torch.float32)
+
+
+def _index(name: str | None, names: list[str], what: str) -> int | None:
+    if name is None:
+        return None
+    if name not in names:
+        raise ValueError(f"{what} '{name}' is not in the policy's list {names}")
+    return names.index(name)
+
+
+def slot_features(
+    t: SlotTelemetry,
+    position: float,
+    host_params: int,
+    contribution: float | None,
+    blueprints: list[str],
+    blends: list[str],
+) -> torch.Tensor:
+    stage = SeedStage[t.stage]
+    rank = len(t.shape)
+    width = t.shape[1] if rank >= 4 else t.shape[-1]
+    f = dict.fromkeys(SLOT_FEATURES, 0.0)
+    f[STAGE_FEATURES[stage]] = 1.0
+    f["alpha"] = _clip(t.alpha, 0.0, 1.0) if _known(t.alpha) else 0.0
+    f["epochs_in_stage"] = _clip(t.epochs_in_stage / EPOCH_SCALE, 0.0)
+    f["position"] = position
+    f["rank_2" if rank <= 2 else "rank_3" if rank == 3 else "rank_4"] = 1.0
+    f["width"] = _clip(math.log2(max(width, 1)) / WIDTH_SCALE, 0.0)
+    f["param_ratio"] = _log_ratio(t.params / host_params)
+    if _known(contribution):
+        f["contribution"] = _clip(contribution * ACC_SCALE)
+        f["contribution_known"] = 1.0
+    if _known(t.grad_norm) and _known(t.seed_grad_norm) and t.grad_norm > 0 and t.seed_grad_norm >= 0:
+        ratio = (t.seed_grad_norm + 1e-12) / t.grad_norm
+        f["grad_ratio"] = _clip(math.log10(ratio) / GRAD_DECADES)
+        f["grad_known"] = 1.0
+    if _known(t.input_mean) and _known(t.input_std):
+        f["input_mean"] = _clip(math.copysign(math.log1p(abs(t.input_mean)), t.input_mean))
+        f["input_std"] = _clip(math.log1p(max(t.input_std, 0.0)), 0.0)
+        f["input_stats_known"] = 1.0
+    blueprint = _index(t.blueprint, blueprints, "blueprint")
+    if blueprint is not None:
+        f[f"blueprint_{blueprint}"] = 1.0
+    blend = _index(t.blend, blends, "blend")
+    if blend is not None:
+        f[f"blend_{blend}"] = 1.0
+    return torch.tensor([f[name] for name in SLOT_FEATURES], dtype=torch.float32)
+
+
+def build_observation(
+    telemetry: list[SlotTelemetry],
+    signals: TrainingSignals,
+    contributions: dict[str, float],
+    blueprints: list[str],
+    blueprint_ranks: dict[str, set[int]],
+    blends: list[str],
+) -> Observation:
+    """One environment's Observation. `telemetry` lists the slots in host order;
+    `contributions` maps slot -> measured contribution (missing: not measured);
+    `blueprint_ranks` maps each blueprint to the activation ranks it applies to."""
+    if not telemetry:
+        raise ValueError("the host has no seed slots")
+    if not 0 < len(blueprints) <= MAX_BLUEPRINTS or not 0 < len(blends) <= MAX_BLENDS:
+        raise ValueError(f"need 1..{MAX_BLUEPRINTS} blueprints and 1..{MAX_BLENDS} blends")
+    missing = [b for b in blueprints if b not in blueprint_ranks]
+    if missing:
+        raise ValueError(f"blueprint_ranks says nothing about {missing}")
+    n = len(telemetry)
+    stages = [SeedStage[t.stage] for t in telemetry]
+    rows = [
+        slot_features(t, i / max(n - 1, 1), signals.host_params, contributions.get(t.slot), blueprints, blends)
+        for i, t in enumerate(telemetry)
+    ]
+
+    op_mask = torch.zeros(n, NUM_OPS, dtype=torch.bool)
+    blueprint_mask = torch.zeros(n, MAX_BLUEPRINTS, dtype=torch.bool)
+    for i, (t, stage) in enumerate(zip(telemetry, stages)):
+        for j, name in enumerate(blueprints):
+            blueprint_mask[i, j] = len(t.shape) in blueprint_ranks[name]
+        op_mask[i, [int(op) for op in legal_ops(stage)]] = True
+        if not blueprint_mask[i].any():
+            op_mask[i, Op.GERMINATE] = False
+            blueprint_mask[i, 0] = True  # placeholder, never used: GERMINATE is masked here
+    blend_mask = torch.zeros(MAX_BLENDS, dtype=torch.bool)
+    blend_mask[: len(blends)] = True
+
+    return Observation(
+        global_features=global_features(signals, stages),
+        slot_features=torch.stack(rows),
+        op_mask=op_mask,
+        blueprint_mask=blueprint_mask,
+        blend_mask=blend_mask,
+        slot_ids=[t.slot for t in telemetry],
+    )

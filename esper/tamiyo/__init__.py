@@ -1,0 +1,39 @@
+"""Tamiyo: the growth policies (masked factored PPO network, heuristic, random): observations in, Edits out."""
+
+from esper.tamiyo.actions import HEADS, Action, ActionMasks, Policy, masks_for, to_edit
+from esper.tamiyo.heuristic import HeuristicPolicy
+from esper.tamiyo.imitation import ImitationConfig, agreement, behaviour_clone
+from esper.tamiyo.policy import ActionSample, TamiyoPolicy
+from esper.tamiyo.ppo import (
+    PPOConfig,
+    RolloutBuffer,
+    compute_gae,
+    explained_variance,
+    health_warnings,
+    make_optimizer,
+    ppo_update,
+)
+from esper.tamiyo.random_policy import RandomPolicy
+
+__all__ = [
+    "HEADS",
+    "Action",
+    "ActionMasks",
+    "ActionSample",
+    "HeuristicPolicy",
+    "ImitationConfig",
+    "PPOConfig",
+    "Policy",
+    "RandomPolicy",
+    "RolloutBuffer",
+    "TamiyoPolicy",
+    "agreement",
+    "behaviour_clone",
+    "compute_gae",
+    "explained_variance",
+    "health_warnings",
+    "make_optimizer",
+    "masks_for",
+    "ppo_update",
+    "to_edit",
+]

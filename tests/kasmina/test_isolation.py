@@ -1,0 +1,115 @@
+"""Gradient isolation per slot, and what happens to a seed that goes non-finite."""
+
+import copy
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import esper
+from esper.kasmina.blueprints import blueprints_for
+from esper.leyline import SeedStage
+from tests.helpers import HostCNN
+from tests.properties.hosts import random_hosts
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@settings(max_examples=15)
+@given(random_hosts(), st.data())
+def test_host_gradients_are_bit_identical_with_a_training_seed(host, data):
+    model, x = host
+    twin = copy.deepcopy(model).train()
+    mm = esper.instrument(model, (x,)).train()
+    slot_id = data.draw(st.sampled_from(list(mm.plane.slots)))
+    slot = mm.plane.slots[slot_id]
+    blueprint = data.draw(st.sampled_from(blueprints_for(len(slot.shape))))
+    blend = data.draw(st.sampled_from(["linear", "sigmoid", "gated"]))
+    mm.plane.germinate(slot_id, blueprint, blend=blend)
+    mm.plane.advance(slot_id)
+    assert slot.stage is SeedStage.TRAINING
+    for p in slot.seed_parameters():  # a seed that is far from identity
+        torch.nn.init.normal_(p, std=0.5)
+    torch.manual_seed(0)
+    out = mm(x)
+    torch.manual_seed(0)
+    ref = twin(x)
+    assert torch.equal(out, ref)
+    out.float().square().mean().backward()
+    ref.float().square().mean().backward()
+    host_grads = {n: g for n, g in _grads(mm).items() if not n.startswith("plane.")}
+    assert host_grads.keys() == _grads(twin).keys()
+    assert all(torch.equal(host_grads[n], g) for n, g in _grads(twin).items())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in slot.seed_parameters())
+
+
+def test_blending_keeps_the_hosts_gradient_whole_upstream():
+    torch.manual_seed(0)
+    mm = esper.instrument(HostCNN(), (torch.randn(4, 3, 16, 16),)).train()
+    mm.plane.germinate("block2", "conv_enhance", steps=2)
+    mm.plane.advance("block2"), mm.plane.advance("block2")
+    mm.plane.step()
+    x = torch.randn(4, 3, 16, 16)
+    h = mm.block2(mm.pool(mm.block1(x))).detach().requires_grad_()
+    out = mm.plane.slots["block2"](h)
+    g = torch.randn_like(out)
+    out.backward(g)
+    assert torch.equal(h.grad, g)  # dh = g whatever alpha is
+
+
+def test_nan_output_culls_the_seed_and_the_host_keeps_training():
+    torch.manual_seed(0)
+    host = HostCNN()
+    twin = copy.deepcopy(host)
+    mm = esper.instrument(host, (torch.randn(2, 3, 16, 16),)).train()
+    mm.plane.germinate("block1", "conv_enhance")
+    mm.plane.advance("block1"), mm.plane.advance("block1")
+    mm.plane.step()
+    with torch.no_grad():
+        mm.plane.slots["block1"].seed.proj.weight.fill_(float("nan"))
+    x = torch.randn(2, 3, 16, 16)
+    out = mm(x)
+    assert torch.isfinite(out).all() and torch.equal(out, twin.train()(x))
+    slot = mm.plane.slots["block1"]
+    assert slot.stage is SeedStage.CULLED
+    assert any("non-finite seed output" in e for e in mm.plane.telemetry()[0]["events"])
+
+
+def test_nan_gradient_culls_the_seed_before_the_optimizer_step():
+    torch.manual_seed(0)
+    host = HostCNN()
+    twin = copy.deepcopy(host)
+    mm = esper.instrument(host, (torch.randn(2, 3, 16, 16),)).train()
+    opt = torch.optim.SGD(mm.parameters(), lr=0.1)
+    mm.plane.attach_optimizer(opt, lr=0.01)
+    mm.plane.germinate("block3", "depthwise")
+    mm.plane.advance("block3")
+    seed_params = mm.plane.seed_parameters("block3")
+    assert any(g.get("esper_slot") == "block3" for g in opt.param_groups)
+    seed_params[0].register_hook(lambda g: g * float("nan"))
+    x, y = torch.randn(2, 3, 16, 16), torch.tensor([1, 2])
+    torch.nn.functional.cross_entropy(mm(x), y).backward()
+    assert mm.plane.guard() == ["block3"]
+    assert all(g.get("esper_slot") != "block3" for g in opt.param_groups)
+    opt.step()
+    twin_opt = torch.optim.SGD(twin.parameters(), lr=0.1)
+    torch.nn.functional.cross_entropy(twin.train()(x), y).backward()
+    twin_opt.step()
+    for (n, a), (_, b) in zip(twin.state_dict().items(), mm.state_dict().items()):
+        assert torch.equal(a, b), n
+    assert "non-finite seed gradient" in " ".join(mm.plane.telemetry()[2]["events"])
+
+
+def test_attach_optimizer_adds_seed_parameters_as_they_appear():
+    mm = esper.instrument(HostCNN(), (torch.randn(2, 3, 16, 16),))
+    opt = torch.optim.Adam(mm.parameters(), lr=1e-3)
+    n_groups = len(opt.param_groups)
+    mm.plane.attach_optimizer(opt, lr=5e-4)
+    mm.plane.germinate("block1", "norm", blend="gated")
+    assert len(opt.param_groups) == n_groups + 1
+    group = opt.param_groups[-1]
+    assert group["lr"] == 5e-4 and {id(p) for p in group["params"]} == {id(p) for p in mm.plane.seed_parameters("block1")}
+    mm.plane.cull("block1")
+    assert len(opt.param_groups) == n_groups

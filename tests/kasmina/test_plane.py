@@ -1,0 +1,101 @@
+"""The Kasmina plane: one owner of every slot, telemetry, and the lifecycle API."""
+
+import pytest
+import torch
+
+import esper
+from esper.leyline import SeedStage
+from tests.helpers import HostCNN
+
+
+@pytest.fixture
+def mm():
+    torch.manual_seed(0)
+    return esper.instrument(HostCNN(), (torch.randn(4, 3, 32, 32),))
+
+
+def test_one_plane_owns_every_slot(mm):
+    planes = [m for m in mm.modules() if isinstance(m, esper.KasminaPlane)]
+    assert planes == [mm.plane]
+    slots = [m for m in mm.modules() if isinstance(m, esper.SeedSlot)]
+    assert slots == list(mm.plane.slots.values())
+
+
+def test_telemetry_is_plain_data_with_input_statistics(mm):
+    mm.train()
+    x = torch.randn(4, 3, 32, 32) * 3
+    out = mm(x)
+    out.sum().backward()
+    tele = mm.plane.telemetry()
+    assert [t["slot"] for t in tele] == ["block1", "block2", "block3"]
+    for t in tele:
+        assert t["stage"] == "DORMANT" and t["alpha"] == 0.0 and t["params"] == 0
+        assert t["epochs_in_stage"] == 0
+        assert isinstance(t["input_mean"], float) and t["input_std"] > 0
+        assert t["grad_norm"] > 0
+    relu_out = mm.block1(x)
+    assert tele[0]["input_mean"] == pytest.approx(relu_out.mean().item(), rel=1e-5)
+
+
+def test_lifecycle_walk_and_telemetry(mm):
+    p = mm.plane
+    p.germinate("block2", "conv_enhance", blend="sigmoid", steps=3)
+    s = p.slots["block2"]
+    assert s.stage is SeedStage.GERMINATED and s.param_count() > 0
+    p.advance("block2")
+    p.step()
+    assert s.stage is SeedStage.TRAINING and s.ticks_in_stage == 1
+    p.advance("block2")
+    assert s.stage is SeedStage.BLENDING and s.alpha == 0.0
+    for _ in range(3):
+        p.step()
+    assert s.alpha == pytest.approx(1.0)
+    p.advance("block2")
+    assert s.stage is SeedStage.FOSSILIZED
+    t = {d["slot"]: d for d in p.telemetry()}["block2"]
+    assert t["stage"] == "FOSSILIZED" and t["blueprint"] == "conv_enhance" and t["params"] == s.param_count()
+
+
+def test_illegal_moves_name_slot_stage_and_move(mm):
+    with pytest.raises(esper.LifecycleError, match="slot 'block1' in stage DORMANT cannot ADVANCE"):
+        mm.plane.advance("block1")
+    mm.plane.germinate("block1", "norm")
+    mm.plane.cull("block1")
+    with pytest.raises(esper.LifecycleError, match="CULLED cannot GERMINATE"):
+        mm.plane.germinate("block1", "norm")
+    mm.plane.step()  # cooldown of one tick
+    assert mm.plane.slots["block1"].stage is SeedStage.DORMANT
+    mm.plane.germinate("block1", "norm")
+
+
+def test_fossilized_is_final(mm):
+    p = mm.plane
+    p.germinate("block3", "attention", steps=1)
+    p.advance("block3"), p.advance("block3")
+    p.step()
+    p.fossilize("block3")
+    for move in (p.cull, p.advance, p.fossilize):
+        with pytest.raises(esper.LifecycleError, match="fossilized seed is final"):
+            move("block3")
+
+
+def test_unknown_slot_lists_the_slots(mm):
+    with pytest.raises(KeyError, match="block1, block2, block3"):
+        mm.plane.germinate("nope", "norm")
+
+
+def test_unknown_blueprint_and_wrong_rank_leave_the_slot_dormant(mm):
+    with pytest.raises(KeyError, match="unknown blueprint 'nope'"):
+        mm.plane.germinate("block1", "nope")
+    with pytest.raises(ValueError, match="rank"):
+        mm.plane.germinate("block1", "lora")
+    assert mm.plane.slots["block1"].stage is SeedStage.DORMANT and mm.plane.edits == []
+
+
+def test_module_moves_and_state_dict_behave(mm):
+    mm.plane.germinate("block1", "depthwise")
+    keys = list(mm.state_dict())
+    assert any(k.startswith("plane.block1.seed.") for k in keys)
+    mm.to(torch.float64)
+    assert mm.plane.slots["block1"].seed.pointwise.weight.dtype == torch.float64
+    assert mm.block1.conv.weight.dtype == torch.float64

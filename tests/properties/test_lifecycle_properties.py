@@ -1,0 +1,74 @@
+"""Random sequences of lifecycle moves never leave the transition table; illegal ones raise."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import esper
+from esper.leyline import TRANSITIONS, Edit, LifecycleError, Op, SeedStage, check_move, legal_ops, target_stage
+from tests.helpers import HostCNN
+
+OPS = [Op.GERMINATE, Op.ADVANCE, Op.CULL, Op.FOSSILIZE, Op.WAIT]
+
+
+@given(st.lists(st.tuples(st.sampled_from(list(SeedStage)), st.sampled_from(list(SeedStage))), max_size=50))
+def test_check_move_is_exactly_the_table(moves):
+    for src, dst in moves:
+        if dst in TRANSITIONS[src]:
+            check_move("s", src, dst)
+        else:
+            with pytest.raises(LifecycleError) as info:
+                check_move("s", src, dst)
+            assert info.value.slot == "s" and info.value.stage is src
+
+
+@given(st.sampled_from(list(SeedStage)), st.sampled_from(OPS))
+def test_legal_ops_agree_with_target_stage(stage, op):
+    if op in legal_ops(stage):
+        dst = target_stage("s", stage, op)
+        assert dst is None or dst in TRANSITIONS[stage]
+    else:
+        with pytest.raises(LifecycleError, match=f"slot 's' in stage {stage.name} cannot {op.name}"):
+            target_stage("s", stage, op)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(OPS + ["tick"]),
+            st.integers(0, 2),
+            st.sampled_from(["conv_enhance", "attention", "norm", "depthwise"]),
+            st.sampled_from(["linear", "sigmoid", "gated"]),
+        ),
+        max_size=30,
+    )
+)
+def test_random_move_sequences_on_a_plane(moves):
+    mm = esper.instrument(HostCNN(), (torch.randn(2, 3, 16, 16),))
+    ids = list(mm.plane.slots)
+    x = torch.randn(2, 3, 16, 16)
+    for op, i, blueprint, blend in moves:
+        if op == "tick":
+            mm.plane.step()
+            continue
+        slot = mm.plane.slots[ids[i]]
+        before = slot.stage
+        edit = Edit(op, ids[i], blueprint, blend, steps=2)
+        n_edits = len(mm.plane.edits)
+        if op in legal_ops(before):
+            mm.plane.apply(edit)
+            expected = target_stage(ids[i], before, op)
+            assert slot.stage is (before if expected is None else expected)
+            assert len(mm.plane.edits) == n_edits + 1
+        else:
+            with pytest.raises(LifecycleError) as info:
+                mm.plane.apply(edit)
+            assert ids[i] in str(info.value) and before.name in str(info.value)
+            assert slot.stage is before and len(mm.plane.edits) == n_edits
+        for s in mm.plane.slots.values():
+            assert s.stage in TRANSITIONS
+            assert (s.seed is None) == (s.stage in (SeedStage.DORMANT, SeedStage.CULLED))
+    mm.train()
+    out = mm(x)
+    assert out.shape == (2, 10) and torch.isfinite(out).all()

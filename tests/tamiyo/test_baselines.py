@@ -1,0 +1,117 @@
+"""The heuristic and random policies, and behaviour cloning from the heuristic."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from esper.leyline import Edit, Op, SeedStage
+from esper.tamiyo import Action, HeuristicPolicy, RandomPolicy, TamiyoPolicy, agreement, behaviour_clone
+from esper.tamiyo.imitation import ImitationConfig
+from tests.tamiyo.factory import BLENDS, BLUEPRINTS, STEPS, make_observation
+
+S = SeedStage
+PLATEAU = {"delta_3_known": 1.0, "val_acc_delta_3": 0.02, "progress": 0.3}  # +0.2 points in 3 epochs
+IMPROVING = {**PLATEAU, "val_acc_delta_3": 0.5}  # +5 points
+
+
+def blending(alpha: float, contribution: float, known: float = 1.0) -> dict:
+    return {"alpha": [alpha], "contribution": [contribution * 10], "contribution_known": [known]}
+
+
+def heuristic(**kwargs) -> HeuristicPolicy:
+    return HeuristicPolicy(BLUEPRINTS, BLENDS, STEPS, **kwargs)
+
+
+def choose(policy: HeuristicPolicy, obs) -> Action:
+    return policy.choose([obs])[0]
+
+
+def test_heuristic_germinates_on_a_plateau_in_the_earliest_free_slot():
+    obs = make_observation([S.FOSSILIZED, S.DORMANT, S.DORMANT], ranks=[4, 2, 4], globals_=PLATEAU)
+    # Slot 1 (rank 2) only takes "noop"; the preferred "conv" needs rank 4.
+    assert choose(heuristic(blueprint_preference=["conv"]), obs) == Action(Op.GERMINATE, 1, 0, 0)
+    obs = make_observation([S.FOSSILIZED, S.DORMANT, S.DORMANT], ranks=[4, 4, 4], globals_=PLATEAU)
+    edit = heuristic(blueprint_preference=["conv"]).decide([obs])[0]
+    assert edit == Edit(Op.GERMINATE, "s1", blueprint="conv", blend="linear", steps=STEPS)
+
+
+@pytest.mark.parametrize(
+    "stages, globals_",
+    [
+        ([S.DORMANT, S.DORMANT], IMPROVING),  # still improving
+        ([S.DORMANT, S.DORMANT], {**PLATEAU, "delta_3_known": 0.0}),  # too early to tell
+        ([S.DORMANT, S.DORMANT], {**PLATEAU, "progress": 0.9}),  # too late to blend a seed in
+        ([S.DORMANT, S.BLENDING], PLATEAU),  # a seed is already live
+    ],
+)
+def test_heuristic_waits_otherwise(stages, globals_):
+    slots = {"contribution_known": [0.0] * len(stages)}
+    assert choose(heuristic(), make_observation(stages, globals_=globals_, slots=slots)) == Action(Op.WAIT)
+
+
+def test_heuristic_advances_through_training():
+    assert choose(heuristic(), make_observation([S.GERMINATED], globals_=IMPROVING)) == Action(Op.ADVANCE, 0)
+    early = make_observation([S.TRAINING], globals_=IMPROVING, slots={"epochs_in_stage": [0.1]})
+    assert choose(heuristic(train_epochs=3), early) == Action(Op.WAIT)
+    ready = make_observation([S.TRAINING], globals_=IMPROVING, slots={"epochs_in_stage": [0.3]})
+    assert choose(heuristic(train_epochs=3), ready) == Action(Op.ADVANCE, 0)
+
+
+def test_heuristic_fossilizes_helpers_and_culls_the_rest():
+    def at(alpha, contribution, known=1.0):
+        return make_observation([S.BLENDING], globals_=IMPROVING, slots=blending(alpha, contribution, known))
+
+    assert choose(heuristic(), at(1.0, 0.02)) == Action(Op.FOSSILIZE, 0)
+    assert choose(heuristic(), at(1.0, -0.01)) == Action(Op.CULL, 0)
+    assert choose(heuristic(), at(1.0, 0.02, known=0.0)) == Action(Op.WAIT)  # not measured yet
+
+    policy = heuristic(decline=0.01)
+    assert choose(policy, at(0.4, 0.03)) == Action(Op.WAIT)
+    assert choose(policy, at(0.6, 0.025)) == Action(Op.WAIT)  # within tolerance of its best
+    assert choose(policy, at(0.8, 0.01)) == Action(Op.CULL, 0)  # 2 points below its best
+
+
+def test_random_policy_is_uniform_over_legal_ops_and_seeded():
+    obs = make_observation([S.DORMANT, S.TRAINING])  # WAIT, GERMINATE, ADVANCE, CULL
+    actions = RandomPolicy(BLUEPRINTS, BLENDS, STEPS, seed=0).choose([obs] * 4000)
+    counts = torch.bincount(torch.tensor([a.op for a in actions]), minlength=5)
+    assert counts[Op.FOSSILIZE] == 0
+    assert ((counts[:4] / 4000 - 0.25).abs() < 0.03).all(), counts
+    again = RandomPolicy(BLUEPRINTS, BLENDS, STEPS, seed=0).choose([obs] * 4000)
+    assert actions == again
+
+
+def test_behaviour_cloning_copies_the_heuristic():
+    rng = random.Random(0)
+    observations = []
+    for i in range(256):
+        n = rng.randint(1, 5)
+        stages = [rng.choice(list(S)) for _ in range(n)]
+        globals_ = {
+            "delta_3_known": float(rng.random() < 0.8),
+            "val_acc_delta_3": rng.uniform(-0.2, 0.3),
+            "progress": rng.random(),
+        }
+        slots = {"alpha": [rng.choice([0.5, 1.0]) for _ in range(n)], "contribution_known": [1.0] * n}
+        observations.append(make_observation(stages, seed=i, globals_=globals_, slots=slots))
+    # One environment per observation, so the heuristic's memory never links two of them.
+    actions = heuristic().choose(observations)
+    assert len({a.op for a in actions}) == 5  # every op is demonstrated
+
+    torch.manual_seed(0)
+    policy = TamiyoPolicy(BLUEPRINTS, BLENDS, STEPS, hidden=64)
+    before = agreement(policy, observations, actions)
+    losses = behaviour_clone(policy, observations, actions, ImitationConfig(epochs=40, learning_rate=3e-3))
+    assert losses[-1] < losses[0] / 3
+    after = agreement(policy, observations, actions)
+    assert after > max(0.85, before), (before, after)
+
+
+
+def test_behaviour_cloning_rejects_illegal_teacher_actions():
+    policy = TamiyoPolicy(BLUEPRINTS, BLENDS, STEPS, hidden=16)
+    with pytest.raises(ValueError, match="illegal"):
+        behaviour_clone(policy, [make_observation([S.DORMANT])], [Action(Op.FOSSILIZE, 0)])

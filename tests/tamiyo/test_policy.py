@@ -1,0 +1,147 @@
+"""TamiyoPolicy: masks, legality, forced heads, evaluate vs act, slot-count independence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from esper.leyline import Edit, Observation, Op, SeedStage, batch_observations, legal_ops
+from esper.tamiyo import (
+    HEADS,
+    Action,
+    HeuristicPolicy,
+    RandomPolicy,
+    RolloutBuffer,
+    TamiyoPolicy,
+    masks_for,
+    to_edit,
+)
+from tests.tamiyo.factory import BLENDS, BLUEPRINTS, STEPS, make_observation, observations
+
+torch.manual_seed(0)
+POLICY = TamiyoPolicy(BLUEPRINTS, BLENDS, STEPS, hidden=32)
+S = SeedStage
+
+
+def assert_legal(obs: Observation, action: Action) -> None:
+    op = Op(action.op)
+    assert 0 <= action.slot < obs.num_slots
+    if op is Op.WAIT:
+        assert action.slot == 0
+    else:
+        assert op in legal_ops(obs.stages()[action.slot])
+        assert obs.op_mask[action.slot, op]
+    if op is Op.GERMINATE:
+        assert action.blueprint < len(BLUEPRINTS) and obs.blueprint_mask[action.slot, action.blueprint]
+        assert action.blend < len(BLENDS)
+    else:
+        assert action.blueprint == 0 and action.blend == 0
+
+
+@given(st.lists(observations(), min_size=1, max_size=6))
+def test_masks_never_fully_masked_and_sampled_actions_are_legal(obs_list):
+    batch = batch_observations(obs_list)
+    assert batch.op_mask.any(-1).all() and batch.blueprint_mask.any(-1).all()
+    sample = POLICY.act(batch)
+    for head in HEADS:
+        assert sample.masks[head].any(-1).all()
+    assert torch.isfinite(sample.log_prob).all() and torch.isfinite(sample.value).all()
+    for i, obs in enumerate(obs_list):
+        assert_legal(obs, sample.row(i))
+        edit = to_edit(sample.row(i), obs, BLUEPRINTS, BLENDS, STEPS)
+        if edit.op is not Op.WAIT:
+            assert edit.op in legal_ops(obs.stages()[obs.slot_ids.index(edit.slot)])
+    for policy in (RandomPolicy(BLUEPRINTS, BLENDS, STEPS, seed=1), HeuristicPolicy(BLUEPRINTS, BLENDS, STEPS)):
+        for obs, action in zip(obs_list, policy.choose(obs_list)):
+            assert_legal(obs, action)
+
+
+def test_every_stage_combination_has_a_legal_op():
+    for stage in S:
+        obs = make_observation([stage, stage], ranks=[5, 4])
+        sample = POLICY.act(batch_observations([obs]))
+        assert_legal(obs, sample.row(0))
+
+
+def test_forced_heads_have_zero_log_prob_and_entropy():
+    # Every op other than WAIT is legal in at least two slots, so only forcing makes a head certain.
+    stages = [S.DORMANT, S.DORMANT, S.TRAINING, S.BLENDING, S.BLENDING, S.FOSSILIZED, S.CULLED]
+    obs_list = [make_observation(stages, seed=i) for i in range(300)]
+    torch.manual_seed(1)
+    sample = POLICY.act(batch_observations(obs_list))
+    op = sample.actions[:, 0]
+    forced = {"slot": op == Op.WAIT, "blueprint": op != Op.GERMINATE, "blend": op != Op.GERMINATE}
+    for head, rows in forced.items():
+        assert rows.any() and (~rows).any(), head
+        assert (sample.head_log_prob[head][rows] == 0).all()
+        assert (sample.entropy[head][rows] == 0).all()
+        assert (sample.entropy[head][~rows] > 0).all()
+
+    # Only WAIT is legal anywhere: every head is forced, the whole action has probability 1.
+    done = POLICY.act(batch_observations([make_observation([S.FOSSILIZED, S.CULLED])]))
+    assert done.row(0) == Action(Op.WAIT, 0, 0, 0)
+    assert done.log_prob.item() == 0 and all(e.item() == 0 for e in done.entropy.values())
+
+
+def test_entropy_counts_valid_choices_only():
+    obs = make_observation([S.DORMANT], ranks=[3])  # blueprints for rank 3: noop, attention, lora
+    batch = batch_observations([obs])
+    actions = torch.tensor([[Op.GERMINATE, 0, 0, 0]])
+    _, entropy, _ = POLICY.evaluate(batch, actions, masks_for(batch, actions))
+    assert 0 < entropy["blueprint"].item() <= torch.log(torch.tensor(3.0)).item() + 1e-6
+    assert 0 < entropy["blend"].item() <= torch.log(torch.tensor(float(len(BLENDS)))).item() + 1e-6
+
+
+def test_evaluate_reproduces_act_with_stored_masks():
+    torch.manual_seed(2)
+    stages = list(S)
+    num_envs = 5
+    buffer = RolloutBuffer(num_envs)
+    samples = []
+    for step in range(4):
+        # Different slot counts per environment, so act pads differently from the minibatches.
+        obs_list = [make_observation(stages[: 1 + (e + step) % 6], seed=10 * step + e) for e in range(num_envs)]
+        sample = POLICY.act(batch_observations(obs_list))
+        buffer.add(obs_list, sample, [0.0] * num_envs, [False] * num_envs)
+        samples.append(sample)
+    buffer.compute_returns(torch.zeros(num_envs), 0.99, 0.95)
+    old_log_prob = torch.cat([s.log_prob for s in samples])
+    old_value = torch.cat([s.value for s in samples])
+    index = torch.randperm(len(buffer))[:13]
+    batch, actions, masks, stored_log_prob, _, _ = buffer.minibatch(index)
+    log_prob, entropy, value = POLICY.evaluate(batch, actions, masks)
+    torch.testing.assert_close(stored_log_prob, old_log_prob[index])
+    torch.testing.assert_close(log_prob, old_log_prob[index], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(value, old_value[index], atol=1e-5, rtol=1e-5)
+    assert set(entropy) == set(HEADS)
+
+
+def test_same_weights_act_on_any_slot_count():
+    small = make_observation([S.DORMANT, S.TRAINING], seed=3)
+    large = make_observation([S.DORMANT, S.GERMINATED, S.TRAINING, S.BLENDING, S.FOSSILIZED, S.CULLED, S.DORMANT], seed=4)
+    alone = [POLICY.act(batch_observations([o]), deterministic=True) for o in (small, large)]
+    together = POLICY.act(batch_observations([small, large]), deterministic=True)
+    for i, sample in enumerate(alone):
+        assert together.row(i) == sample.row(0)
+        torch.testing.assert_close(together.log_prob[i], sample.log_prob[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(together.value[i], sample.value[0], atol=1e-5, rtol=1e-5)
+    edits = POLICY.decide([small, large])
+    assert len(edits) == 2 and all(isinstance(e, Edit) for e in edits)
+
+
+def test_to_edit_names_slot_blueprint_and_blend():
+    obs = make_observation([S.DORMANT, S.TRAINING])
+    assert to_edit(Action(Op.WAIT), obs, BLUEPRINTS, BLENDS, STEPS) == Edit(Op.WAIT)
+    assert to_edit(Action(Op.ADVANCE, 1), obs, BLUEPRINTS, BLENDS, STEPS) == Edit(Op.ADVANCE, "s1")
+    germinate = to_edit(Action(Op.GERMINATE, 0, 2, 1), obs, BLUEPRINTS, BLENDS, STEPS)
+    assert germinate == Edit(Op.GERMINATE, "s0", blueprint="attention", blend="sigmoid", steps=STEPS)
+
+
+def test_weights_remember_their_vocabulary():
+    other = TamiyoPolicy(["noop", "conv"], BLENDS, STEPS, hidden=32)
+    with pytest.raises(ValueError, match="vocabulary"):
+        other.load_state_dict(POLICY.state_dict(), strict=False)
+    same = TamiyoPolicy(BLUEPRINTS, BLENDS, STEPS, hidden=32)
+    same.load_state_dict(POLICY.state_dict())
