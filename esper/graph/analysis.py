@@ -37,6 +37,25 @@ def _stack(node: fx.Node) -> list[str]:
     return [v[0] for v in stack.values() if v[0]]
 
 
+# Ops that read only a tensor's shape, dtype or device, never its values: what they
+# build (masks, position ids) is a side input, not part of the stream.
+_VALUE_FREE = {
+    "size", "dim", "shape", "dtype", "device", "new_ones", "new_zeros", "new_empty", "new_full",
+    "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "sym_size",
+}
+
+
+def _value_free(node: fx.Node) -> bool:
+    if node.op == "call_method":
+        return node.target in _VALUE_FREE
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
+        if name == "getattr" and len(node.args) > 1:
+            return node.args[1] in _VALUE_FREE
+        return name in _VALUE_FREE
+    return False
+
+
 def stream_graph(graph: fx.Graph, input_node: str) -> nx.DiGraph:
     """The nodes reachable from the input along floating-tensor edges, as a DiGraph."""
     g = nx.DiGraph()
@@ -51,6 +70,8 @@ def stream_graph(graph: fx.Graph, input_node: str) -> nx.DiGraph:
         if not carries:
             continue
         for user in n.users:
+            if _value_free(user):
+                continue
             if user.name not in g:
                 todo.append(user)
             g.add_edge(n.name, user.name)

@@ -29,7 +29,6 @@ def insert_slot_calls(graph: fx.Graph, points: list[InjectionPoint], target_of) 
     by_name = {n.name: n for n in graph.nodes}
     for p in points:
         _route_through(graph, by_name[p.node], p.id, target_of(p))
-    graph.lint()
     return graph
 
 
@@ -44,7 +43,6 @@ def fold_slot(graph: fx.Graph, slot_id: str, fossil_target: str) -> fx.Node:
         fossil = graph.create_node("call_module", fossil_target, node.args, name="fossil_" + re.sub(r"\W", "_", slot_id))
     node.replace_all_uses_with(fossil)
     graph.erase_node(node)
-    graph.lint()
     return fossil
 
 
@@ -57,7 +55,6 @@ def open_slot_after(graph: fx.Graph, node: fx.Node, slot_id: str, target: str) -
                                                %b = call_module[layer2](%slot_l1_1)
     """
     _route_through(graph, node, slot_id, target)
-    graph.lint()
     return graph
 
 
@@ -72,7 +69,6 @@ def strip_dormant(graph: fx.Graph, keep) -> fx.Graph:
         if not keep(slot_id):
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
-    graph.lint()
     return graph
 
 
