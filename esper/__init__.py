@@ -1,8 +1,11 @@
 """esper: grow neural networks while they train."""
 
+from esper.kasmina.checkpoint import load, save
+from esper.kasmina.export import export
 from esper.kasmina.instrument import instrument
 from esper.kasmina.model import MorphogeneticModel
 from esper.kasmina.plane import KasminaPlane
+from esper.kasmina.replay import replay
 from esper.kasmina.slot import SeedSlot
 from esper.leyline import CheckpointError, Edit, EsperError, ExportError, LifecycleError, Op, SeedStage, TraceError
 
@@ -18,5 +21,9 @@ __all__ = [
     "SeedSlot",
     "SeedStage",
     "TraceError",
+    "export",
     "instrument",
+    "load",
+    "replay",
+    "save",
 ]

@@ -46,6 +46,7 @@ def instrument(
     mm.candidates = points
     mm.leaves = result.leaves
     mm.fx_failure = result.fx_failure
+    mm.example_inputs = args
     if not _same_outputs(model, mm, args):
         if result.kind == "fx":
             return instrument(model, args, max_slots=max_slots, spec=spec, prefer="export")

@@ -170,6 +170,19 @@ class KasminaPlane(nn.Module):
         ref = self._anchor() if self._anchor is not None else None
         return ref if ref is not None else torch.empty(0)
 
+    @contextmanager
+    def ablate(self, *slot_ids: str):
+        """Inside the block the named slots (all, if none named) pass the host activation
+        through untouched, as if alpha were 0: the counterfactual for a seed's contribution."""
+        slots = [self.slot(i) for i in slot_ids] if slot_ids else list(self.slots.values())
+        for slot in slots:
+            slot.ablated = True
+        try:
+            yield
+        finally:
+            for slot in slots:
+                slot.ablated = False
+
     # ---- hook routing (eager hosts) ------------------------------------------------------
     @contextmanager
     def routing(self):

@@ -42,6 +42,7 @@ class SeedSlot(nn.Module):
         self.blend_name: str | None = None
         self.ticks_in_stage = 0
         self.events: list[str] = []
+        self.ablated = False  # forced to alpha 0, to measure what the seed contributes
         self._calls = 0
         self._stats: torch.Tensor | None = None
         self._grad_norm: torch.Tensor | None = None
@@ -52,7 +53,7 @@ class SeedSlot(nn.Module):
             self._sample(h)
         self._calls += 1
         stage = self.stage
-        if stage is S.DORMANT or stage is S.GERMINATED or stage is S.CULLED:
+        if stage is S.DORMANT or stage is S.GERMINATED or stage is S.CULLED or self.ablated:
             return h
         if stage is S.FOSSILIZED:
             return self.seed(h)

@@ -1,7 +1,7 @@
 """Leyline: the shared contracts (seed stages, the one transition table, edits, telemetry, errors)."""
 
 from esper.leyline.errors import CheckpointError, EsperError, ExportError, LifecycleError, TraceError
-from esper.leyline.edits import Edit, Op
+from esper.leyline.edits import Edit, Op, edits_from_yaml, edits_to_yaml
 from esper.leyline.stages import (
     ACTIVE_STAGES,
     TRANSITIONS,
@@ -25,6 +25,8 @@ __all__ = [
     "SlotTelemetry",
     "TraceError",
     "check_move",
+    "edits_from_yaml",
+    "edits_to_yaml",
     "legal_ops",
     "target_stage",
 ]

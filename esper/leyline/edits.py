@@ -44,3 +44,16 @@ class Edit:
     @classmethod
     def from_dict(cls, d: dict) -> "Edit":
         return cls(**d)
+
+
+def edits_to_yaml(edits: list[Edit]) -> str:
+    """The edit log as YAML, one mapping per edit, in order."""
+    import yaml
+
+    return yaml.safe_dump([e.to_dict() for e in edits], sort_keys=False)
+
+
+def edits_from_yaml(text: str) -> list[Edit]:
+    import yaml
+
+    return [Edit.from_dict(d) for d in (yaml.safe_load(text) or [])]

@@ -1,0 +1,421 @@
+"""GrowthEnv: one episode grows one instrumented host, with one decision per tick.
+
+An episode (`cfg.epochs` epochs, `cfg.decisions_per_epoch` decisions each):
+
+    reset(seed)  fresh host (re-initialised from the template), instrumented; its own
+                 optimizer (SGD with momentum, or AdamW) which seeds join on germination
+                 through `plane.attach_optimizer`; validation loss/accuracy of the
+                 untrained model; returns the first Observation.
+    step(edit)   plane.apply(edit)                (the one path: the plane logs it)
+                 train 1/decisions_per_epoch of an epoch, plane.guard() every step
+                 plane.step()                     (one tick: blends advance)
+                 validation loss/accuracy; each BLENDING seed's contribution =
+                 accuracy on a fixed validation batch minus the same with plane.ablate(slot)
+                 reward = compute_reward(prev state, this state, edit, done)
+                 returns StepResult(observation, reward, done, info)
+
+A tick is one decision interval: with the default one decision per epoch, plane.step()
+runs once per epoch and blend `steps` count epochs.
+
+Every random draw of an episode (host init, seed init, batch order) comes from the
+environment's own RNG stream, seeded at reset: an episode is the same whatever the
+policy samples and whichever other environments run beside it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from esper.kasmina.blending import blend_names
+from esper.kasmina.blueprints import blueprint_names, blueprint_ranks
+from esper.kasmina.instrument import instrument
+from esper.leyline import Edit, Observation, Op, SeedStage
+from esper.simic.features import TrainingSignals, build_observation
+from esper.simic.rewards import RewardBreakdown, RewardConfig, RewardState, compute_reward
+from esper.tamiyo import HeuristicPolicy
+
+S = SeedStage
+
+
+@dataclass
+class EnvConfig:
+    """How one episode trains its host."""
+
+    epochs: int = 8
+    decisions_per_epoch: int = 1
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    optimizer: str = "sgd"  # "sgd" (momentum, nesterov) or "adamw"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed_lr: float | None = None  # learning rate of seed parameter groups; None: lr
+    blend_steps: int = 3  # ticks a germinated seed takes to blend in (the policy's Edit.steps)
+    max_slots: int | None = None
+    contribution_samples: int = 512  # the fixed validation batch for ablations
+    augment: bool = False
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.decisions_per_epoch < 1 or self.batch_size < 1 or self.blend_steps < 1:
+            raise ValueError("epochs, decisions_per_epoch, batch_size and blend_steps must be at least 1")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+    @property
+    def decisions(self) -> int:
+        return self.epochs * self.decisions_per_epoch
+
+
+@dataclass
+class HeuristicConfig:
+    """HeuristicPolicy settings for short episodes (ticks, not epochs). With the defaults
+    a seed germinates as soon as three ticks of history exist and fossilizes about
+    2 + train_epochs + blend_steps ticks later, which fits an 8-tick episode."""
+
+    blueprint_preference: list[str] = field(default_factory=lambda: ["conv_enhance", "attention", "mlp"])
+    plateau: float = 1.0  # accuracy gained over 3 ticks below which the host counts as stalled (1.0: always)
+    train_epochs: int = 1
+    max_active: int = 1
+    latest_germination: float = 0.5
+    decline: float = 0.02
+
+    def build(self, blueprints: list[str], blends: list[str], blend_steps: int) -> HeuristicPolicy:
+        preference = [b for b in self.blueprint_preference if b in blueprints]
+        return HeuristicPolicy(
+            blueprints,
+            blends,
+            blend_steps,
+            blueprint_preference=preference,
+            plateau=self.plateau,
+            train_epochs=self.train_epochs,
+            max_active=self.max_active,
+            latest_germination=self.latest_germination,
+            decline=self.decline,
+        )
+
+
+@dataclass
+class StepResult:
+    observation: Observation
+    reward: RewardBreakdown
+    done: bool
+    info: dict[str, Any]
+
+
+def reinitialized_copies(template: nn.Module) -> Callable[[], nn.Module]:
+    """A host factory: each call deep-copies `template` and re-runs every submodule's
+    `reset_parameters()`, so each episode starts from a fresh random init drawn from the
+    current RNG (parameters of modules without reset_parameters keep the template's values)."""
+
+    def build() -> nn.Module:
+        host = copy.deepcopy(template)
+        for module in host.modules():
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
+            if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
+                module.reset_running_stats()
+        return host
+
+    return build
+
+
+def vocabulary(blueprints: list[str] | None = None, blends: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """The blueprint and blend name lists a policy's head indices refer to (default: all registered)."""
+    blueprints = list(blueprints or blueprint_names())
+    blends = list(blends or blend_names())
+    known_bp, known_bl = set(blueprint_names()), set(blend_names())
+    unknown = [b for b in blueprints if b not in known_bp] + [b for b in blends if b not in known_bl]
+    if unknown:
+        raise ValueError(f"unknown blueprints/blends {unknown}; registered: {sorted(known_bp)} / {sorted(known_bl)}")
+    return blueprints, blends
+
+
+class GrowthEnv:
+    """One environment. `host_factory()` must return a fresh host on every call; `data`
+    has `.train`, `.val` (TensorData) and `.num_classes` (esper.simic.data.DataSplits)."""
+
+    def __init__(
+        self,
+        host_factory: Callable[[], nn.Module],
+        data,
+        cfg: EnvConfig | None = None,
+        reward: RewardConfig | None = None,
+        *,
+        blueprints: list[str] | None = None,
+        blends: list[str] | None = None,
+        device: str | torch.device = "cpu",
+        example_input: torch.Tensor | None = None,
+    ):
+        self.host_factory = host_factory
+        self.data = data
+        self.cfg = cfg or EnvConfig()
+        self.reward_cfg = reward or RewardConfig()
+        self.blueprints, self.blends = vocabulary(blueprints, blends)
+        self.ranks = blueprint_ranks()
+        self.device = torch.device(device)
+        example = example_input if example_input is not None else data.train.x[:2]
+        self.example = example.to(self.device)
+        n = min(self.cfg.contribution_samples, len(data.val))
+        self._probe = (data.val.x[:n].to(self.device), data.val.y[:n].to(self.device))
+        self.mm = None
+        self.done = True
+        self._cpu_rng: torch.Tensor | None = None
+        self._cuda_rng: torch.Tensor | None = None
+
+    # ---- RNG isolation -----------------------------------------------------------------
+    @contextmanager
+    def _own_rng(self, seed: int | None = None):
+        cuda = self.device.type == "cuda"
+        devices = [self.device.index or 0] if cuda else []
+        with torch.random.fork_rng(devices=devices):
+            if seed is not None:
+                torch.manual_seed(seed)
+            else:
+                torch.set_rng_state(self._cpu_rng)
+                if cuda:
+                    torch.cuda.set_rng_state(self._cuda_rng, self.device)
+            try:
+                yield
+            finally:
+                self._cpu_rng = torch.get_rng_state()
+                if cuda:
+                    self._cuda_rng = torch.cuda.get_rng_state(self.device)
+
+    # ---- the episode ---------------------------------------------------------------------
+    @property
+    def plane(self):
+        return self.mm.plane
+
+    def reset(self, seed: int) -> Observation:
+        cfg = self.cfg
+        with self._own_rng(seed):
+            host = self.host_factory().to(self.device)
+            self.mm = instrument(host, (self.example,), max_slots=cfg.max_slots)
+            with torch.no_grad():
+                out = self.mm(self.example)
+            classes = out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() == 2 else None
+            if classes != self.data.num_classes:
+                raise ValueError(
+                    f"the host outputs {tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__} "
+                    f"for a batch, but the data has {self.data.num_classes} classes: a classifier with "
+                    f"{self.data.num_classes} outputs is needed"
+                )
+            self.optimizer = self._make_optimizer()
+            seed_opts = {"lr": cfg.seed_lr} if cfg.seed_lr else {}
+            self.plane.attach_optimizer(self.optimizer, **seed_opts)
+            self._data_gen = torch.Generator().manual_seed(seed)
+        self.host_params = self.mm.host_parameter_count()
+        self.t = 0
+        self.done = False
+        self._batches = None
+        self._train_batches = max(1, math.ceil(len(self.data.train) / cfg.batch_size))
+        val_loss, val_acc = self.evaluate(self.data.val)
+        # Before any training the model's training-set numbers are its validation numbers.
+        self.history = {"train_loss": [], "train_acc": [], "val_loss": [], "val_acc": []}
+        self.now = {"train_loss": val_loss, "train_acc": val_acc, "val_loss": val_loss, "val_acc": val_acc}
+        self.contributions: dict[str, float] = {}
+        self._frozen: dict[str, float] = {}  # a fossil keeps the contribution it had when it fossilized
+        self.initial_val_acc = val_acc
+        self.rewards: list[RewardBreakdown] = []
+        self.ops: Counter = Counter()
+        self.guard_culls: list[str] = []
+        self.timeline: list[dict] = [self._slot_states()]
+        self.images = 0
+        self.train_seconds = 0.0
+        telemetry = self._telemetry()
+        self.reward_state = RewardState.from_telemetry(telemetry, val_acc, self.host_params, self.total_params(), {})
+        return self._observe(telemetry)
+
+    def step(self, edit: Edit) -> StepResult:
+        if self.done:
+            raise RuntimeError("the episode is over: call reset() first")
+        with self._own_rng():
+            logged = self.plane.apply(edit)
+            self.ops[logged.op.name] += 1
+            start = time.perf_counter()
+            train_loss, train_acc, images = self._train_chunk()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            seconds = time.perf_counter() - start
+            self.plane.step()
+            val_loss, val_acc = self.evaluate(self.data.val)
+            self.contributions = self._measure_contributions()
+        self.images += images
+        self.train_seconds += seconds
+        for key, value in zip(self.now, (train_loss, train_acc, val_loss, val_acc)):
+            self.history[key].append(self.now[key])
+            self.now[key] = value
+        self.t += 1
+        self.done = self.t >= self.cfg.decisions
+        telemetry = self._telemetry()
+        state = RewardState.from_telemetry(
+            telemetry, val_acc, self.host_params, self.total_params(), self.contributions, prev=self.reward_state
+        )
+        reward = compute_reward(self.reward_state, state, logged, self.done, self.reward_cfg)
+        self.reward_state = state
+        self.rewards.append(reward)
+        slots = self._slot_states()
+        self.timeline.append(slots)
+        info = {
+            "step": self.t,
+            "epoch": self.t / self.cfg.decisions_per_epoch,
+            "edit": logged.to_dict(),
+            **self.now,
+            "contributions": dict(self.contributions),
+            "reward": reward.as_dict(),
+            "params": self.total_params(),
+            "host_params": self.host_params,
+            "slots": slots,
+            "images": images,
+            "train_seconds": seconds,
+        }
+        return StepResult(self._observe(telemetry), reward, self.done, info)
+
+    def summary(self) -> dict[str, Any]:
+        """The episode in numbers (call after the last step)."""
+        components = {k: sum(r.as_dict()[k] for r in self.rewards) for k in RewardBreakdown.__dataclass_fields__}
+        stages = [s.stage for s in self.plane.slots.values()]
+        fossils = [s.blueprint for s in self.plane.slots.values() if s.stage is S.FOSSILIZED]
+        auto_culls = sum("non-finite" in e for s in self.plane.slots.values() for e in s.events)
+        return {
+            "return": sum(r.total for r in self.rewards),
+            "reward": components,
+            "initial_val_acc": self.initial_val_acc,
+            "val_acc": self.now["val_acc"],
+            "val_loss": self.now["val_loss"],
+            "best_val_acc": max(self.history["val_acc"] + [self.now["val_acc"]]),
+            "train_acc": self.now["train_acc"],
+            "ops": {op.name: self.ops.get(op.name, 0) for op in Op},
+            "germinated": self.ops.get("GERMINATE", 0),
+            "fossilized": len(fossils),
+            "fossil_blueprints": fossils,
+            "culled": self.ops.get("CULL", 0) + auto_culls,
+            "live_at_end": sum(st in (S.GERMINATED, S.TRAINING, S.BLENDING) for st in stages),
+            "params": self.total_params(),
+            "host_params": self.host_params,
+            "param_ratio": self.total_params() / self.host_params - 1.0,
+            "images": self.images,
+            "train_seconds": self.train_seconds,
+            "timeline": self.timeline,
+        }
+
+    # ---- pieces ----------------------------------------------------------------------------
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        c = self.cfg
+        params = list(self.mm.parameters())
+        if c.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, nesterov=c.momentum > 0, weight_decay=c.weight_decay)
+
+    def _train_chunk(self) -> tuple[float, float, int]:
+        """Train the next 1/decisions_per_epoch of the epoch; returns loss, accuracy, images."""
+        k = self.cfg.decisions_per_epoch
+        part = self.t % k
+        if part == 0:
+            self._batches = iter(
+                self.data.train.batches(self.cfg.batch_size, shuffle=True, generator=self._data_gen, augment=self.cfg.augment)
+            )
+        n = self._train_batches
+        count = None if part == k - 1 else round((part + 1) * n / k) - round(part * n / k)
+        self.mm.train()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        for x, y in islice(self._batches, count):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            self.optimizer.zero_grad(set_to_none=True)
+            out = self.mm(x)
+            loss = F.cross_entropy(out, y)
+            loss.backward()
+            self.guard_culls += self.plane.guard()
+            self.optimizer.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (out.detach().argmax(-1) == y).sum()
+            seen += len(y)
+        if seen == 0:
+            return self.now["train_loss"], self.now["train_acc"], 0
+        return float(loss_sum) / seen, float(correct) / seen, seen
+
+    @torch.no_grad()
+    def evaluate(self, split) -> tuple[float, float]:
+        """Loss and accuracy (a fraction) of the current model on a TensorData split."""
+        self.mm.eval()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for x, y in split.batches(self.cfg.eval_batch_size, shuffle=False):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            out = self.mm(x)
+            loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
+            correct += int((out.argmax(-1) == y).sum())
+            seen += len(y)
+        self.mm.train()
+        return loss_sum / max(seen, 1), correct / max(seen, 1)
+
+    @torch.no_grad()
+    def _probe_accuracy(self) -> float:
+        x, y = self._probe
+        correct = 0
+        for start in range(0, len(y), self.cfg.eval_batch_size):
+            out = self.mm(x[start : start + self.cfg.eval_batch_size])
+            correct += int((out.argmax(-1) == y[start : start + self.cfg.eval_batch_size]).sum())
+        return correct / max(len(y), 1)
+
+    def _measure_contributions(self) -> dict[str, float]:
+        """Each BLENDING seed's contribution on the fixed validation batch; fossils keep the
+        value they had when they fossilized (their slot is folded into the graph)."""
+        blending = [i for i, s in self.plane.slots.items() if s.stage is S.BLENDING]
+        result = {}
+        if blending:
+            self.mm.eval()
+            with_all = self._probe_accuracy()
+            for slot_id in blending:
+                with self.plane.ablate(slot_id):
+                    result[slot_id] = with_all - self._probe_accuracy()
+            self.mm.train()
+        for slot_id, slot in self.plane.slots.items():
+            if slot.stage is S.FOSSILIZED:
+                if slot_id not in self._frozen:
+                    self._frozen[slot_id] = self.contributions.get(slot_id, 0.0)
+                result[slot_id] = self._frozen[slot_id]
+        return result
+
+    def total_params(self) -> int:
+        return sum(p.numel() for p in self.mm.parameters())
+
+    def _telemetry(self):
+        return [slot.telemetry() for slot in self.plane.slots.values()]
+
+    def _slot_states(self) -> dict[str, list]:
+        """slot -> [stage name, alpha, blueprint]: one row of the episode's timeline."""
+        return {i: [s.stage.name, round(float(s.alpha), 4), s.blueprint] for i, s in self.plane.slots.items()}
+
+    def _observe(self, telemetry) -> Observation:
+        h = self.history
+        signals = TrainingSignals(
+            epoch=self.t,
+            total_epochs=self.cfg.decisions,
+            train_loss=self.now["train_loss"],
+            train_acc=self.now["train_acc"],
+            val_loss=self.now["val_loss"],
+            val_acc=self.now["val_acc"],
+            host_params=self.host_params,
+            total_params=self.total_params(),
+            train_loss_history=list(h["train_loss"]),
+            train_acc_history=list(h["train_acc"]),
+            val_loss_history=list(h["val_loss"]),
+            val_acc_history=list(h["val_acc"]),
+        )
+        return build_observation(telemetry, signals, self.contributions, self.blueprints, self.ranks, self.blends)

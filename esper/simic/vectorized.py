@@ -1,0 +1,162 @@
+"""K environments in lockstep: one batched policy call per decision, throughput measured.
+
+    venv = VectorEnv([GrowthEnv(...) for _ in range(K)])
+    rollout = run_episodes(venv, seeds, chooser)      # chooser: list[Observation] -> (edits, extra)
+
+Every decision calls `chooser` once with all K observations, so a network policy runs
+one batched forward pass (`batch_observations` pads to the largest slot count). All
+episodes have the same number of decisions, so the environments stay in lockstep and
+end together.
+
+Here `VectorEnv.step` runs the K per-environment steps one after another (`step_one`),
+which is what a CPU can do. On a GPU, K same-shaped hosts could instead be trained
+together (torch.func.stack_module_state + vmap, or CUDA graphs); such a runner would
+replace `step`, keeping its contract: K edits in, K StepResults out. That batched
+runner is not implemented yet.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from esper.leyline import Edit, Observation, Op, batch_observations
+from esper.simic.env import GrowthEnv, StepResult
+from esper.tamiyo import ActionSample, TamiyoPolicy, to_edit
+
+Chooser = Callable[[list[Observation]], tuple[list[Edit], Any]]
+
+
+class VectorEnv:
+    def __init__(self, envs: Sequence[GrowthEnv]):
+        if not envs:
+            raise ValueError("a VectorEnv needs at least one environment")
+        decisions = {env.cfg.decisions for env in envs}
+        if len(decisions) != 1:
+            raise ValueError(f"environments in lockstep need the same number of decisions, got {sorted(decisions)}")
+        self.envs = list(envs)
+        self.images = 0
+        self.host_seconds = 0.0
+
+    @property
+    def num_envs(self) -> int:
+        return len(self.envs)
+
+    def reset(self, seeds: Sequence[int]) -> list[Observation]:
+        if len(seeds) != self.num_envs:
+            raise ValueError(f"need {self.num_envs} seeds, got {len(seeds)}")
+        return [env.reset(seed) for env, seed in zip(self.envs, seeds)]
+
+    def step_one(self, index: int, edit: Edit) -> StepResult:
+        """One environment's step: the unit a batched (vmap) runner would replace."""
+        return self.envs[index].step(edit)
+
+    def step(self, edits: Sequence[Edit]) -> list[StepResult]:
+        if len(edits) != self.num_envs:
+            raise ValueError(f"need {self.num_envs} edits, got {len(edits)}")
+        start = time.perf_counter()
+        results = [self.step_one(i, edit) for i, edit in enumerate(edits)]
+        self.host_seconds += time.perf_counter() - start
+        self.images += sum(r.info["images"] for r in results)
+        return results
+
+
+@dataclass
+class Decision:
+    """One lockstep decision: what every environment saw, chose and got."""
+
+    observations: list[Observation]
+    extra: Any  # whatever the chooser returned beside the edits (an ActionSample, actions)
+    edits: list[Edit]
+    results: list[StepResult]
+
+    @property
+    def rewards(self) -> list[float]:
+        return [r.reward.total for r in self.results]
+
+    @property
+    def dones(self) -> list[bool]:
+        return [r.done for r in self.results]
+
+
+@dataclass
+class Rollout:
+    decisions: list[Decision]
+    summaries: list[dict]  # one per environment, GrowthEnv.summary()
+    throughput: dict[str, float] = field(default_factory=dict)
+
+
+def run_episodes(venv: VectorEnv, seeds: Sequence[int], choose: Chooser) -> Rollout:
+    """Play one episode in every environment, calling `choose` once per decision."""
+    images_before, host_before = venv.images, venv.host_seconds
+    start = time.perf_counter()
+    observations = venv.reset(seeds)
+    policy_seconds = 0.0
+    decisions = []
+    while True:
+        tick = time.perf_counter()
+        edits, extra = choose(observations)
+        policy_seconds += time.perf_counter() - tick
+        if len(edits) != venv.num_envs:
+            raise ValueError(f"the policy returned {len(edits)} edits for {venv.num_envs} environments")
+        results = venv.step(edits)
+        decisions.append(Decision(observations, extra, list(edits), results))
+        dones = [r.done for r in results]
+        if any(dones):
+            if not all(dones):
+                raise RuntimeError("environments fell out of lockstep")
+            break
+        observations = [r.observation for r in results]
+    wall = time.perf_counter() - start
+    images = venv.images - images_before
+    host = venv.host_seconds - host_before
+    throughput = {
+        "wall_seconds": wall,
+        "host_seconds": host,
+        "policy_seconds": policy_seconds,
+        "images": images,
+        "images_per_second": images / wall if wall > 0 else 0.0,
+        "decisions_per_second": len(decisions) * venv.num_envs / wall if wall > 0 else 0.0,
+        "policy_calls": len(decisions),
+    }
+    return Rollout(decisions, [env.summary() for env in venv.envs], throughput)
+
+
+# ---- choosers: one call per decision for every kind of policy ---------------------------------
+def decide_with(policy) -> Chooser:
+    """Any policy with `decide(observations) -> edits` (heuristic, random, Tamiyo greedy)."""
+    return lambda observations: (policy.decide(observations), None)
+
+
+def choose_with_actions(policy) -> Chooser:
+    """A policy with `choose(observations) -> actions` (heuristic, random): the index
+    actions come back as extra, e.g. as behaviour-cloning targets."""
+
+    def choose(observations):
+        actions = policy.choose(observations)
+        edits = [to_edit(a, o, policy.blueprints, policy.blends, policy.blend_steps) for a, o in zip(actions, observations)]
+        return edits, actions
+
+    return choose
+
+
+def sample_with(policy: TamiyoPolicy, deterministic: bool = False) -> Chooser:
+    """Tamiyo: one batched `act` per decision; the ActionSample comes back for PPO."""
+
+    def choose(observations) -> tuple[list[Edit], ActionSample]:
+        sample = policy.act(batch_observations(observations), deterministic=deterministic)
+        edits = [
+            to_edit(sample.row(i), obs, policy.blueprints, policy.blends, policy.blend_steps)
+            for i, obs in enumerate(observations)
+        ]
+        return edits, sample
+
+    return choose
+
+
+class WaitPolicy:
+    """The host-only baseline: never grows anything."""
+
+    def decide(self, observations: list[Observation]) -> list[Edit]:
+        return [Edit(Op.WAIT) for _ in observations]
