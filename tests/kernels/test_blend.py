@@ -1,0 +1,324 @@
+"""Blend kernels against their references; without a GPU Triton runs in its CPU interpreter."""
+
+import importlib
+import importlib.util
+import os
+import subprocess
+import sys
+from unittest import mock
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import esper.kernels as K
+from esper.kernels import blend_reference, straight_through_reference
+
+# Dims alpha keeps, as a function of h's rank; every other dim broadcasts.
+LAYOUTS = {
+    "scalar": lambda r: None,
+    "per_sample": lambda r: {0},  # (B, 1, ..., 1)
+    "sample_channel": lambda r: {0, 1},  # (B, C, 1, 1)
+    "channel": lambda r: {1},  # (1, C, 1, 1)
+    "sample_feature": lambda r: {0, r - 1},  # (B, 1, D)
+    "feature": lambda r: {r - 1},  # (1, 1, D)
+    "token": lambda r: set(range(r - 1)),  # (B, T, 1)
+    "full": lambda r: set(range(r)),
+}
+ALPHA_FILLS = ("zero", "one", "uniform", "wide")
+# On a GPU machine the Triton path runs for real; elsewhere conftest turns on the interpreter.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def needs_triton():
+    pytest.importorskip("triton")
+
+
+def alpha_shape(shape, kept):
+    return () if kept is None else tuple(n if d in kept else 1 for d, n in enumerate(shape))
+
+
+def randn(shape, gen):
+    return torch.randn(shape, generator=gen).to(DEVICE)
+
+
+def make_alpha(shape, fill, gen):
+    if fill == "zero":
+        return torch.zeros(shape, device=DEVICE)
+    if fill == "one":
+        return torch.ones(shape, device=DEVICE)
+    if fill == "uniform":
+        return torch.rand(shape, generator=gen).to(DEVICE)
+    return 2 * randn(shape, gen)
+
+
+def make_input(shape, gen, contiguous):
+    if contiguous:
+        return randn(shape, gen)
+    # Same shape, reversed strides: exercises the kernels' contiguity handling.
+    return randn(shape[::-1], gen).permute(*reversed(range(len(shape))))
+
+
+@st.composite
+def blend_cases(draw, named_only):
+    rank = draw(st.integers(2, 4))
+    shape = tuple(draw(st.lists(st.integers(1, 9), min_size=rank, max_size=rank)))
+    if named_only:
+        kept = LAYOUTS[draw(st.sampled_from(sorted(LAYOUTS)))](rank)
+    else:
+        kept = {d for d in range(rank) if draw(st.booleans())}
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    contiguous = draw(st.booleans())
+    h, s = make_input(shape, gen, contiguous), make_input(shape, gen, contiguous)
+    alpha = make_alpha(alpha_shape(shape, kept), draw(st.sampled_from(ALPHA_FILLS)), gen)
+    return h, s, alpha, randn(shape, gen), draw(st.booleans())
+
+
+def run_blend(fn, h, s, alpha, g, alpha_grad):
+    h, s = h.clone().requires_grad_(), s.clone().requires_grad_()
+    alpha = alpha.clone().requires_grad_(alpha_grad)
+    out = fn(h, s, alpha)
+    out.backward(g)
+    return out.detach(), h.grad, s.grad, alpha.grad
+
+
+def check_blend_matches_reference(case):
+    h, s, alpha, g, alpha_grad = case
+    with K.backend("triton"):
+        out, dh, ds, dalpha = run_blend(K.blend, h, s, alpha, g, alpha_grad)
+    ref_out, _, ref_ds, ref_dalpha = run_blend(blend_reference, h, s, alpha, g, alpha_grad)
+    assert out.dtype == h.dtype and out.shape == h.shape
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
+    assert torch.equal(dh, g)
+    torch.testing.assert_close(ds, ref_ds, rtol=1e-5, atol=1e-6)
+    if alpha_grad:
+        assert dalpha.shape == alpha.shape
+        torch.testing.assert_close(dalpha, ref_dalpha, rtol=1e-4, atol=1e-4)
+    else:
+        assert dalpha is None
+
+
+def no_fallback():
+    return mock.patch.object(K, "blend_reference", side_effect=AssertionError("fell back to the reference"))
+
+
+# ------------------------------------------------------------ triton vs reference
+
+
+@settings(max_examples=100)
+@given(blend_cases(named_only=True))
+def test_blend_kernel_matches_reference(case):
+    needs_triton()
+    with no_fallback():
+        check_blend_matches_reference(case)
+
+
+@given(blend_cases(named_only=False))
+def test_blend_any_broadcast_layout_matches_reference(case):
+    needs_triton()
+    check_blend_matches_reference(case)
+
+
+@pytest.mark.parametrize(
+    ("shape", "a_shape"),
+    [
+        ((2, 3000), ()),  # scalar over several column blocks
+        ((2, 3000), (2, 1)),  # per sample, partial last block
+        ((150, 300), (1, 300)),  # alpha along inner: folded rows, ragged chunks
+        ((2, 75, 300), (2, 1, 300)),  # alpha along outer and inner
+        ((3, 130, 5, 5), (1, 130, 1, 1)),  # alpha along mid, many rows per tile
+        ((4, 6, 9), (9,)),  # alpha with fewer dims than h
+    ],
+)
+@pytest.mark.parametrize("alpha_grad", [True, False])
+def test_blend_kernel_tiling(shape, a_shape, alpha_grad):
+    needs_triton()
+    gen = torch.Generator().manual_seed(0)
+    alpha = make_alpha(a_shape, "uniform", gen)
+    case = (randn(shape, gen), randn(shape, gen), alpha, randn(shape, gen), alpha_grad)
+    with no_fallback():
+        check_blend_matches_reference(case)
+
+
+def test_blend_kernel_empty_input():
+    needs_triton()
+    gen = torch.Generator().manual_seed(0)
+    empty = randn((0, 3), gen)
+    check_blend_matches_reference((empty, empty, make_alpha((1, 3), "uniform", gen), empty, True))
+
+
+def test_blend_alpha_one_and_zero_endpoints():
+    needs_triton()
+    gen = torch.Generator().manual_seed(0)
+    h, s = randn((4, 5), gen), randn((4, 5), gen)
+    with K.backend("triton"):
+        assert torch.equal(K.blend(h, s, torch.tensor(0.0)), h)
+        torch.testing.assert_close(K.blend(h, s, 1.0), s)
+
+
+@pytest.mark.parametrize(
+    ("s_shape", "a_shape"),
+    [((3, 5), ()), ((3, 4), (2, 1)), ((3, 4), (2, 3, 4))],
+    ids=["s_shape", "not_broadcastable", "alpha_grows_h"],
+)
+def test_blend_rejects_mismatched_shapes(s_shape, a_shape):
+    with pytest.raises(ValueError):
+        K.blend(torch.randn(3, 4), torch.randn(s_shape), torch.rand(a_shape))
+
+
+# ------------------------------------------------------------ references
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_blend_reference_gradcheck(layout):
+    shape = (3, 4, 5)
+    h = torch.randn(shape, dtype=torch.float64)
+    s = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    a = torch.rand(alpha_shape(shape, LAYOUTS[layout](3)), dtype=torch.float64, requires_grad=True)
+    # Only s and alpha: dh = g is deliberately not the derivative of the value.
+    assert torch.autograd.gradcheck(lambda s, a: blend_reference(h, s, a), (s, a))
+    h.requires_grad_()
+    g = torch.randn(shape, dtype=torch.float64)
+    blend_reference(h, s, a).backward(g)
+    assert torch.equal(h.grad, g)
+
+
+def test_straight_through_reference_gradcheck():
+    h = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    s = torch.randn(3, 4, dtype=torch.float64)
+    # Only h: s gets g by design although the value ignores it.
+    assert torch.autograd.gradcheck(lambda h: straight_through_reference(h, s), (h,))
+
+
+# ------------------------------------------------------------ straight-through
+
+
+@st.composite
+def st_cases(draw):
+    rank = draw(st.integers(1, 4))
+    shape = tuple(draw(st.lists(st.integers(1, 9), min_size=rank, max_size=rank)))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    h = make_input(shape, gen, draw(st.booleans()))
+    h[(0,) * rank] = -0.0  # the one value `h + 0.0` would not preserve
+    return h, randn(shape, gen), randn(shape, gen)
+
+
+def bits(t):
+    return t.contiguous().view(torch.int32)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@given(case=st_cases())
+def test_straight_through(backend, case):
+    if backend == "triton":
+        needs_triton()
+    h0, s0, g = case
+    h, s = h0.clone().requires_grad_(), s0.clone().requires_grad_()
+    with K.backend(backend):
+        out = K.straight_through(h, s)
+    assert torch.equal(bits(out), bits(h0))
+    out.backward(g)
+    assert torch.equal(h.grad, g) and torch.equal(s.grad, g)
+
+
+def test_straight_through_kernel_ignores_nonfinite_seed_and_owns_its_output():
+    needs_triton()
+    h = torch.tensor([-0.0, 1.0, -2.0], device=DEVICE)
+    s = torch.tensor([float("inf"), float("nan"), 1.0], device=DEVICE, requires_grad=True)
+    with K.backend("triton"):
+        out = K.straight_through(h, s)
+    assert torch.equal(bits(out), bits(h))
+    out.mul_(2)
+    assert torch.equal(h, torch.tensor([-0.0, 1.0, -2.0], device=DEVICE))
+
+
+# ------------------------------------------------------------ backend switch
+
+
+def test_backend_switch_and_context():
+    before = K.get_backend()
+    with K.backend("reference"):
+        assert K.get_backend() == "reference"
+        with pytest.raises(ValueError):
+            K.set_backend("cuda")
+        assert K.get_backend() == "reference"
+    assert K.get_backend() == before
+
+
+def test_forced_triton_on_cpu_needs_interpreter(monkeypatch):
+    needs_triton()
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with K.backend("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        K.blend(torch.randn(2, 3), torch.randn(2, 3), 0.5)
+
+
+def test_auto_uses_reference_on_cpu():
+    h = torch.randn(2, 3, requires_grad=True)
+    with K.backend("auto"), mock.patch.object(K, "blend_reference", wraps=blend_reference) as ref:
+        K.blend(h, torch.randn(2, 3), 0.5)
+    ref.assert_called_once()
+
+
+def test_import_without_triton_and_env_default():
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch, esper.kernels as K\n"
+        "assert not K.HAS_TRITON and K.get_backend() == 'reference'\n"
+        "h = torch.randn(2, 3)\n"
+        "assert torch.equal(K.blend(h, torch.randn(2, 3), 0.0), h)\n"
+        "K.set_backend('triton')\n"
+        "try:\n    K.blend(h, h, 0.5)\nexcept RuntimeError as e:\n    assert 'triton' in str(e)\n"
+        "else:\n    raise SystemExit('forced triton without triton did not raise')\n"
+    )
+    env = {**os.environ, "ESPER_KERNELS": "reference"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_reimport_keeps_the_registered_ops():
+    needs_triton()
+    module = sys.modules["esper.kernels.blend"]
+    importlib.reload(module)
+    spec = importlib.util.spec_from_file_location("esper_blend_second_copy", module.__file__)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    h = torch.randn(3, 4, device=DEVICE)
+    with K.backend("triton"), no_fallback():
+        torch.testing.assert_close(K.blend(h, torch.zeros_like(h), 0.25), 0.75 * h)
+
+
+# ------------------------------------------------------------ compile / export
+
+
+class Slot(torch.nn.Module):
+    def forward(self, h, s, alpha):
+        return torch.relu(K.blend(h, s, alpha))
+
+
+def example_inputs():
+    gen = torch.Generator().manual_seed(0)
+    return randn((2, 3, 4), gen), randn((2, 3, 4), gen), make_alpha((2, 1, 1), "uniform", gen)
+
+
+def test_compile_reference_backend():
+    h, s, a = example_inputs()
+    eager = [t.clone().requires_grad_() for t in (h, s, a)]
+    traced = [t.clone().requires_grad_() for t in (h, s, a)]
+    with K.backend("reference"):
+        Slot()(*eager).sum().backward()
+        torch._dynamo.reset()
+        torch.compile(Slot(), backend="aot_eager", fullgraph=True)(*traced).sum().backward()
+    for x, y in zip(eager, traced):
+        torch.testing.assert_close(x.grad, y.grad)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_export(backend):
+    if backend == "triton":
+        needs_triton()
+    inputs = example_inputs()
+    with K.backend(backend):
+        ep = torch.export.export(Slot(), inputs)
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert ("esper.blend.default" in targets) == (backend == "triton")
+    torch.testing.assert_close(ep.module()(*inputs), Slot()(*inputs))
