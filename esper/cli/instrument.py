@@ -11,6 +11,7 @@ import yaml
 import esper
 from esper.cli.loading import load_model_file, parse_shape
 from esper.cli.main import UsageError
+from esper.kasmina.blueprints import blueprints_for, param_count
 from esper.leyline import TraceError
 
 
@@ -20,6 +21,7 @@ def add_arguments(p) -> None:
     p.add_argument("--max-slots", type=int, help="at most this many slots")
     p.add_argument("--spec", help="a YAML slot spec to follow (include/exclude globs, names, or exact slots)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--blueprints", action="store_true", help="also print what each blueprint would add at each slot")
     p.add_argument("--out", help="write the resolved slot spec here (default: MODEL_STEM.slots.yaml; '-' to skip)")
 
 
@@ -46,10 +48,21 @@ def run(args) -> int:
         return 0
     print(f"{type(model).__name__}: {mm.host_parameter_count():,} parameters, traced with {mm.kind}, "
           f"{len(rows)} slots of {len(mm.candidates)} candidate points")
-    width = max(len(r["id"]) for r in rows)
-    print(f"{'slot':<{width}}  {'after module':<{width}}  {'shape':<20}  depth")
+    w_id = max(len("slot"), *(len(r["id"]) for r in rows))
+    w_at = max(len("after module"), *(len(r["target"]) for r in rows))
+    print(f"{'slot':<{w_id}}  {'after module':<{w_at}}  {'shape':<20}  depth")
     for r in rows:
-        print(f"{r['id']:<{width}}  {r['target']:<{width}}  {str(tuple(r['shape'])):<20}  {r['depth']}")
+        print(f"{r['id']:<{w_id}}  {r['target']:<{w_at}}  {str(tuple(r['shape'])):<20}  {r['depth']}")
+    if args.blueprints:
+        _print_blueprint_costs(mm)
     if out != "-":
         print(f"slot spec written to {out}")
     return 0
+
+
+def _print_blueprint_costs(mm) -> None:
+    print("\nparameters each blueprint adds at each slot:")
+    for slot_id, slot in mm.plane.slots.items():
+        names = blueprints_for(len(slot.shape))
+        costs = ", ".join(f"{n} {param_count(n, slot.shape):,}" for n in names)
+        print(f"  {slot_id}: {costs}")

@@ -5,7 +5,8 @@ A point is an injection point when
   1. it dominates the output in the stream graph (every path from the input to the
      output runs through it: a cut point),
   2. it carries one floating tensor of rank >= 3 whose first dimension is the batch, and
-  3. it is the last node of a block (a module that owns two or more graph nodes).
+  3. it is the last node of a block (a module that owns two or more graph nodes), or, in
+     a flat host with fewer than three such blocks, the output of any module.
 
 The stream graph keeps only edges that carry floating tensors (plus edges out of the
 input itself), so sizes, `arange(T)` position ids and boolean masks that reach every
@@ -111,17 +112,28 @@ def find_injection_points(graph: fx.Graph, input_node: str, batch: int) -> list[
     for path, name in last_node.items():
         if owned[path] >= 2:
             blocks_ending[name].append(path)
+    cuts = cut_points(graph, input_node)
+    points = _points(graph, cuts, blocks_ending, batch)
+    if len(points) < 3:
+        # a flat host (a Sequential of plain layers): its layers' outputs are the boundaries
+        for n in nodes:
+            if n.op == "call_module" and n.target not in blocks_ending[n.name]:
+                blocks_ending[n.name].append(n.target)
+        points = _points(graph, cuts, blocks_ending, batch)
+    return points
 
-    by_name = {n.name: n for n in nodes}
+
+def _points(graph: fx.Graph, cuts: list[str], ending: dict[str, list[str]], batch: int) -> list[InjectionPoint]:
+    by_name = {n.name: n for n in graph.nodes}
     points = []
     used = Counter()
-    for name in cut_points(graph, input_node):
+    for name in cuts:
         value = by_name[name].meta.get("esper_value")
         if value is None or value.shape is None or not value.floating:
             continue
         if len(value.shape) < 3 or value.shape[0] != batch:
             continue
-        blocks = sorted(blocks_ending.get(name, []), key=lambda p: p.count("."))
+        blocks = sorted(ending.get(name, []), key=lambda p: p.count("."))
         if not blocks:
             continue
         ident = blocks[0]

@@ -24,7 +24,7 @@ from torch import nn
 from esper.graph import InjectionPoint
 from esper.graph.rewrite import fold_slot, insert_slot_calls, open_slot_after, slot_nodes
 from esper.kasmina.plane import KasminaPlane, module_key
-from esper.leyline import Edit, Op, TraceError
+from esper.leyline import Edit, Op, SeedStage, TraceError
 
 
 class MorphogeneticModel(nn.Module):
@@ -75,7 +75,7 @@ class MorphogeneticModel(nn.Module):
     def _on_edit(self, edit: Edit) -> None:
         """A fossil is folded into the graph, and a fresh dormant slot opens just after it,
         so the region can keep growing."""
-        if edit.op not in (Op.FOSSILIZE, Op.ADVANCE) or self.plane.slot(edit.slot).stage.name != "FOSSILIZED":
+        if edit.op not in (Op.FOSSILIZE, Op.ADVANCE) or self.plane.slot(edit.slot).stage is not SeedStage.FOSSILIZED:
             return
         old = self.points[edit.slot]
         new_id = _next_id(edit.slot, self.points)

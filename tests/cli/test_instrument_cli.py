@@ -19,6 +19,8 @@ def test_table_and_spec_for_the_example_host(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "block1" in r.stdout and "(1, 32, 32, 32)" in r.stdout and "traced with fx" in r.stdout
     spec = yaml.safe_load(out.read_text())
+    r = run("instrument", str(ROOT / "examples/host_cnn.py"), "--blueprints", "--out", "-")
+    assert "block3: attention 8,352, conv_enhance 164,224, depthwise 17,920, norm 384" in r.stdout
     assert [s["id"] for s in spec["slots"]] == ["block1", "block2", "block3"]
 
 

@@ -123,3 +123,15 @@ def test_cut_points_of_a_plain_chain_are_every_op():
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
     result = trace(model, (torch.randn(2, 3, 4),))
     assert cut_points(result.graph, result.input_node) == ["_0", "_1", "_2"]
+
+
+def test_a_flat_host_places_slots_at_layer_outputs():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 4),
+    )
+    x = torch.randn(2, 3, 4, 4)
+    mm = esper.instrument(model, (x,))
+    assert len(mm.plane.slots) >= 3
+    assert set(mm.plane.slots) <= {str(i) for i in range(6)}
+    assert torch.equal(mm(x), model(x))
