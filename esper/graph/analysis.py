@@ -8,8 +8,8 @@ A point is an injection point when
   3. it is the last node of a block (a module that owns two or more graph nodes), or, in
      a flat host with fewer than three such blocks, the output of any module.
 
-The stream graph keeps only edges that carry floating tensors (plus edges out of the
-input itself), so sizes, `arange(T)` position ids and boolean masks that reach every
+The stream graph keeps only edges that carry floating tensors or tensors of the input's
+own dtype (token ids and their views), so sizes, `arange(T)` position ids and boolean masks that reach every
 block do not hide the cut points of a residual stream.
 """
 
@@ -62,12 +62,13 @@ def stream_graph(graph: fx.Graph, input_node: str) -> nx.DiGraph:
     g = nx.DiGraph()
     by_name = {n.name: n for n in graph.nodes}
     start = by_name[input_node]
+    start_dtype = start.meta["esper_value"].dtype if "esper_value" in start.meta else None
     g.add_node(start.name)
     todo = [start]
     while todo:
         n = todo.pop()
         value = n.meta.get("esper_value")
-        carries = n is start or (value is not None and value.floating)
+        carries = n is start or (value is not None and (value.floating or value.dtype == start_dtype))
         if not carries:
             continue
         for user in n.users:

@@ -27,6 +27,7 @@ class ValueSummary:
 
     shape: tuple[int, ...] | None  # set when the value is one tensor
     floating: bool  # the value is, or holds, a floating-point tensor
+    dtype: torch.dtype | None = None  # set when the value is one tensor
 
 
 @dataclass
@@ -61,7 +62,7 @@ class _PathTracer(fx.Tracer):
 
 def _summarize(value: Any) -> ValueSummary:
     if isinstance(value, torch.Tensor):
-        return ValueSummary(tuple(value.shape), value.is_floating_point())
+        return ValueSummary(tuple(value.shape), value.is_floating_point(), value.dtype)
     if isinstance(value, (tuple, list)):
         return ValueSummary(None, any(_summarize(v).floating for v in value))
     if isinstance(value, dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -32,6 +33,12 @@ def instrument(
     if not args or not isinstance(args[0], torch.Tensor):
         raise TypeError("example_inputs must start with a tensor (batch first)")
     spec = load_spec(spec)
+    config = getattr(model, "config", None)
+    if getattr(config, "use_cache", False):
+        # A key/value cache in the output defeats torch.export, and a model that is still
+        # growing trains without one.
+        warnings.warn(f"{type(model).__name__}: setting config.use_cache = False for instrumentation", stacklevel=2)
+        config.use_cache = False
     result = trace(model, args, prefer=prefer)
     points = find_injection_points(result.graph, result.input_node, batch=args[0].shape[0])
     if result.kind == "export":

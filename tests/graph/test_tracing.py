@@ -135,3 +135,15 @@ def test_a_flat_host_places_slots_at_layer_outputs():
     assert len(mm.plane.slots) >= 3
     assert set(mm.plane.slots) <= {str(i) for i in range(6)}
     assert torch.equal(mm(x), model(x))
+
+
+def test_huggingface_causal_lm_with_a_cache_instruments_through_export():
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    model = GPT2Model(GPT2Config(n_embd=32, n_layer=3, n_head=4, vocab_size=50, bos_token_id=0, eos_token_id=0)).eval()
+    ids = torch.randint(0, 50, (2, 9))
+    with pytest.warns(UserWarning, match="use_cache = False"):
+        mm = esper.instrument(model, (ids,))
+    assert mm.kind == "export" and list(mm.plane.slots) == ["h.0", "h.1", "h.2"]
+    assert torch.equal(mm(ids).last_hidden_state, model(ids).last_hidden_state)
