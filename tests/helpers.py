@@ -30,6 +30,6 @@ def outputs_equal(a, b) -> bool:
 def tiny_bert() -> tuple[nn.Module, torch.Tensor]:
     from transformers import BertConfig, BertModel
 
-    cfg = BertConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, vocab_size=100)
+    cfg = BertConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, vocab_size=100, use_cache=False)
     torch.manual_seed(0)
     return BertModel(cfg), torch.randint(0, 100, (2, 12))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import weakref
 
 import torch
 import torch.fx as fx
@@ -45,7 +44,7 @@ class MorphogeneticModel(nn.Module):
         self.spec = spec
         self.points = {p.id: p for p in points}
         self.training = host.training
-        self.plane._anchor = functools.partial(_first_tensor, weakref.ref(self))
+        self.plane._anchor = self._first_tensor
         self.plane._listeners.append(self._on_edit)
         if kind == "fx":
             object.__setattr__(self, "_graph", insert_slot_calls(copy.deepcopy(graph), points, lambda p: f"plane.{module_key(p.id)}"))
@@ -122,6 +121,12 @@ class MorphogeneticModel(nn.Module):
     def slot_nodes(self) -> dict[str, fx.Node]:
         return slot_nodes(self._graph) if self.kind == "fx" else {}
 
+    def _first_tensor(self) -> torch.Tensor | None:
+        """Where new seeds live: the device and dtype of the host's first parameter."""
+        for t in self._host.parameters():
+            return t
+        return next((b for b in self._host.buffers() if b.is_floating_point()), None)
+
     def host_parameter_count(self) -> int:
         return sum(p.numel() for p in self._host.parameters())
 
@@ -147,15 +152,3 @@ def _next_id(slot_id: str, taken) -> str:
     while f"{base}+{n}" in taken:
         n += 1
     return f"{base}+{n}"
-
-
-def _first_tensor(ref) -> torch.Tensor | None:
-    model = ref()
-    if model is None:
-        return None
-    for t in model._host.parameters():
-        return t
-    for t in model._host.buffers():
-        if t.is_floating_point():
-            return t
-    return None

@@ -165,6 +165,12 @@ class KasminaPlane(nn.Module):
             for group in opt.param_groups:
                 group["params"] = [p for p in group["params"] if id(p) not in params]
 
+    def __getstate__(self):
+        # A copy of the model is not trained by the original's optimizers.
+        state = self.__dict__.copy()
+        state["_optimizers"] = []
+        return state
+
     def _like(self) -> torch.Tensor:
         """A tensor whose device and dtype new seeds should take (the host's first parameter)."""
         ref = self._anchor() if self._anchor is not None else None

@@ -113,3 +113,16 @@ def test_attach_optimizer_adds_seed_parameters_as_they_appear():
     assert group["lr"] == 5e-4 and {id(p) for p in group["params"]} == {id(p) for p in mm.plane.seed_parameters("block1")}
     mm.plane.cull("block1")
     assert len(opt.param_groups) == n_groups
+
+
+def test_a_copy_does_not_touch_the_originals_optimizer():
+    mm = esper.instrument(HostCNN(), (torch.randn(2, 3, 16, 16),))
+    opt = torch.optim.SGD(mm.parameters(), lr=0.1)
+    mm.plane.attach_optimizer(opt)
+    mm.plane.germinate("block1", "norm")
+    twin = copy.deepcopy(mm)
+    twin.plane.cull("block1")
+    assert any(g.get("esper_slot") == "block1" for g in opt.param_groups)
+    twin.plane.germinate("block2", "norm")
+    assert not any(g.get("esper_slot") == "block2" for g in opt.param_groups)
+    assert twin.plane.slots["block2"].seed.scale.device == twin.block2.conv.weight.device
