@@ -1,9 +1,142 @@
-"""`esper grow`: not available yet."""
+"""`esper grow`: grow one host with a policy and write what came of it.
+
+    esper grow --policy heuristic --host examples/host_cnn.py --data synthetic --epochs 8 --out runs/demo
+    esper grow --policy runs/NAME/tamiyo.pt --out runs/grown      # host, data and settings from training
+
+--policy is a trained Tamiyo (tamiyo.pt or checkpoint.pt from `esper train`), `heuristic`,
+`random`, or `wait` (never grow: the host alone). DIR gets model/ (esper.save: load it
+with esper.load), edits.yaml (the edit log: esper.replay rebuilds the structure),
+metrics.jsonl (one record per decision), summary.json, and report.md with its plots.
+--baseline also trains the host alone on the same data, seed and epochs, for comparison.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from esper.cli.main import UsageError
+from esper.cli.runs import add_common, build_config, check_device, check_host_fits, check_out_dir, load_dataset, load_host
+
+POLICY_KINDS = ("heuristic", "random", "wait")
 
 
 def add_arguments(p) -> None:
-    pass
+    p.add_argument("--policy", required=True, help="runs/NAME/tamiyo.pt, heuristic, random, or wait (host only)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--baseline", action="store_true", help="also train the host alone, for comparison")
+    add_common(p)
+
+
+def _policy_and_config(args):
+    """(policy or None for the built-ins, base config or None)."""
+    if args.policy in POLICY_KINDS:
+        return None, None
+    path = Path(args.policy)
+    if not path.exists():
+        raise UsageError(f"--policy {args.policy}: no such file; give runs/NAME/tamiyo.pt or one of {', '.join(POLICY_KINDS)}")
+    from esper.simic.training import load_policy
+
+    try:
+        policy, trained = load_policy(path)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        raise UsageError(f"--policy {args.policy}: {e}") from e
+    if args.config:
+        raise UsageError("--config cannot be combined with a trained policy: its settings come from the policy file")
+    if args.blend_steps is not None and args.blend_steps != policy.blend_steps:
+        raise UsageError(f"this policy was trained with --blend-steps {policy.blend_steps}")
+    return policy, trained
 
 
 def run(args) -> int:
-    raise SystemExit("esper grow is not available yet")
+    import esper
+    from esper.simic import config as config_io
+    from esper.simic import metrics as metrics_io
+    from esper.simic.env import GrowthEnv
+    from esper.simic.report import make_report
+    from esper.simic.baselines import WaitPolicy
+    from esper.simic.vectorized import VectorEnv, decide_with, place_data, run_episodes
+    from esper.tamiyo import RandomPolicy
+
+    policy, trained = _policy_and_config(args)
+    if trained is None and not args.host and not args.config:
+        raise UsageError("--host is required (a model file, e.g. examples/host_cnn.py)")
+    cfg = build_config(args, trained)
+    device = check_device(cfg.device)
+    out = check_out_dir(args.out)
+    if policy is None:
+        if args.policy == "heuristic":
+            policy = cfg.heuristic.build(cfg.blueprints, cfg.blends, cfg.env.blend_steps)
+        elif args.policy == "random":
+            policy = RandomPolicy(cfg.blueprints, cfg.blends, cfg.env.blend_steps, seed=cfg.seed)
+        else:
+            policy = WaitPolicy()
+
+    torch.manual_seed(cfg.seed)  # the host's initial weights, when its file draws them
+    template, example = load_host(cfg.host)
+    data = load_dataset(cfg, progress=not args.no_progress)
+    example = check_host_fits(template, example, data)
+    data, where = place_data(data, device)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / metrics_io.JSONL_NAME).unlink(missing_ok=True)
+    writer = metrics_io.MetricsWriter(out, tensorboard=False)
+    print(f"esper grow: {cfg.host} with policy {args.policy}, {cfg.env.epochs} epochs on {len(data.train)} "
+          f"{data.name} images (on {where}), output in {out}")
+
+    def grow(run_name: str, chooser_policy) -> tuple[GrowthEnv, dict]:
+        env = GrowthEnv(lambda: copy.deepcopy(template), data, cfg.env, cfg.reward, blueprints=cfg.blueprints,
+                        blends=cfg.blends, device=device, example_input=example)
+        bar = None
+        if not args.no_progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.env.decisions, desc=f"grow ({run_name})", unit="step", dynamic_ncols=True)
+
+        def on_decision(decision) -> None:
+            info = decision.results[0].info
+            writer.write("epoch", {"run": run_name, **info})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(val_acc=f"{info['val_acc']:.3f}", edit=info["edit"]["op"])
+
+        start = time.perf_counter()
+        try:
+            rollout = run_episodes(VectorEnv([env]), [cfg.seed], decide_with(chooser_policy), on_decision)
+        finally:
+            if bar is not None:
+                bar.close()
+        summary = rollout.summaries[0]
+        summary["test_loss"], summary["test_acc"] = env.evaluate(data.test)
+        summary["wall_seconds"] = time.perf_counter() - start
+        summary["throughput"] = rollout.throughput
+        return env, summary
+
+    env, summary = grow("grown", policy)
+    summary.update(policy=args.policy, host=cfg.host, data=data.name, epochs=cfg.env.epochs, seed=cfg.seed,
+                   train_images=len(data.train))
+    if args.baseline:
+        _, base = grow("baseline", WaitPolicy())
+        summary["baseline"] = {k: base[k] for k in ("val_acc", "test_acc", "best_val_acc", "params", "wall_seconds")}
+    writer.close()
+
+    env.mm.host_factory = f"{Path(cfg.host).resolve()}:build_model"
+    esper.save(env.mm, out / "model")
+    (out / "edits.yaml").write_text(yaml.safe_dump([e.to_dict() for e in env.plane.edits], sort_keys=False))
+    config_io.save_yaml(cfg, out / "config.yaml")
+    (out / "summary.json").write_text(json.dumps(metrics_io.clean(summary), indent=2))
+    report = make_report(out)
+
+    fossils = ", ".join(summary["fossil_blueprints"]) or "none"
+    print(f"esper grow: val acc {summary['initial_val_acc']:.3f} -> {summary['val_acc']:.3f}, test acc "
+          f"{summary['test_acc']:.3f}; {summary['fossilized']} seed(s) fossilized ({fossils}), "
+          f"parameters +{summary['param_ratio']:.1%}; {summary['wall_seconds']:.0f}s")
+    if "baseline" in summary:
+        b = summary["baseline"]
+        print(f"  host alone: val acc {b['val_acc']:.3f}, test acc {b['test_acc']:.3f}")
+    print(f"  wrote {out / 'model'}, {out / 'edits.yaml'}, {out / metrics_io.JSONL_NAME}, {report}")
+    return 0

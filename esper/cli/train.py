@@ -1,9 +1,74 @@
-"""`esper train`: not available yet."""
+"""`esper train`: train Tamiyo with PPO on K hosts growing in lockstep.
+
+    esper train --host examples/host_cnn.py --data synthetic --episodes 16 --envs 4 --out runs/NAME
+    esper train --out runs/NAME --resume --episodes 32      # continue a killed or finished run
+
+The run directory gets config.yaml (every setting, resolved: pass it back with --config
+to repeat the run), metrics.jsonl, TensorBoard events under tb/, checkpoint.pt (agent,
+optimizer, RNG states, counters, metric history) and, at the end, tamiyo.pt, the
+policy `esper grow --policy` takes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from esper.cli.main import UsageError
+from esper.cli.runs import add_common, build_config, check_device, check_host_fits, check_out_dir, load_dataset, load_host
 
 
 def add_arguments(p) -> None:
-    pass
+    p.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
+    p.add_argument("--episodes", type=int, help="PPO episodes in all (default 16)")
+    p.add_argument("--envs", type=int, help="environments in lockstep, K (default 4)")
+    p.add_argument("--warm-start", type=int, help="heuristic episodes to behaviour-clone before PPO (default 0)")
+    p.add_argument("--ppo-lr", type=float, help="Tamiyo's learning rate (default 3e-4)")
+    p.add_argument("--checkpoint-every", type=int, help="episodes between checkpoints (default 1: every round)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    add_common(p)
 
 
 def run(args) -> int:
-    raise SystemExit("esper train is not available yet")
+    from esper.simic.training import CHECKPOINT, CONFIG, POLICY, Trainer, load_config
+    from esper.simic.vectorized import place_data
+
+    out = check_out_dir(args.out)
+    saved = out / CONFIG
+    if args.resume and (out / CHECKPOINT).exists():
+        if args.config:
+            raise UsageError("--resume continues with the run's own config.yaml; drop --config")
+        try:
+            base = load_config(saved)
+        except (ValueError, FileNotFoundError) as e:
+            raise UsageError(f"cannot resume {out}: {e}") from e
+        cfg = build_config(args, base)
+    else:
+        if not args.resume and ((out / CHECKPOINT).exists() or (out / POLICY).exists()):
+            raise UsageError(f"{out} already holds a training run: pass --resume to continue it, or choose another --out")
+        if args.resume:
+            print(f"esper train: nothing to resume in {out} (no {CHECKPOINT}): starting from the beginning")
+        cfg = build_config(args)
+    if not args.resume and not args.host and not args.config:
+        raise UsageError("--host is required (a model file, e.g. examples/host_cnn.py)")
+    device = check_device(cfg.device)
+    if not Path(cfg.host).is_file():
+        raise UsageError(f"no such model file: {cfg.host}")
+
+    template, example = load_host(cfg.host)
+    data = load_dataset(cfg, progress=not args.no_progress)
+    example = check_host_fits(template, example, data)
+    data, where = place_data(data, device)
+    try:
+        trainer = Trainer(cfg, out, template, data, example, resume=args.resume, progress=not args.no_progress)
+    except ValueError as e:  # a resume whose settings differ, a host that does not fit the data
+        raise UsageError(str(e)) from e
+    print(f"esper train: {cfg.episodes} episodes on {cfg.envs} environments x {cfg.env.epochs} epochs, "
+          f"{len(data.train)} training images ({data.name}, on {where}), run directory {out}")
+    result = trainer.run()
+    last = result["history"][-1] if result["history"] else {}
+    print(f"esper train: {result['episodes']} episodes, {result['updates']} PPO updates; policy written to {out / POLICY}")
+    if last:
+        print(f"  last update: explained variance {last['explained_variance']:.3f}, "
+              + ", ".join(f"{k.split('/')[1]} entropy {v:.2f}" for k, v in last.items() if k.startswith("entropy_norm/")))
+    print(f"  report: esper report {out}")
+    return 0

@@ -161,7 +161,8 @@ class KasminaPlane(nn.Module):
                 if group.get("esper_slot") == slot.slot_id:
                     for p in group["params"]:
                         opt.state.pop(p, None)
-                    opt.param_groups.remove(group)
+                    # By identity: list.remove compares groups with ==, which compares their tensors.
+                    opt.param_groups[:] = [g for g in opt.param_groups if g is not group]
             for group in opt.param_groups:
                 group["params"] = [p for p in group["params"] if id(p) not in params]
 

@@ -2,10 +2,10 @@
 
 An episode (`cfg.epochs` epochs, `cfg.decisions_per_epoch` decisions each):
 
-    reset(seed)  fresh host (re-initialised from the template), instrumented; its own
-                 optimizer (SGD with momentum, or AdamW) which seeds join on germination
-                 through `plane.attach_optimizer`; validation loss/accuracy of the
-                 untrained model; returns the first Observation.
+    reset(seed)  fresh host from the factory, instrumented; its own optimizer (AdamW, or
+                 SGD with momentum; cosine learning-rate decay over the episode by
+                 default) which seeds join on germination through `plane.attach_optimizer`;
+                 validation loss/accuracy of the untrained model; the first Observation.
     step(edit)   plane.apply(edit)                (the one path: the plane logs it)
                  train 1/decisions_per_epoch of an epoch, plane.guard() every step
                  plane.step()                     (one tick: blends advance)
@@ -29,7 +29,7 @@ import math
 import time
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Callable
 
@@ -43,7 +43,6 @@ from esper.kasmina.instrument import instrument
 from esper.leyline import Edit, Observation, Op, SeedStage
 from esper.simic.features import TrainingSignals, build_observation
 from esper.simic.rewards import RewardBreakdown, RewardConfig, RewardState, compute_reward
-from esper.tamiyo import HeuristicPolicy
 
 S = SeedStage
 
@@ -56,12 +55,14 @@ class EnvConfig:
     decisions_per_epoch: int = 1
     batch_size: int = 128
     eval_batch_size: int = 1000
-    optimizer: str = "sgd"  # "sgd" (momentum, nesterov) or "adamw"
-    lr: float = 0.05
+    optimizer: str = "adamw"  # "adamw", or "sgd" (momentum, nesterov: try lr 0.05, weight_decay 5e-4)
+    lr: float = 2e-3
+    lr_schedule: str = "cosine"  # decay over the episode down to lr_floor x lr; or "constant"
+    lr_floor: float = 0.1
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: float = 0.01
     seed_lr: float | None = None  # learning rate of seed parameter groups; None: lr
-    blend_steps: int = 3  # ticks a germinated seed takes to blend in (the policy's Edit.steps)
+    blend_steps: int = 2  # ticks a germinated seed takes to blend in (the policy's Edit.steps)
     max_slots: int | None = None
     contribution_samples: int = 512  # the fixed validation batch for ablations
     augment: bool = False
@@ -73,38 +74,12 @@ class EnvConfig:
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.lr_schedule not in ("constant", "cosine") or not 0 <= self.lr_floor <= 1:
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine' and lr_floor in [0, 1], got {self.lr_schedule!r}, {self.lr_floor}")
 
     @property
     def decisions(self) -> int:
         return self.epochs * self.decisions_per_epoch
-
-
-@dataclass
-class HeuristicConfig:
-    """HeuristicPolicy settings for short episodes (ticks, not epochs). With the defaults
-    a seed germinates as soon as three ticks of history exist and fossilizes about
-    2 + train_epochs + blend_steps ticks later, which fits an 8-tick episode."""
-
-    blueprint_preference: list[str] = field(default_factory=lambda: ["conv_enhance", "attention", "mlp"])
-    plateau: float = 1.0  # accuracy gained over 3 ticks below which the host counts as stalled (1.0: always)
-    train_epochs: int = 1
-    max_active: int = 1
-    latest_germination: float = 0.5
-    decline: float = 0.02
-
-    def build(self, blueprints: list[str], blends: list[str], blend_steps: int) -> HeuristicPolicy:
-        preference = [b for b in self.blueprint_preference if b in blueprints]
-        return HeuristicPolicy(
-            blueprints,
-            blends,
-            blend_steps,
-            blueprint_preference=preference,
-            plateau=self.plateau,
-            train_epochs=self.train_epochs,
-            max_active=self.max_active,
-            latest_germination=self.latest_germination,
-            decline=self.decline,
-        )
 
 
 @dataclass
@@ -217,12 +192,13 @@ class GrowthEnv:
             self.optimizer = self._make_optimizer()
             seed_opts = {"lr": cfg.seed_lr} if cfg.seed_lr else {}
             self.plane.attach_optimizer(self.optimizer, **seed_opts)
-            self._data_gen = torch.Generator().manual_seed(seed)
+            self._data_gen = torch.Generator(device=self.data.train.x.device).manual_seed(seed)
         self.host_params = self.mm.host_parameter_count()
         self.t = 0
         self.done = False
         self._batches = None
         self._train_batches = max(1, math.ceil(len(self.data.train) / cfg.batch_size))
+        self._batches_done = 0
         val_loss, val_acc = self.evaluate(self.data.val)
         # Before any training the model's training-set numbers are its validation numbers.
         self.history = {"train_loss": [], "train_acc": [], "val_loss": [], "val_acc": []}
@@ -337,6 +313,7 @@ class GrowthEnv:
         seen = 0
         for x, y in islice(self._batches, count):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            self._schedule_lr()
             self.optimizer.zero_grad(set_to_none=True)
             out = self.mm(x)
             loss = F.cross_entropy(out, y)
@@ -349,6 +326,19 @@ class GrowthEnv:
         if seen == 0:
             return self.now["train_loss"], self.now["train_acc"], 0
         return float(loss_sum) / seen, float(correct) / seen, seen
+
+    def _schedule_lr(self) -> None:
+        """Cosine decay over the whole episode, applied to every group (seed groups included,
+        relative to the learning rate each group joined with)."""
+        c = self.cfg
+        progress = min(self._batches_done / (self._train_batches * c.epochs), 1.0)
+        self._batches_done += 1
+        if c.lr_schedule == "constant":
+            return
+        factor = c.lr_floor + (1 - c.lr_floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        for group in self.optimizer.param_groups:
+            base = group.setdefault("esper_base_lr", group["lr"])
+            group["lr"] = base * factor
 
     @torch.no_grad()
     def evaluate(self, split) -> tuple[float, float]:

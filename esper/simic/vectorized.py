@@ -17,11 +17,14 @@ runner is not implemented yet.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from esper.leyline import Edit, Observation, Op, batch_observations
+import torch
+
+from esper.leyline import Edit, Observation, batch_observations
 from esper.simic.env import GrowthEnv, StepResult
 from esper.tamiyo import ActionSample, TamiyoPolicy, to_edit
 
@@ -87,8 +90,11 @@ class Rollout:
     throughput: dict[str, float] = field(default_factory=dict)
 
 
-def run_episodes(venv: VectorEnv, seeds: Sequence[int], choose: Chooser) -> Rollout:
-    """Play one episode in every environment, calling `choose` once per decision."""
+def run_episodes(
+    venv: VectorEnv, seeds: Sequence[int], choose: Chooser, on_decision: Callable[[Decision], None] | None = None
+) -> Rollout:
+    """Play one episode in every environment, calling `choose` once per decision
+    (and `on_decision`, if given, after each one, e.g. to log it as it happens)."""
     images_before, host_before = venv.images, venv.host_seconds
     start = time.perf_counter()
     observations = venv.reset(seeds)
@@ -102,6 +108,8 @@ def run_episodes(venv: VectorEnv, seeds: Sequence[int], choose: Chooser) -> Roll
             raise ValueError(f"the policy returned {len(edits)} edits for {venv.num_envs} environments")
         results = venv.step(edits)
         decisions.append(Decision(observations, extra, list(edits), results))
+        if on_decision is not None:
+            on_decision(decisions[-1])
         dones = [r.done for r in results]
         if any(dones):
             if not all(dones):
@@ -155,8 +163,16 @@ def sample_with(policy: TamiyoPolicy, deterministic: bool = False) -> Chooser:
     return choose
 
 
-class WaitPolicy:
-    """The host-only baseline: never grows anything."""
-
-    def decide(self, observations: list[Observation]) -> list[Edit]:
-        return [Edit(Op.WAIT) for _ in observations]
+def place_data(splits, device: str | torch.device, budget: float = 0.5):
+    """The K environments share one copy of the data: moved whole onto `device` when it
+    takes less than `budget` of the device's free memory, else left where it is (each
+    batch is then copied over as it is used). Returns the splits and where they live."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return splits, splits.train.x.device
+    size = sum(t.numel() * t.element_size() for part in (splits.train, splits.val, splits.test) for t in (part.x, part.y))
+    free, _ = torch.cuda.mem_get_info(device)
+    if size > budget * free:
+        return splits, splits.train.x.device
+    moved = dataclasses.replace(splits, train=splits.train.to(device), val=splits.val.to(device), test=splits.test.to(device))
+    return moved, device

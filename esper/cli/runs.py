@@ -1,0 +1,139 @@
+"""What `esper train` and `esper grow` share: settings from flags and files, hosts, data, devices.
+
+Every user mistake here becomes a UsageError (one line, exit 2) before any training starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from esper.cli.loading import load_model_file
+from esper.cli.main import UsageError
+from esper.leyline import EsperError
+from esper.simic import config as config_io
+from esper.simic.training import TrainConfig, load_config
+
+# Without --limit, the synthetic task is cut to this many training images, so that the
+# demo commands finish in minutes on a laptop CPU; real datasets are used whole.
+SYNTHETIC_LIMIT = 6000
+
+# flag dest -> dotted TrainConfig key
+SETTINGS = {
+    "host": "host",
+    "data": "data",
+    "data_root": "data_root",
+    "download": "download",
+    "limit": "limit",
+    "episodes": "episodes",
+    "envs": "envs",
+    "epochs": "env.epochs",
+    "decisions_per_epoch": "env.decisions_per_epoch",
+    "batch_size": "env.batch_size",
+    "lr": "env.lr",
+    "optimizer": "env.optimizer",
+    "blend_steps": "env.blend_steps",
+    "max_slots": "env.max_slots",
+    "augment": "env.augment",
+    "seed": "seed",
+    "device": "device",
+    "warm_start": "warm_start",
+    "checkpoint_every": "checkpoint_every",
+    "ppo_lr": "ppo.learning_rate",
+}
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """Flags both commands take. Every default is None: unset flags leave the config alone."""
+    p.add_argument("--host", help="model file: build_model(), `model`, or one nn.Module class (e.g. examples/host_cnn.py)")
+    p.add_argument("--data", help="'synthetic' (default), 'cifar10', or an ImageFolder directory / .tar.gz")
+    p.add_argument("--data-root", help="where datasets are downloaded and cached (default ~/.cache/esper)")
+    p.add_argument("--download", action="store_const", const=True, help="download the dataset if it is missing")
+    p.add_argument("--limit", type=int, help=f"training images to use (default: {SYNTHETIC_LIMIT} for synthetic, all otherwise)")
+    p.add_argument("--epochs", type=int, help="epochs per episode (default 8)")
+    p.add_argument("--decisions-per-epoch", type=int, help="growth decisions per epoch (default 1)")
+    p.add_argument("--batch-size", type=int, help="host training batch size (default 128)")
+    p.add_argument("--lr", type=float, help="host learning rate (default 2e-3, AdamW; for SGD try 0.05)")
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], help="host optimizer (default adamw)")
+    p.add_argument("--blend-steps", type=int, help="decisions a seed takes to blend in (default 2)")
+    p.add_argument("--max-slots", type=int, help="at most this many seed slots in the host")
+    p.add_argument("--augment", action="store_const", const=True, help="random crops and flips while training")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--device", help="cpu or cuda (default cpu)")
+    p.add_argument("--config", help="a YAML file of settings (as written to a run's config.yaml)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def explicit_settings(args: argparse.Namespace) -> dict:
+    return {key: getattr(args, dest) for dest, key in SETTINGS.items() if getattr(args, dest, None) is not None}
+
+
+def build_config(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    """Defaults, then --config (or `base`), then the flags given on the command line."""
+    try:
+        if base is None:
+            base = load_config(args.config) if getattr(args, "config", None) else TrainConfig()
+        cfg = config_io.with_overrides(base, explicit_settings(args))
+        if cfg.limit is None and cfg.data == "synthetic" and "limit" not in explicit_settings(args) and not getattr(args, "config", None):
+            cfg = config_io.with_overrides(cfg, {"limit": SYNTHETIC_LIMIT})
+        return cfg.resolved()
+    except (ValueError, FileNotFoundError, TypeError) as e:
+        raise UsageError(str(e)) from e
+
+
+def check_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device: use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available here; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name!r}: esper trains on cpu or cuda")
+    return device
+
+
+def load_host(path: str) -> tuple[torch.nn.Module, torch.Tensor | None]:
+    return load_model_file(path)
+
+
+def load_dataset(cfg: TrainConfig, progress: bool = True):
+    from esper.simic.data import load_data
+
+    try:
+        return load_data(
+            cfg.data, root=cfg.data_root, download=cfg.download, val_fraction=cfg.val_fraction,
+            seed=cfg.seed, limit=cfg.limit, device="cpu", progress=progress,
+        )
+    except (EsperError, ValueError, FileNotFoundError, OSError) as e:
+        raise UsageError(f"--data {cfg.data}: {e}") from e
+
+
+def check_out_dir(path: str) -> Path:
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a directory")
+    return out
+
+
+def check_host_fits(model: torch.nn.Module, example: torch.Tensor | None, data) -> torch.Tensor:
+    """A forward pass of the host on the data's images: it must give one logit per class.
+    Returns the example input to instrument with."""
+    if example is None or example.shape[1:] != data.train.x.shape[1:]:
+        example = data.train.x[:2].cpu()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(example)
+    except Exception as e:
+        raise UsageError(f"the host fails on the data's images {tuple(example.shape)}: {type(e).__name__}: {e}") from e
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != data.num_classes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UsageError(f"the host outputs {shape} per batch, but {data.name} has {data.num_classes} classes: "
+                         f"esper grows classifiers with one logit per class")
+    return example

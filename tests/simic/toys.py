@@ -1,0 +1,38 @@
+"""Small data and hosts for the simic and CLI tests: every episode here takes seconds on a CPU."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from esper.simic.data import DataSplits, TensorData
+
+
+class TinyCNN(nn.Module):
+    """Two conv blocks on 3x16x16 images: slots 'block1' (8 ch) and 'block2' (16 ch)."""
+
+    def __init__(self, num_classes: int = 4):
+        super().__init__()
+        self.block1 = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.block2 = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.pool = nn.MaxPool2d(2)
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = self.pool(self.block1(x))
+        x = self.block2(x)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def toy_data(n_train: int = 96, n_val: int = 32, classes: int = 4, seed: int = 0) -> DataSplits:
+    """Class-coloured noise images: easy enough to learn in a couple of epochs."""
+    g = torch.Generator().manual_seed(seed)
+
+    def part(n):
+        y = torch.randint(0, classes, (n,), generator=g)
+        x = torch.randn(n, 3, 16, 16, generator=g) * 0.8
+        x[:, 0] += (y.float() - classes / 2).view(-1, 1, 1) * 0.5
+        return TensorData(x, y)
+
+    return DataSplits(part(n_train), part(n_val), part(n_val), classes, [str(i) for i in range(classes)], "toy")
+
