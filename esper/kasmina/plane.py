@@ -51,6 +51,7 @@ class KasminaPlane(nn.Module):
         if slot_id in self._ids or hasattr(self, key):
             raise ValueError(f"slot '{slot_id}' already exists")
         slot = SeedSlot(slot_id, shape)
+        slot.on_auto_cull = self._log_auto_cull
         self.add_module(key, slot)
         pos = self._ids.index(after) + 1 if after is not None else len(self._ids)
         self._ids.insert(pos, slot_id)
@@ -70,9 +71,8 @@ class KasminaPlane(nn.Module):
     def apply(self, edit: Edit) -> Edit:
         """Validate, perform and log one edit. Returns the logged edit."""
         if edit.op is Op.WAIT:
-            logged = Edit(Op.WAIT, edit.slot, step=self.step_count)
-            self.edits.append(logged)
-            return logged
+            self.edits.append(Edit(Op.WAIT, edit.slot, step=self.step_count))
+            return self.edits[-1]
         slot = self.slot(edit.slot)
         dst = target_stage(edit.slot, slot.stage, edit.op)
         if dst is S.GERMINATED:
@@ -89,10 +89,17 @@ class KasminaPlane(nn.Module):
             else:
                 slot.enter(dst)
             logged = Edit(edit.op, edit.slot, step=self.step_count)
+        return self._log(logged)
+
+    def _log(self, logged: Edit) -> Edit:
         self.edits.append(logged)
         for listener in self._listeners:
             listener(logged)
         return logged
+
+    def _log_auto_cull(self, slot: SeedSlot) -> None:
+        self._detach(slot)
+        self._log(Edit(Op.CULL, slot.slot_id, step=self.step_count))
 
     def germinate(self, slot_id: str, blueprint: str, blend: str = "linear", steps: int = DEFAULT_BLEND_STEPS) -> Edit:
         return self.apply(Edit(Op.GERMINATE, slot_id, blueprint, blend, steps))
@@ -122,8 +129,7 @@ class KasminaPlane(nn.Module):
                 continue
             for p in slot.seed_parameters():
                 p.grad = None
-            self._detach(slot)
-            slot._cull("non-finite seed gradient")
+            slot.cull_nonfinite("non-finite seed gradient")
             culled.append(slot_id)
         return culled
 

@@ -42,6 +42,7 @@ class SeedSlot(nn.Module):
         self.blend_name: str | None = None
         self.ticks_in_stage = 0
         self.events: list[str] = []
+        self.on_auto_cull = None  # set by the plane
         self.ablated = False  # forced to alpha 0, to measure what the seed contributes
         self._calls = 0
         self._stats: torch.Tensor | None = None
@@ -62,7 +63,7 @@ class SeedSlot(nn.Module):
         x = h.detach()
         s = self.seed(x)
         if not _tracing() and not bool(torch.isfinite(s).all()):
-            self._cull("non-finite seed output")
+            self.cull_nonfinite("non-finite seed output")
             return h
         if stage is S.TRAINING:
             return kernels.straight_through(h, s)
@@ -110,6 +111,12 @@ class SeedSlot(nn.Module):
 
     def cull(self) -> None:
         self._cull("culled")
+
+    def cull_nonfinite(self, why: str) -> None:
+        """Cull on the slot's own initiative; the plane logs it as an edit, so replay agrees."""
+        self._cull(why)
+        if self.on_auto_cull is not None:
+            self.on_auto_cull(self)
 
     def _cull(self, why: str) -> None:
         self._move(S.CULLED)

@@ -75,6 +75,9 @@ def test_nan_output_culls_the_seed_and_the_host_keeps_training():
     slot = mm.plane.slots["block1"]
     assert slot.stage is SeedStage.CULLED
     assert any("non-finite seed output" in e for e in mm.plane.telemetry()[0]["events"])
+    assert mm.plane.edits[-1] == esper.Edit(esper.Op.CULL, "block1", step=1)  # logged, so replay agrees
+    again = esper.replay(HostCNN(), (x,), mm.plane.edits, spec=mm.spec)
+    assert again.plane.slots["block1"].stage is SeedStage.CULLED
 
 
 def test_nan_gradient_culls_the_seed_before_the_optimizer_step():
@@ -100,6 +103,7 @@ def test_nan_gradient_culls_the_seed_before_the_optimizer_step():
     for (n, a), (_, b) in zip(twin.state_dict().items(), mm.state_dict().items()):
         assert torch.equal(a, b), n
     assert "non-finite seed gradient" in " ".join(mm.plane.telemetry()[2]["events"])
+    assert mm.plane.edits[-1].op is esper.Op.CULL and mm.plane.edits[-1].slot == "block3"
 
 
 def test_attach_optimizer_adds_seed_parameters_as_they_appear():
