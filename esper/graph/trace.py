@@ -35,7 +35,6 @@ class TraceResult:
     kind: str  # "fx" or "export"
     graph: fx.Graph
     input_node: str  # the placeholder the main activation stream starts from
-    graph_module: fx.GraphModule | None = None  # fx only
     leaves: list[str] = field(default_factory=list)  # modules kept opaque by the fx retry
     fx_failure: str = ""  # why fx was not used, when kind == "export"
 
@@ -171,6 +170,7 @@ def _export_graph(model: nn.Module, example_inputs: tuple) -> tuple[fx.Graph, st
 def trace(model: nn.Module, example_inputs: tuple, prefer: str = "fx") -> TraceResult:
     """Trace `model` with the first front-end that works; raise TraceError when none does."""
     fx_failure = ""
+    first_failure: _FxFailure | None = None
     if prefer == "fx":
         was = model.training
         try:
@@ -179,7 +179,7 @@ def trace(model: nn.Module, example_inputs: tuple, prefer: str = "fx") -> TraceR
             if _mode_stable(model, example_inputs, gm.code):
                 _run_probe(gm, example_inputs)
                 first = next(n.name for n in gm.graph.nodes if n.op == "placeholder")
-                return TraceResult("fx", gm.graph, first, gm, leaves)
+                return TraceResult("fx", gm.graph, first, leaves)
             fx_failure = "the fx graph differs between train and eval mode"
         except _FxFailure as f:
             fx_failure = _describe(f.module, f.cause)
@@ -192,7 +192,7 @@ def trace(model: nn.Module, example_inputs: tuple, prefer: str = "fx") -> TraceR
     try:
         graph, first = _export_graph(model, example_inputs)
     except Exception as e:
-        f = locals().get("first_failure") or _FxFailure("", e)
+        f = first_failure or _FxFailure("", e)
         raise TraceError(
             f"could not trace {type(model).__name__} with torch.fx ({fx_failure or 'not tried'}) "
             f"nor torch.export ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
@@ -202,7 +202,7 @@ def trace(model: nn.Module, example_inputs: tuple, prefer: str = "fx") -> TraceR
             "or pass a spec that places slots on modules that trace, or wrap the untraceable "
             "code in a function decorated with torch.fx.wrap",
         ) from e
-    return TraceResult("export", graph, first, None, [], fx_failure)
+    return TraceResult("export", graph, first, [], fx_failure)
 
 
 def _describe(module: str, cause: BaseException) -> str:
