@@ -12,7 +12,7 @@ ALLOWED = {
     "kernels": set(),
     "kasmina": {"leyline", "graph", "kernels"},
     "tamiyo": {"leyline"},
-    "simic": {"leyline", "graph", "kasmina", "tamiyo"},
+    "simic": {"leyline", "kasmina", "tamiyo"},
 }
 
 
