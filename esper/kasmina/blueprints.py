@@ -189,9 +189,11 @@ class SequenceMLP(nn.Module):
 class SequenceAttention(nn.Module):
     """Pre-norm multi-head self-attention with a zero-initialised output projection.
 
-    Attention is bidirectional: on a causal (GPT-style) host, use it only where seeing
-    later tokens is acceptable, or register a causal variant.
+    Bidirectional: every token sees every other. On a causal (GPT-style) host use
+    `causal_attention`, or a seed would let tokens see the future.
     """
+
+    causal = False
 
     def __init__(self, shape):
         super().__init__()
@@ -203,7 +205,18 @@ class SequenceAttention(nn.Module):
 
     def forward(self, x):
         y = self.norm(x)
-        return x + self.attn(y, y, y, need_weights=False)[0]
+        mask = None
+        if self.causal:
+            t = x.shape[1]
+            mask = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
+        return x + self.attn(y, y, y, attn_mask=mask, need_weights=False)[0]
+
+
+@register_blueprint("causal_attention", ranks=(3,))
+class CausalSequenceAttention(SequenceAttention):
+    """Pre-norm causal self-attention (each token sees itself and earlier ones), output at zero."""
+
+    causal = True
 
 
 @register_blueprint("lora", ranks=(3,))

@@ -17,7 +17,7 @@ from esper.kasmina.blueprints import (
 from tests.helpers import ROOT, HostCNN, TinyGPT
 
 CONV = ["attention", "conv_enhance", "depthwise", "norm"]
-SEQ = ["attention", "lora", "mlp", "norm"]
+SEQ = ["attention", "causal_attention", "lora", "mlp", "norm"]
 
 
 def test_catalogue_by_rank():
@@ -38,6 +38,18 @@ def test_sequence_blueprints_start_as_identity(name):
     torch.manual_seed(0)
     x = torch.randn(3, 9, 16)
     assert torch.equal(build_blueprint(name, x.shape)(x), x)
+
+
+def test_causal_attention_does_not_look_ahead():
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 16)
+    for name, leaks in (("causal_attention", False), ("attention", True)):
+        bp = build_blueprint(name, x.shape)
+        torch.nn.init.normal_(bp.attn.out_proj.weight)
+        changed = x.clone()
+        changed[:, -1] = torch.randn(2, 16)  # only the last token differs
+        moved = (bp(changed) - bp(x))[:, :-1].abs().max()
+        assert (moved > 1e-6) == leaks, name
 
 
 def test_param_count_matches_the_built_module_and_yaml_lists_every_builtin():
