@@ -97,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, {args.steps} interleaved steps each")
-    print(f"| model | trace | slots | instrument (s) | host step (ms) | instrumented step (ms) | ratio |")
+    print("| model | trace | slots | instrument (s) | host step (ms) | instrumented step (ms) | ratio |")
     print("|---|---|---|---|---|---|---|")
     for name in args.models:
         r = bench(name, args.steps, device)

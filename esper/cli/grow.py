@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 import yaml
 
+from esper.cli.loading import load_model_file
 from esper.cli.main import UsageError
-from esper.cli.runs import add_common, build_config, check_device, check_host_fits, check_out_dir, load_dataset, load_host
+from esper.cli.runs import add_common, build_config, check_device, check_host_fits, check_out_dir, load_dataset
 
 POLICY_KINDS = ("heuristic", "random", "wait")
 
@@ -78,7 +79,7 @@ def run(args) -> int:
             policy = WaitPolicy()
 
     torch.manual_seed(cfg.seed)  # the host's initial weights, when its file draws them
-    template, example = load_host(cfg.host)
+    template, example = load_model_file(cfg.host)
     data = load_dataset(cfg, progress=not args.no_progress)
     example = check_host_fits(template, example, data)
     data, where = place_data(data, device)

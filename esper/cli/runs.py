@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 
-from esper.cli.loading import load_model_file
 from esper.cli.main import UsageError
 from esper.leyline import EsperError
 from esper.simic import config as config_io
@@ -93,10 +92,6 @@ def check_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise UsageError(f"--device {name!r}: esper trains on cpu or cuda")
     return device
-
-
-def load_host(path: str) -> tuple[torch.nn.Module, torch.Tensor | None]:
-    return load_model_file(path)
 
 
 def load_dataset(cfg: TrainConfig, progress: bool = True):

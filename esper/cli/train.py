@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from esper.cli.loading import load_model_file
 from esper.cli.main import UsageError
-from esper.cli.runs import add_common, build_config, check_device, check_host_fits, check_out_dir, load_dataset, load_host
+from esper.cli.runs import add_common, build_config, check_device, check_host_fits, check_out_dir, load_dataset
 
 
 def add_arguments(p) -> None:
@@ -54,7 +55,7 @@ def run(args) -> int:
     if not Path(cfg.host).is_file():
         raise UsageError(f"no such model file: {cfg.host}")
 
-    template, example = load_host(cfg.host)
+    template, example = load_model_file(cfg.host)
     data = load_dataset(cfg, progress=not args.no_progress)
     example = check_host_fits(template, example, data)
     data, where = place_data(data, device)
