@@ -30,6 +30,7 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 from typing import Any, Callable
 
@@ -41,7 +42,8 @@ from esper.kasmina.blending import blend_names
 from esper.kasmina.blueprints import blueprint_names, blueprint_ranks
 from esper.kasmina.instrument import instrument
 from esper.leyline import Edit, Observation, Op, SeedStage
-from esper.simic.features import TrainingSignals, build_observation
+from esper.simic.features import TrainingSignals, build_observation, probe_accuracy, seed_contributions
+from esper.simic.report import timeline_row
 from esper.simic.rewards import RewardBreakdown, RewardConfig, RewardState, compute_reward
 
 S = SeedStage
@@ -209,7 +211,7 @@ class GrowthEnv:
         self.rewards: list[RewardBreakdown] = []
         self.ops: Counter = Counter()
         self.guard_culls: list[str] = []
-        self.timeline: list[dict] = [self._slot_states()]
+        self.timeline: list[dict] = [timeline_row(self.plane)]
         self.images = 0
         self.train_seconds = 0.0
         telemetry = self._telemetry()
@@ -229,7 +231,8 @@ class GrowthEnv:
             seconds = time.perf_counter() - start
             self.plane.step()
             val_loss, val_acc = self.evaluate(self.data.val)
-            self.contributions = self._measure_contributions()
+            probe = partial(probe_accuracy, self.mm, *self._probe, self.cfg.eval_batch_size)
+            self.contributions = seed_contributions(self.mm, probe, self.contributions, self._frozen)
         self.images += images
         self.train_seconds += seconds
         for key, value in zip(self.now, (train_loss, train_acc, val_loss, val_acc)):
@@ -244,7 +247,7 @@ class GrowthEnv:
         reward = compute_reward(self.reward_state, state, logged, self.done, self.reward_cfg)
         self.reward_state = state
         self.rewards.append(reward)
-        slots = self._slot_states()
+        slots = timeline_row(self.plane)
         self.timeline.append(slots)
         info = {
             "step": self.t,
@@ -354,43 +357,11 @@ class GrowthEnv:
         self.mm.train()
         return loss_sum / max(seen, 1), correct / max(seen, 1)
 
-    @torch.no_grad()
-    def _probe_accuracy(self) -> float:
-        x, y = self._probe
-        correct = 0
-        for start in range(0, len(y), self.cfg.eval_batch_size):
-            out = self.mm(x[start : start + self.cfg.eval_batch_size])
-            correct += int((out.argmax(-1) == y[start : start + self.cfg.eval_batch_size]).sum())
-        return correct / max(len(y), 1)
-
-    def _measure_contributions(self) -> dict[str, float]:
-        """Each BLENDING seed's contribution on the fixed validation batch; fossils keep the
-        value they had when they fossilized (their slot is folded into the graph)."""
-        blending = [i for i, s in self.plane.slots.items() if s.stage is S.BLENDING]
-        result = {}
-        if blending:
-            self.mm.eval()
-            with_all = self._probe_accuracy()
-            for slot_id in blending:
-                with self.plane.ablate(slot_id):
-                    result[slot_id] = with_all - self._probe_accuracy()
-            self.mm.train()
-        for slot_id, slot in self.plane.slots.items():
-            if slot.stage is S.FOSSILIZED:
-                if slot_id not in self._frozen:
-                    self._frozen[slot_id] = self.contributions.get(slot_id, 0.0)
-                result[slot_id] = self._frozen[slot_id]
-        return result
-
     def total_params(self) -> int:
         return sum(p.numel() for p in self.mm.parameters())
 
     def _telemetry(self):
         return [slot.telemetry() for slot in self.plane.slots.values()]
-
-    def _slot_states(self) -> dict[str, list]:
-        """slot -> [stage name, alpha, blueprint]: one row of the episode's timeline."""
-        return {i: [s.stage.name, round(float(s.alpha), 4), s.blueprint] for i, s in self.plane.slots.items()}
 
     def _observe(self, telemetry) -> Observation:
         h = self.history

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -214,3 +215,41 @@ def build_observation(
         blend_mask=blend_mask,
         slot_ids=[t.slot for t in telemetry],
     )
+
+
+def probe_accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    """Fraction of `x` whose argmax output is `y`, in batches, without gradients."""
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(y), batch_size):
+            out = model(x[start : start + batch_size])
+            correct += int((out.argmax(-1) == y[start : start + batch_size]).sum())
+    return correct / max(len(y), 1)
+
+
+def seed_contributions(
+    model, score: Callable[[], float], previous: dict[str, float], frozen: dict[str, float]
+) -> dict[str, float]:
+    """Each BLENDING seed's contribution: `score()` (a probe's accuracy, or any number
+    where higher is better) with every seed in, minus the same with that slot ablated
+    (`plane.ablate`). A fossil keeps the contribution it had when it fossilized, since
+    its slot is folded into the graph and can no longer be ablated: `frozen` holds those
+    values across calls (updated in place) and `previous` is the last call's result.
+    `model` (a MorphogeneticModel) is scored in eval mode and left in the mode it was in."""
+    plane = model.plane
+    blending = [i for i, s in plane.slots.items() if s.stage is SeedStage.BLENDING]
+    result = {}
+    if blending:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            with_all = score()
+            for slot_id in blending:
+                with plane.ablate(slot_id):
+                    result[slot_id] = with_all - score()
+        model.train(was_training)
+    for slot_id, slot in plane.slots.items():
+        if slot.stage is SeedStage.FOSSILIZED:
+            frozen.setdefault(slot_id, previous.get(slot_id, 0.0))
+            result[slot_id] = frozen[slot_id]
+    return result

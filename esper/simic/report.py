@@ -51,6 +51,11 @@ def _save(fig, path: Path) -> str:
 
 
 # ---- shared ----------------------------------------------------------------------------------
+def timeline_row(plane) -> dict[str, list]:
+    """slot -> [stage name, alpha, blueprint]: one row of the timeline `plot_timeline` draws."""
+    return {i: [s.stage.name, round(float(s.alpha), 4), s.blueprint] for i, s in plane.slots.items()}
+
+
 def plot_timeline(timeline: list[dict], path: Path, title: str, ticks_per_epoch: int = 1) -> str:
     """Stage of every slot over time as colored bars; alpha as a black line inside each row."""
     plt = _pyplot()
