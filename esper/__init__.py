@@ -14,6 +14,7 @@ __all__ = [
     "Edit",
     "EsperError",
     "ExportError",
+    "Gardener",
     "KasminaPlane",
     "LifecycleError",
     "MorphogeneticModel",
@@ -27,3 +28,12 @@ __all__ = [
     "replay",
     "save",
 ]
+
+
+def __getattr__(name):
+    # Lazily: the integrations bring in simic and the policies, which `import esper` need not load.
+    if name == "Gardener":
+        from esper.integrations.gardener import Gardener
+
+        return Gardener
+    raise AttributeError(f"module 'esper' has no attribute {name!r}")

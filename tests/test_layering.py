@@ -1,6 +1,8 @@
 """Imports point down the architecture table only."""
 
 import ast
+import subprocess
+import sys
 
 import pytest
 
@@ -13,6 +15,7 @@ ALLOWED = {
     "kasmina": {"leyline", "graph", "kernels"},
     "tamiyo": {"leyline"},
     "simic": {"leyline", "kasmina", "tamiyo"},
+    "integrations": {"leyline", "kasmina", "tamiyo", "simic"},  # only esper/__init__ (lazily) and cli import it
 }
 
 
@@ -37,3 +40,17 @@ def test_package_imports_only_what_it_may(package):
     for path in folder.glob("*.py"):
         used = set(_esper_imports(path)) - {package}
         assert used <= ALLOWED[package], f"{path.relative_to(ROOT)} imports {sorted(used - ALLOWED[package])}"
+
+
+def test_integrations_load_only_when_used():
+    """`import esper` leaves the integrations (and so simic) alone; `esper.Gardener` loads
+    them; neither brings in the HuggingFace or Lightning trainers."""
+    code = (
+        "import sys, esper\n"
+        "assert 'esper.integrations' not in sys.modules and 'esper.simic' not in sys.modules\n"
+        "from esper.integrations.gardener import Gardener\n"
+        "assert esper.Gardener is Gardener\n"
+        "assert not {'transformers', 'lightning'} & set(sys.modules), sorted({'transformers', 'lightning'} & set(sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr

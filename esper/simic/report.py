@@ -107,7 +107,8 @@ def _grow_plots(run_dir: Path, epochs: list[dict], summary: dict) -> list[tuple[
     for r in grown:
         op = r["edit"]["op"]
         if op != "WAIT":
-            at = (r["step"] - 1) / per_epoch  # applied before this step's training
+            # esper grow applies an edit before its step's training; a Gardener after its epoch
+            at = r.get("edit_at", (r["step"] - 1) / per_epoch)
             ax.axvline(at, color=OP_COLORS[op], alpha=0.5)
             ax.annotate(f"{op.lower()} {r['edit'].get('slot', '')}", (at + 0.04, 0.03), xycoords=("data", "axes fraction"),
                         rotation=90, fontsize=7, color=OP_COLORS[op])
@@ -134,6 +135,8 @@ def _grow_plots(run_dir: Path, epochs: list[dict], summary: dict) -> list[tuple[
     ax.legend(fontsize=8)
     out.append(("Parameters", _save(fig, run_dir / "params.png")))
 
+    if "reward" not in grown[0]:  # a Gardener in someone's loop earns no reward
+        return out
     fig, ax = plt.subplots(figsize=(8, 3.5))
     components = [k for k in grown[0]["reward"] if k != "total"]
     bottom_pos, bottom_neg = [0.0] * len(grown), [0.0] * len(grown)
@@ -164,10 +167,14 @@ def _grow_table(summary: dict) -> list[str]:
     lines.append(f"| wall time (s) | {fmt(summary.get('wall_seconds'))} | {fmt(base.get('wall_seconds'))} |")
     lines.append("")
     fossils = ", ".join(summary.get("fossil_blueprints") or []) or "none"
-    lines.append(f"Policy `{summary.get('policy', '?')}` on `{summary.get('host', '?')}` ({summary.get('data', '?')}, "
-                 f"{summary.get('train_images', '?')} training images, {summary.get('epochs', '?')} epochs): "
-                 f"{summary.get('germinated', 0)} germinated, {summary.get('fossilized', 0)} fossilized ({fossils}), "
-                 f"{summary.get('culled', 0)} culled; return {summary.get('return', float('nan')):.3f}.")
+    setting = ", ".join(([summary["data"]] if "data" in summary else [])
+                        + ([f"{summary['train_images']} training images"] if "train_images" in summary else [])
+                        + [f"{summary.get('epochs', '?')} epochs"])
+    outcome = (f"{summary.get('germinated', 0)} germinated, {summary.get('fossilized', 0)} fossilized ({fossils}), "
+               f"{summary.get('culled', 0)} culled")
+    if "return" in summary:
+        outcome += f"; return {summary['return']:.3f}"
+    lines.append(f"Policy `{summary.get('policy', '?')}` on `{summary.get('host', '?')}` ({setting}): {outcome}.")
     tp = summary.get("throughput", {})
     if tp:
         lines.append(f"Throughput: {tp.get('images_per_second', 0):.0f} host images/s, "

@@ -1,0 +1,79 @@
+"""GardenerCallback for the HuggingFace `transformers.Trainer`: a growth decision at each evaluation.
+
+    mm = esper.instrument(model, example_inputs=(input_ids,))   # the Trainer trains mm
+    args = TrainingArguments(..., eval_strategy="steps", eval_steps=100,
+                             remove_unused_columns=False, label_names=["labels"])
+    callback = GardenerCallback(policy="heuristic", probe=score)   # Gardener's options
+    Trainer(model=mm, args=args, ..., callbacks=[callback]).train()
+    callback.gardener.edits, callback.gardener.report("runs/hf")
+
+The Gardener is made when training begins, around the Trainer's own optimizer and
+learning-rate scheduler; it culls seeds with non-finite gradients before each optimizer
+step and decides at each evaluation during training from the evaluation metrics and the
+last logged training loss. The Trainer clips gradients before callbacks see them, so a
+seed whose gradient turns non-finite is culled one step too late to spare that step.
+"""
+
+from __future__ import annotations
+
+import math
+
+from transformers import TrainerCallback
+
+from esper.integrations.gardener import Gardener, find_instrumented
+
+# Gardener.step argument -> the name the Trainer logs it under (compute_metrics'
+# "accuracy" is logged as "eval_accuracy").
+METRIC_NAMES = {"train_loss": "loss", "val_loss": "eval_loss", "val_acc": "eval_accuracy"}
+
+
+def evaluations(args, state) -> int:
+    """How many evaluations a training run will make: the Gardener's decision count."""
+    strategy = str(getattr(args.eval_strategy, "value", args.eval_strategy))
+    if strategy == "steps":
+        return max(1, state.max_steps // state.eval_steps)
+    if strategy == "epoch":
+        return max(1, math.ceil(state.num_train_epochs))
+    raise ValueError("the gardener decides at each evaluation: set TrainingArguments(eval_strategy='steps' or 'epoch')")
+
+
+class GardenerCallback(TrainerCallback):
+    """`policy` and `gardener_options` go to `Gardener` (probe, blend_steps, seed_lr_scale...);
+    `decisions` overrides the number of evaluations the policy is told to expect;
+    `metric_names` maps Gardener.step's arguments to the Trainer's metric names."""
+
+    def __init__(self, policy="heuristic", *, decisions: int | None = None, metric_names: dict | None = None, **gardener_options):
+        self.policy = policy
+        self.decisions = decisions
+        self.names = {**METRIC_NAMES, **(metric_names or {})}
+        self.options = gardener_options
+        self.gardener: Gardener | None = None
+        self._training = False
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        # The Trainer reads input and label names off the model's forward signature, and an
+        # instrumented model's is (*args, **kwargs): it would drop every input column and
+        # find no labels (so no evaluation loss or metrics).
+        if args.remove_unused_columns or args.label_names is None:
+            raise ValueError(
+                "the Trainer cannot read an instrumented model's argument names: set "
+                "TrainingArguments(remove_unused_columns=False, label_names=['labels'])"
+            )
+        epochs = self.decisions or evaluations(args, state)
+        self.gardener = Gardener(
+            find_instrumented(model), self.policy, optimizer=optimizer, scheduler=lr_scheduler, epochs=epochs, **self.options
+        )
+        self._training = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._training = False
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.gardener.after_backward()
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not self._training:  # trainer.evaluate() after training decides nothing
+            return
+        logged = next((r for r in reversed(state.log_history) if self.names["train_loss"] in r), {})
+        values = {**logged, **(metrics or {})}
+        self.gardener.step(**{arg: values.get(name) for arg, name in self.names.items()})
