@@ -1,16 +1,17 @@
-"""`esper export CHECKPOINT`: write the fossilized model for deployment."""
+"""`esper export CHECKPOINT`: write the fossilized model for deployment.
+
+The checkpoint's host is rebuilt from --host (a model file you chose), or, with
+--trust-host-code, from the factory its manifest names: that runs code the checkpoint
+chose, so trust it only for checkpoints you made or trust.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 import esper
-from esper.cli.loading import load_model_file, parse_shape
-from esper.cli.main import UsageError
-from esper.kasmina.export import parameter_report
-from esper.leyline import CheckpointError, ExportError
+from esper.cli.loading import example_input, load_model_file
+from esper.kasmina.export import finalize, parameter_report, pending_slots
 
 
 def add_arguments(p) -> None:
@@ -18,24 +19,20 @@ def add_arguments(p) -> None:
     p.add_argument("--format", choices=["pt2", "onnx"], default="pt2")
     p.add_argument("--out", required=True, help="the file to write (e.g. model.pt2)")
     p.add_argument("--finalize", choices=["cull", "fossilize"], help="what to do with seeds still unfinished")
-    p.add_argument("--host", help="model file to build the host from, when the checkpoint names no factory")
+    p.add_argument("--host", help="model file to build the host from (a fresh instance of the saved architecture)")
+    p.add_argument("--trust-host-code", action="store_true",
+                   help="without --host, build the host by running the factory the checkpoint names")
     p.add_argument("--input-shape", help="example input shape for tracing (default: the checkpoint's)")
 
 
 def run(args) -> int:
     host = load_model_file(args.host)[0] if args.host else None
-    try:
-        mm = esper.load(args.checkpoint, host=host)
-    except CheckpointError as e:
-        raise UsageError(str(e)) from e
-    example = mm.example_inputs
-    if args.input_shape:
-        example = (torch.randn(parse_shape(args.input_shape)),)
+    mm = esper.load(args.checkpoint, host=host, trust_host_code=args.trust_host_code)
+    example = (example_input(args.input_shape),) if args.input_shape else mm.example_inputs
     mm.eval()
-    try:
-        path = esper.export(mm, example, args.out, format=args.format, finalize=args.finalize)
-    except ExportError as e:
-        raise UsageError(str(e)) from e
+    if args.finalize and pending_slots(mm):
+        mm = finalize(mm, args.finalize)  # so that the counts below are those of what is written
+    path = esper.export(mm, example, args.out, format=args.format)
     report = parameter_report(mm)
     print(f"host parameters      {report['host']:>12,}")
     for slot_id, n in report["fossils"].items():

@@ -1,13 +1,15 @@
 """`esper grow`: grow one host with a policy and write what came of it.
 
     esper grow --policy heuristic --host examples/host_cnn.py --data synthetic --epochs 8 --out runs/demo
-    esper grow --policy runs/NAME/tamiyo.pt --out runs/grown      # host, data and settings from training
+    esper grow --policy runs/NAME/tamiyo.pt --host examples/host_cnn.py --out runs/grown   # data and settings from training
 
 --policy is a trained Tamiyo (tamiyo.pt or checkpoint.pt from `esper train`), `heuristic`,
-`random`, or `wait` (never grow: the host alone). DIR gets model/ (esper.save: load it
-with esper.load), edits.yaml (the edit log: esper.replay rebuilds the structure),
-metrics.jsonl (one record per decision), summary.json, and report.md with its plots.
---baseline also trains the host alone on the same data, seed and epochs, for comparison.
+`random`, or `wait` (never grow: the host alone). Without --host, a trained policy's host
+is the model file its settings name, run only with --trust-host-code. DIR gets model/
+(esper.save: esper.load(DIR/model, host=...) or `esper export DIR/model --host MODEL.py`
+rebuild it), edits.yaml (the edit log: esper.replay rebuilds the structure), metrics.jsonl
+(one record per decision), summary.json, and report.md with its plots. --baseline also
+trains the host alone on the same data, seed and epochs, for comparison.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ def add_arguments(p) -> None:
     p.add_argument("--policy", required=True, help="runs/NAME/tamiyo.pt, heuristic, random, or wait (host only)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--baseline", action="store_true", help="also train the host alone, for comparison")
+    p.add_argument("--trust-host-code", action="store_true",
+                   help="with a trained policy and no --host, run the model file the policy's settings name")
     add_common(p)
 
 
@@ -67,6 +71,9 @@ def run(args) -> int:
     policy, trained = _policy_and_config(args)
     if trained is None and not args.host and not args.config:
         raise UsageError("--host is required (a model file, e.g. examples/host_cnn.py)")
+    if trained is not None and not args.host and not args.trust_host_code:
+        raise UsageError(f"--policy {args.policy} names the model file {trained.host}, which would run: pass "
+                         "--host MODEL.py, or --trust-host-code if you trust whoever made the policy file")
     cfg = build_config(args, trained)
     device = check_device(cfg.device)
     out = check_out_dir(args.out)
@@ -125,7 +132,6 @@ def run(args) -> int:
         summary["baseline"] = {k: base[k] for k in ("val_acc", "test_acc", "best_val_acc", "params", "wall_seconds")}
     writer.close()
 
-    env.mm.host_factory = f"{Path(cfg.host).resolve()}:build_model"
     esper.save(env.mm, out / "model")
     (out / "edits.yaml").write_text(yaml.safe_dump([e.to_dict() for e in env.plane.edits], sort_keys=False))
     config_io.save_yaml(cfg, out / "config.yaml")

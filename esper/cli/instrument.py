@@ -9,10 +9,10 @@ import torch
 import yaml
 
 import esper
-from esper.cli.loading import load_model_file, parse_shape
+from esper.cli.loading import example_input, load_model_file
 from esper.cli.main import UsageError
 from esper.kasmina.blueprints import blueprints_for, param_count
-from esper.leyline import TraceError
+from esper.leyline import InputError
 
 
 def add_arguments(p) -> None:
@@ -27,13 +27,16 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     model, example = load_model_file(args.model)
+    source = "the file's example_input (give another with --input-shape)"
     if args.input_shape:
-        example = torch.randn(parse_shape(args.input_shape))
+        example, source = example_input(args.input_shape), f"--input-shape {args.input_shape}"
     elif example is None:
-        example = torch.randn(1, 3, 32, 32)
+        example, source = torch.randn(1, 3, 32, 32), "the default input 1,3,32,32 (give another with --input-shape)"
     try:
         mm = esper.instrument(model, (example,), max_slots=args.max_slots, spec=args.spec)
-    except (TraceError, FileNotFoundError, ValueError) as e:
+    except InputError as e:
+        raise UsageError(f"{source}: {e}") from e
+    except FileNotFoundError as e:
         raise UsageError(str(e)) from e
     rows = [
         {"id": slot_id, "target": mm.points[slot_id].module, "shape": list(slot.shape), "depth": mm.points[slot_id].depth}

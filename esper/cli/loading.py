@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 
 import torch
@@ -19,7 +21,7 @@ def load_model_file(path: str | Path) -> tuple[nn.Module, torch.Tensor | None]:
         raise UsageError(str(e)) from e
 
 
-def parse_shape(text: str) -> tuple[int, ...]:
+def _parse_shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(v) for v in text.split(","))
     except ValueError:
@@ -27,3 +29,24 @@ def parse_shape(text: str) -> tuple[int, ...]:
     if not shape or any(v <= 0 for v in shape):
         raise UsageError(f"--input-shape must be positive integers, got {text!r}")
     return shape
+
+
+def example_input(text: str) -> torch.Tensor:
+    """A random float input of the --input-shape `text`, refused when it cannot fit in memory."""
+    shape = _parse_shape(text)
+    size = math.prod(shape) * 4
+    memory = _physical_memory()
+    if size > memory:
+        raise UsageError(f"--input-shape {text}: out of memory: the input alone takes {size / 1e9:,.1f} GB "
+                         f"and this machine has {memory / 1e9:,.1f} GB")
+    try:
+        return torch.randn(shape)
+    except (RuntimeError, MemoryError) as e:
+        raise UsageError(f"--input-shape {text}: out of memory: {str(e).splitlines()[0]}") from None
+
+
+def _physical_memory() -> float:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): let the allocation say it
+        return math.inf

@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from esper.leyline import EsperError
+
 COMMANDS = {
     "instrument": "place seed slots in a model file and print the slot table",
     "export": "export a checkpoint's fossilized model for deployment (pt2 or onnx)",
@@ -30,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return modules[args.command].run(args) or 0
-    except UsageError as e:
-        print(f"esper {args.command}: error: {e}", file=sys.stderr)
+    except (UsageError, EsperError) as e:  # esper's own errors are about what the user gave it
+        text = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f"esper {args.command}: error: {text}", file=sys.stderr)
         return 2

@@ -30,22 +30,20 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from esper.simic.training import CHECKPOINT, CONFIG, POLICY, Trainer, load_config
+    from esper.simic.training import CHECKPOINT, CONFIG, POLICY, Trainer, check_fresh_run, load_config
     from esper.simic.vectorized import place_data
 
     out = check_out_dir(args.out)
-    saved = out / CONFIG
+    check_fresh_run(out, args.resume)  # before anything is loaded or written
     if args.resume and (out / CHECKPOINT).exists():
         if args.config:
             raise UsageError("--resume continues with the run's own config.yaml; drop --config")
         try:
-            base = load_config(saved)
+            base = load_config(out / CONFIG)
         except (ValueError, FileNotFoundError) as e:
             raise UsageError(f"cannot resume {out}: {e}") from e
         cfg = build_config(args, base)
     else:
-        if not args.resume and ((out / CHECKPOINT).exists() or (out / POLICY).exists()):
-            raise UsageError(f"{out} already holds a training run: pass --resume to continue it, or choose another --out")
         if args.resume:
             print(f"esper train: nothing to resume in {out} (no {CHECKPOINT}): starting from the beginning")
         cfg = build_config(args)

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from esper.graph.analysis import InjectionPoint
-from esper.leyline import TraceError
+from esper.leyline import SpecError, TraceError
 
 
 def default_slot_count(n_points: int) -> int:
@@ -58,17 +58,64 @@ def _matches(point: InjectionPoint, patterns: list[str]) -> bool:
 
 
 def load_spec(spec: str | Path | dict | None) -> dict[str, Any]:
+    """A spec from a dict or a YAML file, checked: every error is a one-line SpecError."""
     if spec is None:
         return {}
     if isinstance(spec, dict):
-        return spec
+        return check_spec(spec)
     path = Path(spec)
-    if not path.exists():
+    if not path.is_file():
         raise FileNotFoundError(f"slot spec not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"slot spec {path} must be a mapping, got {type(data).__name__}")
-    return data
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except Exception as e:  # PyYAML raises ValueError, KeyError... too, on bad tagged scalars
+        raise SpecError(f"slot spec {path} is not plain YAML: {' '.join(str(e).split())}") from None
+    return check_spec(data, str(path))
+
+
+def check_spec(spec, where: str = "slot spec") -> dict[str, Any]:
+    """`spec` itself if it is a well-formed slot spec (see the module docstring)."""
+    if not isinstance(spec, dict):
+        raise SpecError(f"{where} must be a mapping, not {type(spec).__name__}")
+    unknown = sorted(str(k) for k in spec if k not in ("slots", "include", "exclude", "names", "max_slots"))
+    if unknown:
+        raise SpecError(f"{where}: unknown keys {unknown}; a spec has slots, or include/exclude/names/max_slots")
+    for key in ("include", "exclude"):
+        if not _strings(spec.get(key) or []):
+            raise SpecError(f"{where}: '{key}' must be a list of globs, not {spec[key]!r}")
+    names = spec.get("names") or {}
+    if not (isinstance(names, dict) and _strings([*names, *names.values()]) and all(names.values())):
+        raise SpecError(f"{where}: 'names' must map point ids to slot names, not {names!r}")
+    check_max_slots(spec.get("max_slots"), f"{where}: 'max_slots'")
+    slots = spec.get("slots") or []
+    if not isinstance(slots, list):
+        raise SpecError(f"{where}: 'slots' must be a list, not {slots!r}")
+    for i, entry in enumerate(slots):
+        if not _slot_entry_ok(entry):
+            raise SpecError(f"{where}: slots[{i}] must be a point id or {{id: NAME, at: POINT, shape: [...]}}, not {entry!r}")
+    return spec
+
+
+def _slot_entry_ok(entry) -> bool:
+    if isinstance(entry, str):
+        return bool(entry)
+    if not (isinstance(entry, dict) and set(entry) <= {"id", "at", "shape"}):
+        return False
+    name = entry.get("id", entry.get("at"))
+    return _strings([entry.get("at"), name]) and bool(name) and _ints(entry.get("shape", []))
+
+
+def _strings(values) -> bool:
+    return isinstance(values, list) and all(isinstance(v, str) for v in values)
+
+
+def _ints(values) -> bool:
+    return isinstance(values, list) and all(type(v) is int for v in values)
+
+
+def check_max_slots(max_slots, what: str = "max_slots") -> None:
+    if max_slots is not None and (type(max_slots) is not int or max_slots < 1):
+        raise SpecError(f"{what} must be a whole number >= 1, not {max_slots!r}")
 
 
 def select_points(
@@ -76,6 +123,7 @@ def select_points(
 ) -> list[InjectionPoint]:
     """Choose and name the points that get slots, input side first."""
     spec = load_spec(spec)
+    check_max_slots(max_slots)
     if max_slots is None:
         max_slots = spec.get("max_slots")
     if "slots" in spec:
@@ -95,7 +143,7 @@ def select_points(
             new_id = entry.get("id", p.id) if isinstance(entry, dict) else p.id
             chosen.append(_renamed(p, new_id))
         chosen.sort(key=lambda p: p.index)
-        return chosen[:max_slots] if max_slots else chosen
+        return _named(chosen[:max_slots] if max_slots else chosen, points)
     pool = list(points)
     if spec.get("include"):
         pool = [p for p in pool if _matches(p, list(spec["include"]))]
@@ -106,10 +154,17 @@ def select_points(
         k = min(k, max_slots)
     chosen = _spread(pool, k)
     names = spec.get("names") or {}
-    chosen = [_renamed(p, names.get(p.id, p.id)) for p in chosen]
+    return _named([_renamed(p, names.get(p.id, p.id)) for p in chosen], points)
+
+
+def _named(chosen: list[InjectionPoint], points: list[InjectionPoint]) -> list[InjectionPoint]:
+    """The chosen points, refused when there are none or their names clash."""
+    if not chosen:
+        raise SpecError(f"the slot spec selects none of the {len(points)} injection points: "
+                        f"{', '.join(p.id for p in points)}")
     ids = [p.id for p in chosen]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"slot names must be unique, got {ids}")
+        raise SpecError(f"slot names must be unique, got {ids}")
     return chosen
 
 

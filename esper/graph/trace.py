@@ -16,7 +16,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from esper.leyline import TraceError
+from esper.leyline import InputError, TraceError
 
 MAX_LEAF_RETRIES = 8
 
@@ -192,6 +192,7 @@ def trace(model: nn.Module, example_inputs: tuple, prefer: str = "fx") -> TraceR
     try:
         graph, first = _export_graph(model, example_inputs)
     except Exception as e:
+        _check_runs(model, example_inputs)
         f = first_failure or _FxFailure("", e)
         raise TraceError(
             f"could not trace {type(model).__name__} with torch.fx ({fx_failure or 'not tried'}) "
@@ -203,6 +204,25 @@ def trace(model: nn.Module, example_inputs: tuple, prefer: str = "fx") -> TraceR
             "code in a function decorated with torch.fx.wrap",
         ) from e
     return TraceResult("export", graph, first, [], fx_failure)
+
+
+def _check_runs(model: nn.Module, example_inputs: tuple) -> None:
+    """When every front-end failed: if the plain model fails too, the inputs are at fault."""
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*example_inputs)
+    except Exception as e:
+        shapes = ", ".join(f"{tuple(a.shape)} {str(a.dtype).removeprefix('torch.')}" for a in example_inputs if isinstance(a, torch.Tensor))
+        memory = isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError)) or "allocate" in str(e)
+        raise InputError(
+            f"{type(model).__name__} {'runs out of memory' if memory else 'fails'} on the example input "
+            f"{shapes}: {_describe('', e)}",
+            hint="give an example input the model accepts: batch first, with the rank, channels, size and dtype it expects",
+        ) from e
+    finally:
+        model.train(was)
 
 
 def _describe(module: str, cause: BaseException) -> str:

@@ -59,9 +59,9 @@ class BlendAlgorithm(nn.Module):
     def done(self) -> bool:
         return int(self.t) >= self.steps
 
-    def tick(self) -> None:
+    def tick(self, ticks: int = 1) -> None:
         if not self.done:
-            self.t += 1
+            self.t += min(ticks, self.steps - int(self.t))
 
     def scheduled_alpha(self) -> float:
         return self.progress

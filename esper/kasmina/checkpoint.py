@@ -2,11 +2,13 @@
 
     CHECKPOINT/
       manifest.yaml         format, host factory, example input shapes, slot spec, edit log,
-                            tick count, slot events, tensor names and the tensors' sha256
+                            tick count, slot states and events, tensor names and the tensors' sha256
       tensors.safetensors   host and seed weights, buffers, blend schedules
 
 Loading replays the edit log on a fresh host (so every seed module exists again) and
-then loads the tensors. Nothing is unpickled.
+then loads the tensors. Nothing is unpickled, and no code the checkpoint names runs
+unless the caller trusts it: the host comes from `host=`, or from the manifest's factory
+with `trust_host_code=True`.
 """
 
 from __future__ import annotations
@@ -14,18 +16,21 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save_file
 from torch import nn
 
 from esper.kasmina.hosts import build_host, host_factory_of
+from esper.kasmina.instrument import instrument
+from esper.kasmina.manifest import FORMAT, MANIFEST, TENSORS, check_model, check_tensors, read_manifest
+from esper.kasmina.manifest import example_inputs as manifest_examples
 from esper.kasmina.model import MorphogeneticModel
-from esper.kasmina.replay import replay
-from esper.leyline import CheckpointError, Edit
+from esper.kasmina.replay import apply_edits
+from esper.leyline import CheckpointError, Edit, EditError
 
-FORMAT = "esper-checkpoint/1"
-MANIFEST, TENSORS = "manifest.yaml", "tensors.safetensors"
+__all__ = ["load", "read_manifest", "save"]
 
 
 def save(mm: MorphogeneticModel, path: str | Path, example_inputs=None) -> Path:
@@ -52,7 +57,11 @@ def save(mm: MorphogeneticModel, path: str | Path, example_inputs=None) -> Path:
         "spec": mm.spec,
         "step_count": mm.plane.step_count,
         "edits": [e.to_dict() for e in mm.plane.edits],
-        "slots": {i: {"stage": s.stage.name, "blueprint": s.blueprint, "blend": s.blend_name, "events": list(s.events)} for i, s in mm.plane.slots.items()},
+        "slots": {
+            i: {"stage": s.stage.name, "blueprint": s.blueprint, "blend": s.blend_name, "events": list(s.events),
+                "steps": s.blend.steps if s.blend is not None else None}
+            for i, s in mm.plane.slots.items()
+        },
         "tensors": {"file": TENSORS, "sha256": digest, "count": len(tensors), "aliases": aliases},
     }
     tmp.replace(path / TENSORS)
@@ -60,62 +69,59 @@ def save(mm: MorphogeneticModel, path: str | Path, example_inputs=None) -> Path:
     return path
 
 
-def read_manifest(path: str | Path) -> dict:
-    path = Path(path)
-    if not (path / MANIFEST).is_file():
-        raise CheckpointError(f"{path} is not an esper checkpoint: no {MANIFEST}")
-    try:
-        manifest = yaml.safe_load((path / MANIFEST).read_text())
-    except yaml.YAMLError as e:
-        raise CheckpointError(f"{path / MANIFEST} is not valid YAML: {e}") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{path / MANIFEST}: unknown format {manifest.get('format') if isinstance(manifest, dict) else manifest!r}, expected {FORMAT}")
-    return manifest
-
-
-def load(path: str | Path, host: nn.Module | None = None, example_inputs=None) -> MorphogeneticModel:
-    """Rebuild the model saved at `path`. Give `host` (a fresh instance of the same
-    architecture) when the manifest names no factory for it."""
+def load(
+    path: str | Path, host: nn.Module | None = None, example_inputs=None, *, trust_host_code: bool = False
+) -> MorphogeneticModel:
+    """Rebuild the model saved at `path` on `host`, a fresh instance of the saved host's
+    architecture. Without `host`, the manifest's factory builds one, but only with
+    `trust_host_code=True`: the factory is code the checkpoint names, and runs as such."""
     path = Path(path)
     manifest = read_manifest(path)
+    where = path / MANIFEST
     blob = path / manifest["tensors"]["file"]
     if not blob.is_file():
         raise CheckpointError(f"{path}: {blob.name} is missing")
-    if hashlib.sha256(blob.read_bytes()).hexdigest() != manifest["tensors"]["sha256"]:
+    data = blob.read_bytes()  # verified and then parsed from these very bytes
+    if hashlib.sha256(data).hexdigest() != manifest["tensors"]["sha256"]:
         raise CheckpointError(f"{blob} does not match the sha256 in its manifest: the checkpoint is truncated or was modified")
     if host is None:
-        factory = manifest["host"].get("factory")
-        if not factory:
-            raise CheckpointError(
-                f"{path}: the manifest names no way to build a {manifest['host']['class']} host; pass host=<a fresh instance>"
-            )
-        host = build_host(factory)
-    if example_inputs is None:
-        example_inputs = tuple(_example(e) for e in manifest["example_inputs"])
-    edits = [Edit.from_dict(d) for d in manifest["edits"]]
-    mm = replay(host, example_inputs, edits, spec=manifest["spec"], until_step=manifest["step_count"])
-    tensors = load_file(str(blob))
-    for alias, source in manifest["tensors"].get("aliases", {}).items():
-        tensors[alias] = tensors[source]
-    missing = set(mm.state_dict()) - set(tensors)
-    unexpected = set(tensors) - set(mm.state_dict())
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path} does not fit the rebuilt model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
-        )
-    mm.load_state_dict(tensors)
+        host = _build(manifest, path, trust_host_code)
+    examples = tuple(example_inputs) if example_inputs is not None else manifest_examples(manifest, where)
+    try:
+        mm = instrument(host, examples, spec=manifest["spec"])
+    except Exception as e:  # the host is the caller's; what it was fed comes from the manifest
+        raise CheckpointError(f"{where}: fields 'example_inputs' and 'spec' do not instrument this "
+                              f"{type(host).__name__}: {type(e).__name__}: {e}") from e
+    try:
+        apply_edits(mm, [Edit.from_dict(d) for d in manifest["edits"]], until_step=manifest["step_count"])
+    except EditError as e:
+        field = "step_count" if e.index is None else f"edits[{e.index}]"
+        raise CheckpointError(f"{where}: field '{field}' does not replay: {e}") from e
+    check_model(manifest, mm, where)
+    try:
+        tensors = load_tensors(data)
+    except SafetensorError as e:
+        raise CheckpointError(f"{where}: field 'tensors.file' names {blob.name}, which is not a safetensors file: {e}") from e
+    mm.load_state_dict(check_tensors(manifest, tensors, mm, where))
     for slot_id, state in manifest["slots"].items():
-        slot = mm.plane.slot(slot_id)
-        if slot.stage.name != state["stage"]:
-            raise CheckpointError(f"{path}: replaying the edit log left slot '{slot_id}' in {slot.stage.name}, manifest says {state['stage']}")
-        slot.events = list(state["events"])
-    mm.host_factory = manifest["host"].get("factory")
-    mm.example_inputs = example_inputs
+        mm.plane.slot(slot_id).events = list(state["events"])
+    mm.host_factory = manifest["host"]["factory"]
+    mm.example_inputs = examples
     return mm
 
 
-def _example(meta: dict) -> torch.Tensor:
-    dtype = getattr(torch, meta["dtype"])
-    if dtype.is_floating_point:
-        return torch.randn(meta["shape"], dtype=dtype)
-    return torch.zeros(meta["shape"], dtype=dtype)
+def _build(manifest: dict, path: Path, trusted: bool) -> nn.Module:
+    factory, cls = manifest["host"]["factory"], manifest["host"]["class"]
+    fresh = f"host=<a fresh {cls.rpartition(':')[2]}> (esper export: --host MODEL.py)"
+    if not factory:
+        raise CheckpointError(f"{path}: the manifest names no way to build its {cls} host; pass {fresh}")
+    if not trusted:
+        raise CheckpointError(
+            f"{path} would build its host by running {factory!r}, code the checkpoint names: pass {fresh}, "
+            "or trust_host_code=True (esper export: --trust-host-code) if you trust whoever made the checkpoint"
+        )
+    try:
+        return build_host(factory)
+    except Exception as e:  # whatever the factory raises, the way forward is the same
+        raise CheckpointError(f"{path}: the host factory {factory!r} cannot rebuild the host "
+                              f"({type(e).__name__}: {e}); pass {fresh}") from e

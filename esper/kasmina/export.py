@@ -8,6 +8,8 @@ fossilized (hooked hosts); torch.export then lowers either to ATen operations on
 from __future__ import annotations
 
 import copy
+import inspect
+import warnings
 from pathlib import Path
 
 import torch
@@ -60,14 +62,18 @@ def deployable(mm: MorphogeneticModel, finalize_with: str | None = None) -> nn.M
 
 
 def export(mm: MorphogeneticModel, example_inputs, path: str | Path, format: str = "pt2", finalize: str | None = None) -> Path:
-    """Write the deployable model to `path` as a torch.export program (.pt2) or ONNX."""
+    """Write the deployable model to `path` as a torch.export program (.pt2) or ONNX.
+
+    A .pt2 program takes any batch size (and, for token-id inputs, any sequence length)
+    unless the host's own code fixes it; then it keeps the example's shapes, with a warning."""
     args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    module = deployable(mm, finalize)
     path = Path(path)
+    if path.is_dir():
+        raise ExportError(f"{path} is a directory: give the file to write, e.g. {path / ('model.' + format)}")
+    module = deployable(mm, finalize)
     path.parent.mkdir(parents=True, exist_ok=True)
     if format == "pt2":
-        program = torch.export.export(module, args, strict=False)
-        torch.export.save(program, str(path))
+        torch.export.save(_program(module, args), str(path))
     elif format == "onnx":
         try:
             import onnx  # noqa: F401
@@ -77,6 +83,36 @@ def export(mm: MorphogeneticModel, example_inputs, path: str | Path, format: str
     else:
         raise ExportError(f"unknown export format {format!r}; use 'pt2' or 'onnx'")
     return path
+
+
+def _program(module: nn.Module, args: tuple) -> torch.export.ExportedProgram:
+    """An exported program with the batch dimension, and a token input's sequence
+    dimension, left dynamic where the module allows."""
+    dims = tuple(_dynamic_dims(a) for a in args)
+    wide = tuple(_widened(a, d) for a, d in zip(args, dims))
+    varargs = any(p.kind is p.VAR_POSITIONAL for p in inspect.signature(module.forward).parameters.values())
+    try:
+        return torch.export.export(module, wide, dynamic_shapes=(dims,) if varargs else dims, strict=False)
+    except Exception as e:  # the host's code fixes a size: keep the example's shapes, and say so
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        warnings.warn(f"exported with the example's fixed input shapes, since a dynamic batch did not export: {first}", stacklevel=3)
+        return torch.export.export(module, args, strict=False)
+
+
+def _dynamic_dims(a) -> dict | None:
+    if not isinstance(a, torch.Tensor) or a.dim() == 0:
+        return None
+    dims = {0: torch.export.Dim.DYNAMIC}
+    if not a.is_floating_point() and a.dim() == 2:  # token ids: batch x sequence
+        dims[1] = torch.export.Dim.DYNAMIC
+    return dims
+
+
+def _widened(a, dims: dict | None):
+    """`a` with each dynamic size of 1 repeated to 2: torch.export specializes sizes of 1."""
+    if not dims:
+        return a
+    return a.repeat(*(2 if i in dims and n == 1 else 1 for i, n in enumerate(a.shape)))
 
 
 def parameter_report(mm: MorphogeneticModel) -> dict:

@@ -1,7 +1,13 @@
-"""Where hosts come from: model files, and factories a checkpoint can call again."""
+"""Where hosts come from: model files, and factories a checkpoint can call again.
+
+Both run the user's Python: a model file is code its user chose to run, while a factory
+comes from a checkpoint's manifest, so `esper.load` calls one only when trusted to.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -11,38 +17,58 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from esper.leyline import EsperError
+from esper.leyline import HostFileError
 
+__all__ = ["HostFileError", "build_host", "host_factory_of", "load_model_file"]
 
-class HostFileError(EsperError):
-    """A model file that cannot be loaded, or holds no model."""
+# module name -> the factory that rebuilds what load_model_file built from that file
+_FILE_FACTORIES: dict[str, str] = {}
 
 
 def load_model_file(path: str | Path) -> tuple[nn.Module, torch.Tensor | None]:
     """The model a file defines: `build_model()`, a module-level `model`, or the one
-    nn.Module subclass defined there that needs no arguments. Also its `example_input`."""
+    nn.Module subclass defined there that needs no arguments. Also its `example_input`.
+
+    What the file prints goes to stderr, so that it cannot mix into machine-readable output."""
     path = Path(path)
     if not path.is_file():
         raise HostFileError(f"no such model file: {path}")
-    spec = importlib.util.spec_from_file_location(f"esper_user_model_{path.stem}", path)
+    resolved = path.resolve()
+    # Unique per file, so that two model.py files in different folders stay apart.
+    name = f"esper_user_model_{path.stem}_{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(path.parent.resolve()))
+    sys.path.insert(0, str(resolved.parent))
     try:
-        spec.loader.exec_module(module)
-    except Exception as e:
-        raise HostFileError(f"{path} failed to import: {type(e).__name__}: {e}") from e
+        with contextlib.redirect_stdout(sys.stderr):
+            _run(path, "failed to import", spec.loader.exec_module, module)
+            model, how = _build(module, path)
     finally:
         sys.path.pop(0)
-    example = getattr(module, "example_input", None)
-    if callable(getattr(module, "build_model", None)):
-        model = module.build_model()
-    elif isinstance(getattr(module, "model", None), nn.Module):
-        model = module.model
-    else:
-        model = _only_module_class(module, path)()
     if not isinstance(model, nn.Module):
-        raise HostFileError(f"{path}: build_model() returned {type(model).__name__}, not an nn.Module")
+        raise HostFileError(f"{path}: {how} gave {type(model).__name__}, not an nn.Module")
+    _FILE_FACTORIES[name] = f"{resolved}:{how.removesuffix('()')}"
+    example = getattr(module, "example_input", None)
     return model, example if isinstance(example, torch.Tensor) else None
+
+
+def _run(path: Path | str, failure: str, fn, *args):
+    try:
+        return fn(*args)
+    except SystemExit as e:  # not an Exception, but a file that exits has failed all the same
+        raise HostFileError(f"{path} {failure}: it called sys.exit({e.code!r})") from None
+    except Exception as e:
+        raise HostFileError(f"{path} {failure}: {type(e).__name__}: {e}") from e
+
+
+def _build(module, path: Path) -> tuple[object, str]:
+    """The model and how it was made: 'build_model()', 'model', or 'ClassName()'."""
+    if callable(getattr(module, "build_model", None)):
+        return _run(path, "failed in build_model()", module.build_model), "build_model()"
+    if isinstance(getattr(module, "model", None), nn.Module):
+        return module.model, "model"
+    cls = _only_module_class(module, path)
+    return _run(path, f"failed in {cls.__name__}()", cls), f"{cls.__name__}()"
 
 
 def _only_module_class(module, path: Path) -> type:
@@ -69,22 +95,32 @@ def _needs_no_arguments(cls: type) -> bool:
 
 
 def host_factory_of(host: nn.Module, declared: str | None = None) -> str | None:
-    """How to build a fresh copy of `host`: the declared factory, else the host's class
-    when it is importable and needs no arguments."""
+    """How to build a fresh copy of `host`: the declared factory, else the model file it
+    was loaded from, else the host's class when it is importable and needs no arguments."""
     if declared:
         return declared
     cls = type(host)
+    if cls.__module__ in _FILE_FACTORIES:
+        return _FILE_FACTORIES[cls.__module__]
     if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__ or not _needs_no_arguments(cls):
         return None
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def build_host(factory: str) -> nn.Module:
-    """Call a factory named 'package.module:callable' or 'path/to/file.py:build_model'."""
+    """Call a factory named 'package.module:callable' or 'path/to/file.py:build_model'
+    (a file builds the model as `load_model_file` does). This runs code the factory names."""
     target, _, name = factory.rpartition(":")
     if target.endswith(".py"):
         return load_model_file(target)[0]
-    obj = importlib.import_module(target)
-    for part in name.split("."):
-        obj = getattr(obj, part)
-    return obj()
+
+    def call():
+        obj = importlib.import_module(target)
+        for part in name.split("."):
+            obj = getattr(obj, part)
+        return obj()
+
+    model = _run(factory, "failed", call)
+    if not isinstance(model, nn.Module):
+        raise HostFileError(f"{factory} gave {type(model).__name__}, not an nn.Module")
+    return model

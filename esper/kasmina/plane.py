@@ -76,7 +76,7 @@ class KasminaPlane(nn.Module):
         slot = self.slot(edit.slot)
         dst = target_stage(edit.slot, slot.stage, edit.op)
         if dst is S.GERMINATED:
-            steps = edit.steps or DEFAULT_BLEND_STEPS
+            steps = DEFAULT_BLEND_STEPS if edit.steps is None else edit.steps
             slot.germinate(edit.blueprint, edit.blend or "linear", steps, self._like())
             logged = Edit(Op.GERMINATE, edit.slot, edit.blueprint, edit.blend or "linear", steps, self.step_count)
             self._attach(slot)
@@ -113,11 +113,14 @@ class KasminaPlane(nn.Module):
     def cull(self, slot_id: str) -> Edit:
         return self.apply(Edit(Op.CULL, slot_id))
 
-    def step(self) -> None:
-        """One tick: blend schedules advance, stage ages grow, cooldowns run down."""
-        self.step_count += 1
+    def step(self, ticks: int = 1) -> None:
+        """One tick (or `ticks` at once): blend schedules advance, stage ages grow,
+        cooldowns run down."""
+        if ticks < 0:
+            raise ValueError(f"the plane cannot tick backwards ({ticks} ticks)")
+        self.step_count += ticks
         for slot in self.slots.values():
-            slot.tick()
+            slot.tick(ticks)
 
     def guard(self) -> list[str]:
         """Cull every seed whose gradients are not finite; call after backward, before

@@ -8,7 +8,7 @@ from torch import nn
 
 from esper.kasmina.instrument import instrument
 from esper.kasmina.model import MorphogeneticModel
-from esper.leyline import Edit, Op, edits_from_yaml
+from esper.leyline import Edit, EditError, EsperError, Op, edits_from_yaml
 
 
 def replay(
@@ -26,17 +26,29 @@ def replay(
     if isinstance(edits, (str, Path)):
         edits = edits_from_yaml(Path(edits).read_text())
     mm = instrument(host, example_inputs, max_slots=max_slots, spec=spec)
-    plane = mm.plane
-    for edit in edits:
-        if edit.step is not None:
-            if edit.step < plane.step_count:
-                raise ValueError(f"edit log out of order: {edit} comes after step {plane.step_count}")
-            while plane.step_count < edit.step:
-                plane.step()
-        if edit.op is Op.WAIT:
-            plane.apply(edit)
-        else:
-            plane.apply(Edit(edit.op, edit.slot, edit.blueprint, edit.blend, edit.steps))
-    while until_step is not None and plane.step_count < until_step:
-        plane.step()
+    apply_edits(mm, edits, until_step)
     return mm
+
+
+def apply_edits(mm: MorphogeneticModel, edits: list[Edit], until_step: int | None = None) -> None:
+    """Apply a logged edit log to `mm`'s plane; an edit that does not fit raises EditError
+    with its index."""
+    plane = mm.plane
+    for i, edit in enumerate(edits):
+        try:
+            if edit.step is not None:
+                if edit.step < plane.step_count:
+                    raise EditError(f"the log is out of order: this edit comes after step {plane.step_count}")
+                plane.step(edit.step - plane.step_count)
+            if edit.op is Op.WAIT:
+                plane.apply(edit)
+            else:
+                plane.apply(Edit(edit.op, edit.slot, edit.blueprint, edit.blend, edit.steps))
+        except (EsperError, KeyError, ValueError) as e:
+            # KeyError's str() quotes its message; args[0] is the text itself
+            reason = e.args[0] if isinstance(e, KeyError) and e.args else e
+            raise EditError(f"edit {i} {edit.to_dict()} does not replay: {reason}", index=i) from e
+    if until_step is not None:
+        if until_step < plane.step_count:
+            raise EditError(f"the log runs to step {plane.step_count}, past its end at step {until_step}")
+        plane.step(until_step - plane.step_count)

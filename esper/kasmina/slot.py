@@ -125,12 +125,17 @@ class SeedSlot(nn.Module):
         self.blend = None
         self.blueprint = self.blend_name = None
 
-    def tick(self) -> None:
-        self.ticks_in_stage += 1
+    def tick(self, ticks: int = 1) -> None:
+        if self.stage is S.CULLED:
+            cooling = max(1, self.cooldown - self.ticks_in_stage)
+            if ticks < cooling:
+                self.ticks_in_stage += ticks
+                return
+            self._move(S.DORMANT)  # the ticks after the cooldown count in DORMANT
+            ticks -= cooling
+        self.ticks_in_stage += ticks
         if self.stage is S.BLENDING:
-            self.blend.tick()
-        elif self.stage is S.CULLED and self.ticks_in_stage >= self.cooldown:
-            self._move(S.DORMANT)
+            self.blend.tick(ticks)
 
     # ---- reading ------------------------------------------------------------------
     @property

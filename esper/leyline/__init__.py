@@ -1,6 +1,18 @@
 """Leyline: the shared contracts (seed stages, the one transition table, edits, telemetry, errors)."""
 
-from esper.leyline.errors import CheckpointError, EsperError, ExportError, LifecycleError, TraceError
+from esper.leyline.errors import (
+    CheckpointError,
+    DataError,
+    EditError,
+    EsperError,
+    ExportError,
+    HostFileError,
+    InputError,
+    LifecycleError,
+    RunError,
+    SpecError,
+    TraceError,
+)
 from esper.leyline.edits import Edit, Op, edits_from_yaml, edits_to_yaml
 from esper.leyline.stages import (
     ACTIVE_STAGES,
@@ -16,13 +28,19 @@ __all__ = [
     "ACTIVE_STAGES",
     "TRANSITIONS",
     "CheckpointError",
+    "DataError",
     "Edit",
+    "EditError",
     "EsperError",
     "ExportError",
+    "HostFileError",
+    "InputError",
     "LifecycleError",
     "Op",
+    "RunError",
     "SeedStage",
     "SlotTelemetry",
+    "SpecError",
     "TraceError",
     "check_move",
     "edits_from_yaml",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import operator
+from dataclasses import asdict, dataclass, fields
 from enum import IntEnum
+
+from esper.leyline.errors import EditError
 
 
 class Op(IntEnum):
@@ -30,11 +33,17 @@ class Edit:
     step: int | None = None
 
     def __post_init__(self):
-        object.__setattr__(self, "op", Op[self.op] if isinstance(self.op, str) else Op(self.op))
+        object.__setattr__(self, "op", _op(self.op))
+        for name in ("slot", "blueprint", "blend"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise EditError(f"{name} must be a string, not {type(value).__name__} {value!r}")
         if self.op is not Op.WAIT and not self.slot:
-            raise ValueError(f"{self.op.name} needs a slot")
+            raise EditError(f"{self.op.name} needs a slot")
         if self.op is Op.GERMINATE and not self.blueprint:
-            raise ValueError("GERMINATE needs a blueprint")
+            raise EditError("GERMINATE needs a blueprint")
+        object.__setattr__(self, "steps", _whole(self.steps, 1, "steps (the blend schedule's length in ticks)"))
+        object.__setattr__(self, "step", _whole(self.step, 0, "step (the tick the edit was applied at)"))
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if v is not None}
@@ -43,7 +52,26 @@ class Edit:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Edit":
+        if not isinstance(d, dict):
+            raise EditError(f"an edit must be a mapping, not {type(d).__name__}")
+        unknown = [str(k) for k in d if k not in _FIELDS]
+        if unknown or "op" not in d:
+            raise EditError(f"an edit has the keys {', '.join(_FIELDS)} (op required), not {', '.join(map(str, d))}")
         return cls(**d)
+
+
+_FIELDS = [f.name for f in fields(Edit)]
+
+
+def _op(op) -> Op:
+    """Op members, their names in any case, and their numbers are all accepted."""
+    if isinstance(op, Op):
+        return op
+    if isinstance(op, str) and op.upper() in Op.__members__:
+        return Op[op.upper()]
+    if _whole_or_none(op) in set(Op):
+        return Op(int(op))
+    raise EditError(f"unknown op {op!r}: use one of {', '.join(Op.__members__)} (esper.Op or its name)")
 
 
 def edits_to_yaml(edits: list[Edit]) -> str:
@@ -57,3 +85,22 @@ def edits_from_yaml(text: str) -> list[Edit]:
     import yaml
 
     return [Edit.from_dict(d) for d in (yaml.safe_load(text) or [])]
+
+
+def _whole_or_none(value) -> int | None:
+    # bool is an int to Python, but True as a tick count is a slip, not a number
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _whole(value, low: int, what: str) -> int | None:
+    if value is None:
+        return None
+    n = _whole_or_none(value)
+    if n is None or n < low:
+        raise EditError(f"{what} must be an integer >= {low}, not {value!r}")
+    return n

@@ -22,6 +22,22 @@ class TraceError(EsperError):
         super().__init__("\n  ".join(parts))
 
 
+class InputError(TraceError):
+    """The host itself fails on the example inputs: the inputs, not tracing, are at fault."""
+
+
+class SpecError(EsperError, ValueError):
+    """A slot spec or slot count that cannot place any slot."""
+
+
+class EditError(EsperError, ValueError):
+    """A malformed edit, or one that does not replay; `index` is its place in the log."""
+
+    def __init__(self, message: str, index: int | None = None):
+        self.index = index
+        super().__init__(message)
+
+
 class LifecycleError(EsperError):
     """A seed slot was asked to make a move its lifecycle does not allow."""
 
@@ -37,8 +53,20 @@ class LifecycleError(EsperError):
 
 
 class CheckpointError(EsperError):
-    """A checkpoint is missing, truncated, tampered with or from an incompatible model."""
+    """A checkpoint is missing, truncated, tampered with, untrusted or from an incompatible model."""
 
 
 class ExportError(EsperError):
     """A model cannot be exported as it stands."""
+
+
+class HostFileError(EsperError):
+    """A model file that cannot be loaded, or holds no model."""
+
+
+class DataError(EsperError, ValueError):
+    """A dataset spec, file or archive cannot be used as given."""
+
+
+class RunError(EsperError, ValueError):
+    """A training run directory that cannot be started or resumed as asked."""

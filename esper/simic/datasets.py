@@ -14,6 +14,7 @@ import re
 import shutil
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -22,17 +23,13 @@ from PIL import Image
 from torchvision.datasets import CIFAR10
 from tqdm import tqdm
 
-from esper.leyline.errors import EsperError
+from esper.leyline import DataError
 
 IMAGE_SIZE = 32
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 # Bump when the cached layout or decoding changes, so stale caches are not read.
 _CACHE_VERSION = 1
-
-
-class DataError(EsperError, ValueError):
-    """A dataset spec, file or archive cannot be used as given."""
 
 
 @dataclass
@@ -224,8 +221,11 @@ def cifar10(root: Path, download: bool) -> RawImages:
 
 def decode_file(path: Path) -> torch.Tensor:
     """One image file as a 3×IMAGE_SIZE×IMAGE_SIZE uint8 RGB tensor, resized only if it differs."""
-    with Image.open(path) as img:
-        img = img.convert("RGB")
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path} is not a readable image: {e}") from None
     if img.size != (IMAGE_SIZE, IMAGE_SIZE):
         img = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
     pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
@@ -241,10 +241,14 @@ def _find_root(top: Path) -> Path:
     d = top
     while not ((d / "train").is_dir() and (d / "test").is_dir()):
         entries = _visible(d)
-        if len(entries) != 1 or not entries[0].is_dir():
-            break
+        if len(entries) != 1 or not entries[0].is_dir() or _holds_images(entries[0]):
+            break  # a lone folder of images is a class, not a wrapper
         d = entries[0]
     return d
+
+
+def _holds_images(d: Path) -> bool:
+    return any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in d.iterdir())
 
 
 def _list_images(d: Path, classes: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
@@ -262,6 +266,9 @@ def _list_images(d: Path, classes: list[str] | None = None) -> tuple[list[Path],
                 labels.append(label)
     if not paths:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in class folders under {d}")
+    if len(set(labels)) < 2:
+        raise DataError(f"{d} holds images of one class only ({classes[labels[0]]}): "
+                        "a classifier needs a folder of images for each of at least two classes")
     return paths, labels, classes
 
 
@@ -317,23 +324,40 @@ def _check_member(archive: Path, name: str) -> None:
 
 def _unpack(archive: Path, dest: Path, progress: bool) -> None:
     bar = tqdm(desc=f"unpacking {archive.name}", unit="file", disable=not progress)
-    with bar:
-        if archive.name.lower().endswith(".zip"):
-            with zipfile.ZipFile(archive) as zf:
-                for info in zf.infolist():
-                    _check_member(archive, info.filename)
-                    zf.extract(info, dest)
-                    bar.update()
-        else:
-            with tarfile.open(archive) as tf:
-                for member in tf:
-                    _check_member(archive, member.name)
-                    try:
-                        # The "data" filter also refuses links out of dest and special files.
-                        tf.extract(member, dest, filter="data")
-                    except tarfile.FilterError as err:
-                        raise DataError(f"refusing to unpack {archive}: {err}") from err
-                    bar.update()
+    try:
+        with bar:
+            _extract(archive, dest, bar)
+    except tarfile.FilterError as e:
+        raise DataError(f"refusing to unpack {archive}: {e}") from e
+    except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        kind = "zip" if archive.name.lower().endswith(".zip") else "tar"
+        raise DataError(f"{archive} cannot be unpacked as a {kind} archive: {type(e).__name__}: {' '.join(str(e).split())}") from None
+
+
+def _extract(archive: Path, dest: Path, bar) -> None:
+    if archive.name.lower().endswith(".zip"):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                _check_member(archive, info.filename)
+                zf.extract(info, dest)
+                bar.update()
+    else:
+        with tarfile.open(archive) as tf:
+            for member in tf:
+                _check_member(archive, member.name)
+                # The "data" filter also refuses links out of dest and special files.
+                tf.extract(member, dest, filter="data")
+                bar.update()
+
+
+def _remove_empty(d: Path, stop: Path) -> None:
+    """Remove `d` and its parents below `stop` while they are empty, so a failed unpack leaves no trace."""
+    while d != stop and d.is_relative_to(stop):
+        try:
+            d.rmdir()
+        except OSError:  # not empty (or gone): what is left is not ours to remove
+            return
+        d = d.parent
 
 
 def image_archive(archive: Path, cache_root: Path, progress: bool) -> RawImages:
@@ -352,6 +376,7 @@ def image_archive(archive: Path, cache_root: Path, progress: bool) -> RawImages:
             _unpack(archive, partial, progress)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
+            _remove_empty(home, stop=cache_root.parent)
             raise
         # Renamed only once complete, so an interrupted unpack is redone rather than trusted.
         partial.rename(files)

@@ -31,7 +31,7 @@ from typing import Callable
 
 import torch
 
-from esper.leyline import MAX_BLENDS, MAX_BLUEPRINTS, Op
+from esper.leyline import MAX_BLENDS, MAX_BLUEPRINTS, CheckpointError, Op, RunError
 from esper.simic import config as config_io
 from esper.simic.baselines import HeuristicConfig
 from esper.simic.env import EnvConfig, GrowthEnv, reinitialized_copies, vocabulary
@@ -109,6 +109,18 @@ def episode_seed(run_seed: int, phase: str, index: int) -> int:
 
 
 # ---- files ---------------------------------------------------------------------------------------
+def check_fresh_run(out: Path, resume: bool) -> None:
+    """A run starts only in an empty or new directory, unless it resumes the checkpoint
+    there: nothing a run did not read a checkpoint for is ever overwritten or shortened."""
+    if resume and (out / CHECKPOINT).is_file():
+        return
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held:
+        way = "pass --resume to continue it" if (out / CHECKPOINT).is_file() else f"it has no {CHECKPOINT} to resume from"
+        raise RunError(f"{out} already holds a run ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}): "
+                       f"{way}, or choose another --out; nothing was changed")
+
+
 def save_atomic(obj, path: Path) -> None:
     """torch.save to a temporary file in the same directory, fsync, then rename over `path`."""
     tmp = path.with_name(path.name + ".tmp")
@@ -178,6 +190,7 @@ class Trainer:
     ):
         self.cfg = cfg.resolved()
         self.out = Path(out_dir)
+        check_fresh_run(self.out, resume)
         self.out.mkdir(parents=True, exist_ok=True)
         self.data = data
         self.progress = progress
@@ -199,9 +212,6 @@ class Trainer:
         self._shown: set[str] = set()
         if resume and (self.out / CHECKPOINT).exists():
             self._restore()
-        else:
-            for stale in (JSONL_NAME, CHECKPOINT, POLICY):
-                (self.out / stale).unlink(missing_ok=True)
         config_io.save_yaml(self.cfg, self.out / CONFIG)
         self.metrics = MetricsWriter(self.out, purge_step=self.global_step)
 
@@ -232,8 +242,16 @@ class Trainer:
         )
 
     def _restore(self) -> None:
-        state = torch.load(self.out / CHECKPOINT, map_location="cpu", weights_only=True)
-        saved = config_io.from_dict(TrainConfig, state["config"])
+        path = self.out / CHECKPOINT
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or state.get("format") != "esper-train-checkpoint":
+                raise ValueError("no esper-train-checkpoint inside")
+            saved = config_io.from_dict(TrainConfig, state["config"])
+        except Exception as e:  # a torn or foreign file fails in many ways; each means the same here
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise CheckpointError(f"cannot resume from {path}, which is truncated or not a training checkpoint "
+                                  f"({type(e).__name__}: {reason}); nothing was changed") from None
         changed = [k for k in config_io.diff(saved, self.cfg) if k not in ("episodes", "checkpoint_every", "device")]
         if changed:
             raise ValueError(f"--resume continues the saved run, but these settings differ from it: {', '.join(changed)}")

@@ -24,7 +24,8 @@ def _checkpoint(tmp_path, finish=True):
 
 
 def _export(*args):
-    return subprocess.run([sys.executable, "-m", "esper", "export", *args], capture_output=True, text=True)
+    host = ["--host", str(ROOT / "examples/host_cnn.py")]
+    return subprocess.run([sys.executable, "-m", "esper", "export", *args, *host], capture_output=True, text=True)
 
 
 def test_export_prints_parameters_and_size(tmp_path):

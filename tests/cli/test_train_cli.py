@@ -94,7 +94,7 @@ def test_grow_with_each_kind_of_policy(policy, trained, host, tmp_path):
     out = tmp_path / "grown"
     spec = str(trained / "tamiyo.pt") if policy == "tamiyo" else policy
     args = ["grow", "--policy", spec, "--out", str(out)]
-    args += ["--no-progress"] if policy == "tamiyo" else ["--host", host, *TINY]
+    args += ["--no-progress", "--trust-host-code"] if policy == "tamiyo" else ["--host", host, *TINY]
     assert main(args) == 0
     for name in ("metrics.jsonl", "edits.yaml", "summary.json", "report.md", "accuracy.png", "slots.png", "params.png"):
         assert (out / name).is_file(), name
@@ -102,7 +102,7 @@ def test_grow_with_each_kind_of_policy(policy, trained, host, tmp_path):
     assert len(epochs) == 2 and {"val_acc", "edit", "slots", "reward"} <= set(epochs[0])
     edits = yaml.safe_load((out / "edits.yaml").read_text())
     assert len(edits) == 2 and all("op" in e for e in edits)
-    model = esper.load(out / "model")
+    model = esper.load(out / "model", trust_host_code=True)
     assert model.plane.step_count == 2
     summary = json.loads((out / "summary.json").read_text())
     assert summary["policy"] == spec and 0 <= summary["test_acc"] <= 1

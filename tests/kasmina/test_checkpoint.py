@@ -74,7 +74,9 @@ def test_factory_from_the_host_class_and_tied_weights(tmp_path):
     assert torch.equal(loaded.eval()(x), mm.eval()(x))
     cnn = esper.instrument(HostCNN(), (torch.randn(1, 3, 16, 16),))
     esper.save(cnn, tmp_path / "cnn")
-    assert esper.load(tmp_path / "cnn").host.__class__.__name__ == "HostCNN"  # built from host_cnn:HostCNN
+    with pytest.raises(CheckpointError, match="host_cnn:HostCNN"):
+        esper.load(tmp_path / "cnn")  # the factory is code: not run untrusted
+    assert esper.load(tmp_path / "cnn", trust_host_code=True).host.__class__.__name__ == "HostCNN"
 
 
 def _tied():
