@@ -20,11 +20,7 @@ import math
 
 from transformers import TrainerCallback
 
-from esper.integrations.gardener import Gardener, find_instrumented
-
-# Gardener.step argument -> the name the Trainer logs it under (compute_metrics'
-# "accuracy" is logged as "eval_accuracy").
-METRIC_NAMES = {"train_loss": "loss", "val_loss": "eval_loss", "val_acc": "eval_accuracy"}
+from esper.integrations.callbacks import GardenerCallbackBase
 
 
 def evaluations(args, state) -> int:
@@ -37,18 +33,13 @@ def evaluations(args, state) -> int:
     raise ValueError("the gardener decides at each evaluation: set TrainingArguments(eval_strategy='steps' or 'epoch')")
 
 
-class GardenerCallback(TrainerCallback):
-    """`policy` and `gardener_options` go to `Gardener` (probe, blend_steps, seed_lr_scale...);
-    `decisions` overrides the number of evaluations the policy is told to expect;
-    `metric_names` maps Gardener.step's arguments to the Trainer's metric names."""
+class GardenerCallback(GardenerCallbackBase, TrainerCallback):
+    """See GardenerCallbackBase for the arguments; by default the policy expects one
+    decision per evaluation."""
 
-    def __init__(self, policy="heuristic", *, decisions: int | None = None, metric_names: dict | None = None, **gardener_options):
-        self.policy = policy
-        self.decisions = decisions
-        self.names = {**METRIC_NAMES, **(metric_names or {})}
-        self.options = gardener_options
-        self.gardener: Gardener | None = None
-        self._training = False
+    # compute_metrics' "accuracy" is logged as "eval_accuracy"
+    METRIC_NAMES = {"train_loss": "loss", "val_loss": "eval_loss", "val_acc": "eval_accuracy"}
+    _training = False
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         # The Trainer reads input and label names off the model's forward signature, and an
@@ -59,10 +50,7 @@ class GardenerCallback(TrainerCallback):
                 "the Trainer cannot read an instrumented model's argument names: set "
                 "TrainingArguments(remove_unused_columns=False, label_names=['labels'])"
             )
-        epochs = self.decisions or evaluations(args, state)
-        self.gardener = Gardener(
-            find_instrumented(model), self.policy, optimizer=optimizer, scheduler=lr_scheduler, epochs=epochs, **self.options
-        )
+        self._start(model, optimizer, lr_scheduler, self.decisions or evaluations(args, state))
         self._training = True
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -74,6 +62,5 @@ class GardenerCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if not self._training:  # trainer.evaluate() after training decides nothing
             return
-        logged = next((r for r in reversed(state.log_history) if self.names["train_loss"] in r), {})
-        values = {**logged, **(metrics or {})}
-        self.gardener.step(**{arg: values.get(name) for arg, name in self.names.items()})
+        trained = next((r for r in reversed(state.log_history) if self.names["train_loss"] in r), {})
+        self._decide({**trained, **(metrics or {})})

@@ -21,23 +21,15 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 
-from esper.integrations.gardener import Gardener, find_instrumented
-
-# Gardener.step argument -> the name logged with LightningModule.log
-METRIC_NAMES = {"train_loss": "train_loss", "train_acc": "train_acc", "val_loss": "val_loss", "val_acc": "val_acc"}
+from esper.integrations.callbacks import GardenerCallbackBase
 
 
-class GardenerCallback(pl.Callback):
-    """`policy` and `gardener_options` go to `Gardener` (probe, blend_steps, seed_lr_scale...);
-    `decisions` overrides the decision count (default: the Trainer's max_epochs);
-    `metric_names` maps Gardener.step's arguments to the names your module logs."""
+class GardenerCallback(GardenerCallbackBase, pl.Callback):
+    """See GardenerCallbackBase for the arguments; by default the policy expects one
+    decision per epoch (the Trainer's max_epochs)."""
 
-    def __init__(self, policy="heuristic", *, decisions: int | None = None, metric_names: dict | None = None, **gardener_options):
-        self.policy = policy
-        self.decisions = decisions
-        self.names = {**METRIC_NAMES, **(metric_names or {})}
-        self.options = gardener_options
-        self.gardener: Gardener | None = None
+    # names as logged with LightningModule.log
+    METRIC_NAMES = {"train_loss": "train_loss", "train_acc": "train_acc", "val_loss": "val_loss", "val_acc": "val_acc"}
 
     def on_fit_start(self, trainer, pl_module):
         epochs = self.decisions or trainer.max_epochs
@@ -46,14 +38,10 @@ class GardenerCallback(pl.Callback):
         if not trainer.optimizers:
             raise ValueError("the gardener needs the optimizer that trains the model: configure_optimizers returned none")
         schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
-        self.gardener = Gardener(
-            find_instrumented(pl_module), self.policy, optimizer=trainer.optimizers[0], scheduler=schedulers,
-            epochs=epochs, **self.options,
-        )
+        self._start(pl_module, trainer.optimizers[0], schedulers, epochs)
 
     def on_after_backward(self, trainer, pl_module):
         self.gardener.after_backward()
 
     def on_train_epoch_end(self, trainer, pl_module):
-        logged = trainer.callback_metrics
-        self.gardener.step(**{arg: logged.get(name) for arg, name in self.names.items()})
+        self._decide(trainer.callback_metrics)
