@@ -1,5 +1,7 @@
 """Random sequences of lifecycle moves never leave the transition table; illegal ones raise."""
 
+import copy
+
 import pytest
 import torch
 from hypothesis import given
@@ -72,3 +74,28 @@ def test_random_move_sequences_on_a_plane(moves):
     mm.train()
     out = mm(x)
     assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(OPS), st.integers(0, 2), st.integers(0, 3)), max_size=12),
+    st.integers(0, 3),
+    st.integers(0, 7),
+)
+def test_many_ticks_at_once_are_that_many_single_ticks(moves, cooldown, ticks):
+    mm = esper.instrument(HostCNN(), (torch.randn(1, 3, 8, 8),))
+    ids = list(mm.plane.slots)
+    for slot in mm.plane.slots.values():
+        slot.cooldown = cooldown
+    for op, i, pause in moves:
+        if op in legal_ops(mm.plane.slots[ids[i]].stage):
+            mm.plane.apply(Edit(op, ids[i], "norm", steps=3))
+        mm.plane.step(pause)
+    one_by_one = copy.deepcopy(mm)
+    mm.plane.step(ticks)
+    for _ in range(ticks):
+        one_by_one.plane.step()
+
+    def state(m):
+        return [(s.stage, s.ticks_in_stage, s.alpha) for s in m.plane.slots.values()], m.plane.step_count
+
+    assert state(mm) == state(one_by_one)

@@ -127,6 +127,19 @@ def test_grow_output_exports_with_host_or_trust_only(tmp_path, capsys):
     assert (tmp_path / "m.pt2").is_file()
 
 
+def test_a_trained_policy_never_runs_the_model_file_it_names(tmp_path, capsys):
+    from esper.simic.training import TrainConfig, save_policy
+    from esper.tamiyo import TamiyoPolicy
+
+    cfg = TrainConfig(host=str(factory_file(tmp_path)), limit=60, hidden=8).resolved()
+    policy = TamiyoPolicy(cfg.blueprints, cfg.blends, cfg.env.blend_steps, hidden=cfg.hidden)
+    save_policy(policy, tmp_path / "tamiyo.pt", cfg, episodes=0)
+    assert main(["grow", "--policy", str(tmp_path / "tamiyo.pt"), "--out", str(tmp_path / "g"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "factory.py" in err and "--host" in err and "--trust-host-code" in err
+    assert not (tmp_path / "MARKER").exists() and not (tmp_path / "g").exists()
+
+
 def _resign(ck, tensors):
     save_file(tensors, str(ck / "tensors.safetensors"))
     manifest = _manifest(ck)
