@@ -1,4 +1,9 @@
-"""The design document's HostCNN: three conv blocks (32, 64, 128 channels) and a classifier."""
+"""The design document's HostCNN: three conv blocks (32, 64, 128 channels) and a classifier.
+
+`width` scales every block's channels and `blocks` deepens the stack (channels double up
+to the third block, then stay; each block halves the image), so one file also gives the
+narrow and deep hosts of the evidence benchmark (`tools/evidence.py`).
+"""
 
 import torch
 from torch import nn
@@ -16,18 +21,20 @@ class ConvBlock(nn.Module):
 
 
 class HostCNN(nn.Module):
-    def __init__(self, num_classes: int = 10):
+    def __init__(self, num_classes: int = 10, width: int = 32, blocks: int = 3):
         super().__init__()
-        self.block1 = ConvBlock(3, 32)
-        self.block2 = ConvBlock(32, 64)
-        self.block3 = ConvBlock(64, 128)
+        if blocks < 1 or width < 1:
+            raise ValueError(f"HostCNN needs at least one block and one channel, got blocks={blocks}, width={width}")
+        channels = [3] + [width * 2 ** min(i, 2) for i in range(blocks)]
+        for i in range(blocks):
+            self.add_module(f"block{i + 1}", ConvBlock(channels[i], channels[i + 1]))
+        self.blocks = blocks
         self.pool = nn.MaxPool2d(2, 2)
-        self.classifier = nn.Linear(128, num_classes)
+        self.classifier = nn.Linear(channels[-1], num_classes)
 
     def forward(self, x):
-        x = self.pool(self.block1(x))
-        x = self.pool(self.block2(x))
-        x = self.pool(self.block3(x))
+        for i in range(self.blocks):
+            x = self.pool(getattr(self, f"block{i + 1}")(x))
         return self.classifier(torch.flatten(x.mean(dim=(2, 3)), 1))
 
 

@@ -29,7 +29,7 @@ import math
 import time
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
 from typing import Any, Callable
@@ -68,6 +68,11 @@ class EnvConfig:
     max_slots: int | None = None
     contribution_samples: int = 512  # the fixed validation batch for ablations
     augment: bool = False
+    # NHWC activations: convolutions on CPU run about twice as fast in this layout.
+    channels_last: bool = False
+    # slot -> blueprint: seeds fossilized before the first step, so the episode trains a
+    # static bigger model from scratch (the reference that growth is judged against).
+    fossils: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.epochs < 1 or self.decisions_per_epoch < 1 or self.batch_size < 1 or self.blend_steps < 1:
@@ -147,7 +152,7 @@ class GrowthEnv:
         example = example_input if example_input is not None else data.train.x[:2]
         self.example = example.to(self.device)
         n = min(self.cfg.contribution_samples, len(data.val))
-        self._probe = (data.val.x[:n].to(self.device), data.val.y[:n].to(self.device))
+        self._probe = (self._place(data.val.x[:n]), data.val.y[:n].to(self.device))
         self.mm = None
         self.done = True
         self._cpu_rng: torch.Tensor | None = None
@@ -191,6 +196,9 @@ class GrowthEnv:
                     f"for a batch, but the data has {self.data.num_classes} classes: a classifier with "
                     f"{self.data.num_classes} outputs is needed"
                 )
+            self._fossilize_static()
+            if cfg.channels_last:
+                self.mm.to(memory_format=torch.channels_last)
             self.optimizer = self._make_optimizer()
             seed_opts = {"lr": cfg.seed_lr} if cfg.seed_lr else {}
             self.plane.attach_optimizer(self.optimizer, **seed_opts)
@@ -223,6 +231,8 @@ class GrowthEnv:
             raise RuntimeError("the episode is over: call reset() first")
         with self._own_rng():
             logged = self.plane.apply(edit)
+            if self.cfg.channels_last:  # a new seed's weights: before its optimizer state exists
+                self.mm.to(memory_format=torch.channels_last)
             self.ops[logged.op.name] += 1
             start = time.perf_counter()
             train_loss, train_acc, images = self._train_chunk()
@@ -293,6 +303,21 @@ class GrowthEnv:
         }
 
     # ---- pieces ----------------------------------------------------------------------------
+    def _fossilize_static(self) -> None:
+        """Grow `cfg.fossils` to the end of their lifecycle before any training; the
+        edits go through the plane like any other, so the edit log replays."""
+        unknown = sorted(set(self.cfg.fossils) - set(self.plane.slots))
+        if unknown:
+            raise ValueError(f"fossils name unknown slots {unknown}; this host has {list(self.plane.slots)}")
+        for slot, blueprint in self.cfg.fossils.items():
+            self.plane.apply(Edit(Op.GERMINATE, slot, blueprint=blueprint, blend="linear", steps=1))
+            self.plane.apply(Edit(Op.ADVANCE, slot))
+            self.plane.apply(Edit(Op.ADVANCE, slot))
+        if self.cfg.fossils:
+            self.plane.step()
+            for slot in self.cfg.fossils:
+                self.plane.apply(Edit(Op.FOSSILIZE, slot))
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
         c = self.cfg
         params = list(self.mm.parameters())
@@ -315,7 +340,7 @@ class GrowthEnv:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         for x, y in islice(self._batches, count):
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            x, y = self._place(x), y.to(self.device, non_blocking=True)
             self._schedule_lr()
             self.optimizer.zero_grad(set_to_none=True)
             out = self.mm(x)
@@ -329,6 +354,10 @@ class GrowthEnv:
         if seen == 0:
             return self.now["train_loss"], self.now["train_acc"], 0
         return float(loss_sum) / seen, float(correct) / seen, seen
+
+    def _place(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last and x.dim() == 4 else x
 
     def _schedule_lr(self) -> None:
         """Cosine decay over the whole episode, applied to every group (seed groups included,
@@ -349,7 +378,7 @@ class GrowthEnv:
         self.mm.eval()
         loss_sum, correct, seen = 0.0, 0, 0
         for x, y in split.batches(self.cfg.eval_batch_size, shuffle=False):
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            x, y = self._place(x), y.to(self.device, non_blocking=True)
             out = self.mm(x)
             loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
             correct += int((out.argmax(-1) == y).sum())

@@ -7,12 +7,13 @@ For the transition s -> s' made by one edit (accuracies are fractions in [0, 1])
       + germination_cost * #(slots that became FOSSILIZED)              ... refunded only on fossilization
       + gamma * Phi(s') - Phi(s)           (Phi(s') := 0 when done)     shaping
       + done * (terminal_acc_weight * val_acc'                          terminal
-                - param_cost * (total_params' - host_params) / host_params)
+                - param_cost * max(0, added' - param_budget))
 
     Phi(s) = shaping_weight * sum over BLENDING / FOSSILIZED slots of
              clip(min(contribution, val_acc - baseline_acc), 0, contribution_cap)
 
-where baseline_acc is the validation accuracy just before that slot's seed germinated.
+where baseline_acc is the validation accuracy just before that slot's seed germinated and
+added' = (total_params' - host_params) / host_params is the growth the model ends with.
 
 Why each piece:
 - The task term pays for real accuracy, measured on the whole model; WAIT earns only
@@ -32,6 +33,9 @@ Why each piece:
   the defaults a seed adding 10% of the host's parameters costs 0.05, which it repays by
   raising final accuracy by 0.25 points (0.1 per point from the task term, 0.1 from the
   terminal term): growing something useful beats WAIT-forever, growing dead weight does not.
+- param_budget is the growth the user grants for free (0.5: up to half the host's size
+  again); only growth beyond it is charged. With a budget the reward asks for the most
+  accurate model within it, rather than for accuracy per parameter everywhere.
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ _CREDITED = frozenset({SeedStage.BLENDING, SeedStage.FOSSILIZED})
 class RewardConfig:
     acc_scale: float = 10.0  # per unit of accuracy change: +1 percentage point = +0.1
     terminal_acc_weight: float = 10.0  # per unit of final validation accuracy, once
-    param_cost: float = 0.5  # per unit of (total - host) / host parameters at the end
+    param_cost: float = 0.5  # per unit of (total - host) / host parameters at the end, beyond the budget
+    param_budget: float = 0.0  # (total - host) / host parameters that cost nothing
     germination_cost: float = 0.05  # paid at GERMINATE, refunded at FOSSILIZED
     shaping_weight: float = 5.0  # Phi per unit of credited contribution
     contribution_cap: float = 0.05  # most credited contribution per seed (5 points)
@@ -139,5 +144,5 @@ def compute_reward(
         refund=cfg.germination_cost * fossilized,
         shaping=cfg.gamma * next_potential - potential(prev, cfg),
         terminal_acc=cfg.terminal_acc_weight * now.val_acc if done else 0.0,
-        param_cost=-cfg.param_cost * added if done else 0.0,
+        param_cost=-cfg.param_cost * max(0.0, added - cfg.param_budget) if done else 0.0,
     )

@@ -178,3 +178,37 @@ def test_heuristic_fossilizes_a_seed_on_the_synthetic_task(synthetic_small):
     assert summary["params"] > summary["host_params"]
     assert summary["fossil_blueprints"] == ["depthwise"]  # the first preference that fits a conv slot
     assert env.plane.slots["block3"].stage is S.FOSSILIZED  # the deepest slot
+
+
+def test_static_fossils_are_grown_before_the_first_step_and_logged():
+    env = make_env(epochs=1, fossils={"block2": "conv_enhance"})
+    env.reset(0)
+    slot = env.plane.slots["block2"]
+    assert slot.stage is S.FOSSILIZED and slot.blueprint == "conv_enhance"
+    assert [e.op for e in env.plane.edits] == [Op.GERMINATE, Op.ADVANCE, Op.ADVANCE, Op.FOSSILIZE]
+    fossil = {id(p) for p in env.plane.seed_parameters("block2")}
+    trained = {id(p) for group in env.optimizer.param_groups for p in group["params"]}
+    assert fossil and fossil <= trained  # the fossil trains with the host from the first step
+    before = [p.detach().clone() for p in env.plane.seed_parameters("block2")]
+    env.step(Edit(Op.WAIT))
+    assert any(not torch.equal(b, p) for b, p in zip(before, env.plane.seed_parameters("block2")))
+
+
+def test_static_fossils_must_name_slots_of_the_host():
+    with pytest.raises(ValueError, match="unknown slots.*block9"):
+        make_env(fossils={"block9": "conv_enhance"}).reset(0)
+
+
+def test_channels_last_trains_the_same_model_in_the_other_layout():
+    edits = [Edit(Op.GERMINATE, "block2", blueprint="conv_enhance", blend="linear", steps=1), Edit(Op.ADVANCE, "block2")]
+    runs = {}
+    for layout in (False, True):
+        env = make_env(epochs=2, channels_last=layout)
+        play(env, Script(edits))
+        runs[layout] = env
+    weights = [p for p in runs[True].mm.parameters() if p.dim() == 4]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    seed = runs[True].plane.seed_parameters("block2")
+    assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) for p in seed)
+    for key in ("train_loss", "val_loss"):
+        assert runs[True].now[key] == pytest.approx(runs[False].now[key], rel=1e-3)

@@ -150,3 +150,17 @@ def test_breakdown_adds_up():
         parts = r.as_dict()
         assert parts.pop("total") == pytest.approx(sum(parts.values()))
     assert RewardConfig().gamma == PPOConfig().gamma
+
+
+@pytest.mark.parametrize("params", [SEED // 2, SEED, 3 * SEED])
+def test_growth_within_the_budget_is_free_and_beyond_it_is_charged_linearly(params):
+    budget = SEED / HOST  # the budget grants exactly one SEED of growth
+    life = seed_life(0.6, [0.61, 0.62], [0.01, 0.02], Op.FOSSILIZE, params=params)
+    budgeted, _ = run(life, RewardConfig(param_budget=budget))
+    unbudgeted, _ = run(life, RewardConfig())
+    cost = RewardConfig().param_cost
+    assert unbudgeted[-1].param_cost == pytest.approx(-cost * params / HOST)
+    assert budgeted[-1].param_cost == pytest.approx(-cost * max(0, params - SEED) / HOST)
+    # Only the terminal charge moves: every other component is the same with or without a budget.
+    for b, u in zip(budgeted, unbudgeted):
+        assert b.total - b.param_cost == pytest.approx(u.total - u.param_cost)

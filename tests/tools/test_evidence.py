@@ -1,0 +1,80 @@
+"""The evidence benchmark keeps working: its statistics are right and its smoke scale runs whole."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(TOOLS))
+    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+evidence = _load("evidence")
+doc = _load("evidence_doc")
+
+
+def test_paired_interval_is_the_t_interval_of_the_differences():
+    result = doc.paired([0.01, 0.03, 0.02])
+    half = 4.303 * 0.01 / math.sqrt(3)  # t(0.975, 2) x sd / sqrt(n)
+    assert result["mean_diff"] == pytest.approx(0.02)
+    assert result["ci95"] == pytest.approx([0.02 - half, 0.02 + half])
+    assert math.isnan(doc.paired([0.01])["ci95"][0])  # one pair has no interval
+
+
+def _run(arm, seed, acc, added=0):
+    return (arm, seed), {"test_acc": acc, "val_acc": acc, "params_added": added, "seconds": 1.0, "fossils": {}}
+
+
+def test_arms_are_paired_with_their_reference_by_seed_and_judged():
+    runs = dict([_run("host", s, 0.50 + 0.01 * s) for s in range(3)]
+                + [_run("heuristic", s, 0.53 + 0.01 * s + 0.001 * s, 50) for s in range(3)]
+                + [_run("tamiyo", s, 0.52 + 0.01 * s + (0.02 if s == 1 else -0.02), 40) for s in range(3)]
+                + [_run("static", s, 0.55 + 0.01 * s, 100) for s in range(3)]
+                + [_run("host-deep", s, 0.60, 0) for s in range(3)]
+                + [_run("tamiyo-deep", s, 0.61, 10) for s in range(3)]
+                + [_run("static:conv_enhance@all", 0, 0.9, 100)])
+    arms, pairs = doc.summarize(runs)
+    assert "static:conv_enhance@all" not in arms  # headroom candidates are not arms
+    assert pairs["heuristic"]["mean_diff"] == pytest.approx(0.031)
+    assert pairs["tamiyo-deep"]["reference"] == "host-deep" and pairs["tamiyo-deep"]["mean_diff"] == pytest.approx(0.01)
+    verdicts = {q.split(" (")[0]: (ok, detail) for q, ok, detail in doc.verdicts(arms, pairs)}
+    beats = verdicts["A growth policy beats the host alone"]
+    assert beats == (True, "heuristic")  # tamiyo's interval spans zero
+    assert verdicts["Tamiyo beats the heuristic"][0] is False
+    # heuristic: 62% of static's 5-point gain with 50% of its parameters: short of 70%
+    assert verdicts["A growth policy reaches 70% of static's gain with at most 50% of its added parameters"][0] is False
+
+
+def test_smoke_scale_runs_the_whole_protocol_and_resumes(tmp_path, capsys):
+    out, work = tmp_path / "docs", tmp_path / "work"
+    args = ["--scale", "smoke", "--out", str(out), "--work", str(work), "--data-root", str(tmp_path / "cache"), "--threads", "1"]
+    assert evidence.main(args) == 0
+    result = json.loads((out / "evidence-smoke.json").read_text())
+    assert result["scale"] == "smoke" and result["regime"]["train_images"] == 400
+    assert set(result["headroom"]) == {"host"} | {f"static:{k}" for k in evidence.STATIC_CANDIDATES}
+    assert set(result["arms"]) == set(doc.ARM_ORDER)
+    assert all(arm["seeds"] == [0, 1] for arm in result["arms"].values())
+    assert set(result["paired"]) == set(doc.ARM_ORDER) - {"host"}
+    assert result["regime"]["env"]["fossils"] == {}  # arms other than static grow from nothing
+    md = (out / "evidence-smoke.md").read_text()
+    assert "| heuristic |" in md and "## Verdicts" in md and (out / "evidence-smoke-pareto.png").stat().st_size > 0
+    assert (work / "tamiyo" / "tamiyo.pt").exists() and (work / "tamiyo-synthetic" / "tamiyo.pt").exists()
+
+    logged = (work / "runs.jsonl").read_text().count("\n")
+    capsys.readouterr()
+    assert evidence.main(args) == 0  # a second call finds every run in the log and trains nothing
+    assert (work / "runs.jsonl").read_text().count("\n") == logged
+    assert "seed 0: test" not in capsys.readouterr().out

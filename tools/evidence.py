@@ -1,0 +1,278 @@
+"""Does growth help? The evidence benchmark: grown hosts against the host alone, paired by seed.
+
+    python tools/evidence.py --scale cpu      # CIFAR-10 on 2 CPU cores, about 90 minutes
+    python tools/evidence.py --scale gpu      # more images, epochs and seeds, on CUDA
+    python tools/evidence.py --scale smoke    # the synthetic task in under a minute (tested)
+
+The protocol, in order (each run's result is appended to WORK/runs.jsonl as it finishes,
+so an interrupted benchmark picks up where it stopped):
+
+  1. headroom   the host alone and static bigger models (seeds fossilized before the
+                first step) on seed 0; `static` is the candidate with the best
+                validation accuracy; the heuristic prefers the blueprint of the best
+                candidate that fits the reward's parameter budget, and may grow a seed
+                in every slot (deepest first).
+  2. baselines  host, static, random, heuristic on every evaluation seed.
+  3. tamiyo     `esper train`'s Trainer on the same data and regime, with episode seeds
+                derived by hash (checked disjoint from the evaluation seeds); a second
+                policy is trained on the synthetic task for the transfer arm.
+  4. policies   tamiyo, tamiyo-synthetic (trained on synthetic, run here unchanged), and
+                on a deeper host with more slots, host-deep and tamiyo-deep.
+
+Every arm of one seed starts from the same host initialisation and batch order (the
+environment seeds both from the episode seed). Selection uses validation accuracy only;
+the test split is read once per run, at its end, for the report. Writes OUT/evidence.json
+and OUT/evidence.md with its plots (see tools/evidence_doc.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from host_cnn import HostCNN  # noqa: E402
+
+from esper.leyline import SeedStage  # noqa: E402
+from esper.simic.baselines import WaitPolicy  # noqa: E402
+from esper.simic.data import DataSplits, TensorData, load_data  # noqa: E402
+from esper.simic.env import EnvConfig, GrowthEnv  # noqa: E402
+from esper.simic.metrics import read_jsonl  # noqa: E402
+from esper.simic.rewards import RewardConfig  # noqa: E402
+from esper.simic.training import TrainConfig, Trainer, episode_seed, load_policy  # noqa: E402
+from esper.simic.vectorized import VectorEnv, decide_with, run_episodes  # noqa: E402
+from esper.tamiyo import RandomPolicy  # noqa: E402
+
+CIFAR_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+BLUEPRINTS = ["attention", "conv_enhance", "depthwise", "norm"]  # every blueprint of a conv slot
+BLENDS = ["linear", "sigmoid", "gated"]
+
+
+@dataclass
+class Scale:
+    """One size of the protocol: the regime every arm trains in, and how much of it to run."""
+
+    name: str
+    data: str
+    train_images: int
+    val_images: int
+    test_images: int | None  # None: the whole test split
+    width: int  # HostCNN channels of the first block
+    deep_blocks: int  # blocks of the transfer host
+    seeds: int  # evaluation seeds 0..seeds-1
+    train_episodes: int  # PPO episodes on the benchmark's data
+    warm_start: int  # heuristic episodes cloned first
+    synthetic_episodes: int  # PPO episodes of the transfer policy on the synthetic task
+    synthetic_images: int
+    envs: int
+    device: str = "cpu"
+    env: EnvConfig = field(default_factory=EnvConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+
+def _env(**kw) -> EnvConfig:
+    return EnvConfig(**{"decisions_per_epoch": 2, "blend_steps": 2, "contribution_samples": 500,
+                        "eval_batch_size": 1000, "lr": 2e-3, **kw})
+
+
+# The regime: a narrow HostCNN that underfits CIFAR-10 in this budget, so a bigger model
+# has room to be better (the headroom table says how much), two decisions per epoch so a
+# seed can germinate early and blend within an epoch, and a reward that grants growth up
+# to the host's own size for free and charges for more.
+SCALES = {
+    "smoke": Scale("smoke", "synthetic", 400, 200, 200, 8, 4, 2, 2, 1, 1, 300, 1,
+                   env=_env(epochs=2, batch_size=64), reward=RewardConfig(param_budget=1.0)),
+    "cpu": Scale("cpu", str(CIFAR_ARCHIVE), 10_000, 2_000, None, 16, 5, 5, 32, 8, 8, 2_000, 4,
+                 env=_env(epochs=8, batch_size=128, channels_last=True), reward=RewardConfig(param_budget=1.0)),
+    "gpu": Scale("gpu", str(CIFAR_ARCHIVE), 45_000, 5_000, None, 32, 5, 10, 256, 16, 64, 6_000, 8, device="cuda",
+                 env=_env(epochs=15, batch_size=256, augment=True), reward=RewardConfig(param_budget=1.0)),
+}
+STATIC_CANDIDATES = {  # name -> (blueprint, which slots)
+    "conv_enhance@deepest": ("conv_enhance", "deepest"),
+    "conv_enhance@all": ("conv_enhance", "all"),
+    "depthwise@all": ("depthwise", "all"),
+    "attention@all": ("attention", "all"),
+}
+
+
+def _subset(split: TensorData, n: int | None, seed: int) -> TensorData:
+    if n is None or n >= len(split):
+        return split
+    keep = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return TensorData(split.x[keep], split.y[keep])
+
+
+def load_regime_data(scale: Scale, root: str) -> DataSplits:
+    """The benchmark's splits: a fixed random subset of the training images, a fixed
+    validation subset (evaluated every decision, so kept small), and the test split."""
+    data = load_data(scale.data, root=root, seed=0, progress=True,
+                     limit=scale.train_images + scale.val_images if scale.data == "synthetic" else None,
+                     val_fraction=scale.val_images / (scale.train_images + scale.val_images) if scale.data == "synthetic" else 0.1)
+    return dataclasses.replace(data, train=_subset(data.train, scale.train_images, 1),
+                               val=_subset(data.val, scale.val_images, 2), test=_subset(data.test, scale.test_images, 3))
+
+
+class Benchmark:
+    def __init__(self, scale: Scale, work: Path, out: Path, data_root: str):
+        self.scale, self.work, self.out = scale, work, out
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.data = load_regime_data(scale, data_root)
+        self.host = HostCNN(self.data.num_classes, width=scale.width)
+        self.deep = HostCNN(self.data.num_classes, width=scale.width, blocks=scale.deep_blocks)
+        self.example = self.data.train.x[:2]
+        self.log_path = work / "runs.jsonl"
+        self.runs = {(r["arm"], r["seed"]): r for r in read_jsonl(self.log_path)} if self.log_path.exists() else {}
+        self.phase_seconds: dict[str, float] = {}
+        self.eval_seeds = list(range(scale.seeds))
+
+    # ---- one run ------------------------------------------------------------------------------
+    def run(self, arm: str, seed: int, policy, host=None, env_cfg: EnvConfig | None = None) -> dict:
+        """One episode of `arm` on `seed` (skipped when the log already has it)."""
+        if (arm, seed) in self.runs:
+            return self.runs[(arm, seed)]
+        template = host if host is not None else self.host
+        env = GrowthEnv(lambda: copy.deepcopy(template), self.data, env_cfg or self.scale.env, self.scale.reward,
+                        blueprints=BLUEPRINTS, blends=BLENDS, device=self.scale.device, example_input=self.example)
+        start = time.perf_counter()
+        rollout = run_episodes(VectorEnv([env]), [seed], decide_with(policy))
+        s = rollout.summaries[0]
+        test_loss, test_acc = env.evaluate(self._on_device(self.data.test))
+        fossils = {i: sl.blueprint for i, sl in env.plane.slots.items() if sl.stage is SeedStage.FOSSILIZED}
+        record = {"arm": arm, "seed": seed, "test_acc": test_acc, "test_loss": test_loss, "val_acc": s["val_acc"],
+                  "train_acc": s["train_acc"], "params": s["params"], "host_params": s["host_params"],
+                  "params_added": s["params"] - s["host_params"], "seconds": time.perf_counter() - start,
+                  "fossils": fossils, "germinated": s["germinated"], "culled": s["culled"], "return": s["return"],
+                  "edits": [e.to_dict() for e in env.plane.edits]}
+        self.runs[(arm, seed)] = record
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(f"  {arm:>18} seed {seed}: test {test_acc:.4f} val {s['val_acc']:.4f} params +{record['params_added']:,} "
+              f"fossils {fossils or '-'} ({record['seconds']:.0f}s)", flush=True)
+        return record
+
+    def _on_device(self, split: TensorData) -> TensorData:
+        return split.to(self.scale.device) if self.scale.device != "cpu" else split
+
+    def _phase(self, name: str, fn):
+        start = time.perf_counter()
+        print(f"[{self.scale.name}] {name}", flush=True)
+        result = fn()
+        self.phase_seconds[name] = self.phase_seconds.get(name, 0.0) + time.perf_counter() - start
+        return result
+
+    # ---- the protocol ---------------------------------------------------------------------------
+    def static_env(self, candidate: str) -> EnvConfig:
+        blueprint, where = STATIC_CANDIDATES[candidate]
+        import esper
+
+        slots = list(esper.instrument(copy.deepcopy(self.host), (self.example,)).plane.slots)
+        chosen = slots[-1:] if where == "deepest" else slots
+        return dataclasses.replace(self.scale.env, fossils={s: blueprint for s in chosen})
+
+    def headroom(self) -> str:
+        self.run("host", 0, WaitPolicy())
+        for name in STATIC_CANDIDATES:
+            self.run(f"static:{name}", 0, WaitPolicy(), env_cfg=self.static_env(name))
+        val = {n: self.runs[(f"static:{n}", 0)]["val_acc"] for n in STATIC_CANDIDATES}
+        best = max(val, key=val.get)
+        budget = self.scale.reward.param_budget * self.runs[("host", 0)]["params"]
+        affordable = [n for n in val if self.runs[(f"static:{n}", 0)]["params_added"] <= budget] or [best]
+        preferred = STATIC_CANDIDATES[max(affordable, key=val.get)][0]
+        print(f"  static = {best} (best validation accuracy); the heuristic prefers {preferred} "
+              "(the best candidate within the reward's parameter budget)", flush=True)
+        return best, preferred
+
+    def train_config(self, preferred: str, data: str, episodes: int, limit: int | None = None) -> TrainConfig:
+        s = self.scale
+        cfg = TrainConfig(data=data, limit=limit, episodes=episodes, envs=s.envs, seed=1000, device=s.device,
+                          warm_start=s.warm_start, blueprints=BLUEPRINTS, blends=BLENDS, env=s.env, reward=s.reward)
+        cfg.heuristic.blueprint_preference = [preferred] + [b for b in BLUEPRINTS if b != preferred]
+        cfg.heuristic.max_active = len(BLUEPRINTS)  # a seed in every slot at once, deepest first
+        return cfg
+
+    def train_tamiyo(self, name: str, cfg: TrainConfig, data: DataSplits) -> Path:
+        run_dir = self.work / name
+        seeds = {episode_seed(cfg.seed, phase, i) for phase in ("warm", "ppo") for i in range(cfg.warm_start + cfg.episodes)}
+        assert not seeds & set(self.eval_seeds), "training episodes must not reuse an evaluation seed"
+        if not (run_dir / "tamiyo.pt").exists():
+            host = HostCNN(data.num_classes, width=self.scale.width)
+            Trainer(cfg, run_dir, host, data, resume=(run_dir / "checkpoint.pt").exists(), progress=False).run()
+        return run_dir / "tamiyo.pt"
+
+    def synthetic_data(self) -> DataSplits:
+        n = self.scale.synthetic_images
+        return load_data("synthetic", seed=0, limit=n, progress=False)
+
+    def protocol(self) -> dict:
+        start = time.perf_counter()
+        best, preferred = self._phase("headroom", self.headroom)
+        cfg = self.train_config(preferred, self.scale.data, self.scale.train_episodes)
+        heuristic = cfg.heuristic.build(BLUEPRINTS, BLENDS, self.scale.env.blend_steps)
+
+        def baselines():
+            for seed in self.eval_seeds:
+                self.run("host", seed, WaitPolicy())
+                self.run("static", seed, WaitPolicy(), env_cfg=self.static_env(best))
+                self.run("random", seed, RandomPolicy(BLUEPRINTS, BLENDS, self.scale.env.blend_steps, seed=seed))
+                self.run("heuristic", seed, heuristic)
+
+        self._phase("baselines", baselines)
+        synth_cfg = self.train_config(preferred, "synthetic", self.scale.synthetic_episodes,
+                                      limit=self.scale.synthetic_images)
+        synthetic_policy = self._phase("train tamiyo on synthetic", lambda: self.train_tamiyo("tamiyo-synthetic", synth_cfg, self.synthetic_data()))
+        tamiyo_policy = self._phase("train tamiyo", lambda: self.train_tamiyo("tamiyo", cfg, self.data))
+
+        def policies():
+            tamiyo, synthetic = load_policy(tamiyo_policy)[0], load_policy(synthetic_policy)[0]
+            for seed in self.eval_seeds:
+                self.run("tamiyo", seed, tamiyo)
+                self.run("tamiyo-synthetic", seed, synthetic)
+                self.run("host-deep", seed, WaitPolicy(), host=self.deep)
+                self.run("tamiyo-deep", seed, tamiyo, host=self.deep)
+
+        self._phase("policies", policies)
+        return {"static": best, "preferred": preferred, "seconds": time.perf_counter() - start, "phases": dict(self.phase_seconds),
+                "train_dirs": {"tamiyo": str(self.work / "tamiyo"), "tamiyo-synthetic": str(self.work / "tamiyo-synthetic")}}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scale", choices=sorted(SCALES), default="cpu")
+    p.add_argument("--out", default=str(ROOT / "docs"), help="where evidence.md, evidence.json and plots go")
+    p.add_argument("--work", help="run directory for logs and trained policies (default runs/evidence-SCALE)")
+    p.add_argument("--data", help="dataset spec overriding the scale's (an ImageFolder archive or directory)")
+    p.add_argument("--data-root", default="~/.cache/esper", help="decoded dataset cache")
+    p.add_argument("--device", help="override the scale's device")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    args = p.parse_args(argv)
+    scale = SCALES[args.scale]
+    scale = dataclasses.replace(scale, data=args.data or scale.data, device=args.device or scale.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if scale.data != "synthetic" and not Path(scale.data).expanduser().exists():
+        print(f"evidence: no dataset at {scale.data}; pass --data PATH to the CIFAR-10 ImageFolder archive", file=sys.stderr)
+        return 2
+    work = Path(args.work or ROOT / "runs" / f"evidence-{scale.name}")
+    bench = Benchmark(scale, work, Path(args.out), args.data_root)
+    outcome = bench.protocol()
+
+    from evidence_doc import write_evidence
+
+    json_path, md_path = write_evidence(bench, outcome)
+    print(f"evidence: wrote {md_path} and {json_path} ({outcome['seconds'] / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

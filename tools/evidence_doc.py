@@ -1,0 +1,205 @@
+"""The evidence benchmark's outputs: paired statistics, evidence.json, evidence.md and its plots.
+
+Every arm is compared with `host` seed by seed (the same initialisation and batch
+order): the paired difference d_s = acc(arm, s) - acc(host, s), its mean, and the 95%
+interval mean ± t(0.975, n-1) · sd(d) / sqrt(n).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections import Counter
+from pathlib import Path
+
+from esper.simic.config import to_dict
+from esper.simic.metrics import clean
+from esper.simic.report import make_report
+
+# Student t quantiles t(0.975, df) for df = 1..30; beyond, the normal 1.96 is close enough.
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+ARM_ORDER = ["host", "static", "random", "heuristic", "tamiyo", "tamiyo-synthetic", "host-deep", "tamiyo-deep"]
+ARM_NOTES = {
+    "host": "the host alone",
+    "static": "the best static bigger model, trained from the first step",
+    "random": "uniform over legal actions",
+    "heuristic": "the hand-written gardener",
+    "tamiyo": "PPO policy trained on this regime (disjoint seeds)",
+    "tamiyo-synthetic": "PPO policy trained on the synthetic task, run unchanged",
+    "host-deep": "a deeper host alone (transfer reference)",
+    "tamiyo-deep": "the tamiyo policy run unchanged on the deeper host",
+}
+
+
+def t975(df: int) -> float:
+    return _T975[df - 1] if 1 <= df <= len(_T975) else 1.96
+
+
+def mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def std(xs) -> float:
+    xs = list(xs)
+    if len(xs) < 2:
+        return 0.0
+    m = mean(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def paired(diffs: list[float]) -> dict:
+    """Mean of paired differences and its 95% t interval (a single pair has no interval)."""
+    n = len(diffs)
+    m = mean(diffs)
+    half = t975(n - 1) * std(diffs) / math.sqrt(n) if n > 1 else math.nan
+    return {"mean_diff": m, "ci95": [m - half, m + half], "n": n}
+
+
+def summarize(runs: dict, reference: str = "host", reference_for: dict | None = None) -> tuple[dict, dict]:
+    """Per-arm lists by seed, and each arm's paired difference against its reference arm."""
+    reference_for = reference_for or {"tamiyo-deep": "host-deep"}
+    arms = {}
+    for (arm, seed), r in sorted(runs.items(), key=lambda kv: kv[0][1]):
+        if arm.startswith("static:"):
+            continue
+        a = arms.setdefault(arm, {"seeds": [], "test_acc": [], "val_acc": [], "params_added": [], "seconds": [], "fossils": []})
+        for key in ("test_acc", "val_acc", "params_added", "seconds", "fossils"):
+            a[key].append(r[key])
+        a["seeds"].append(seed)
+    pairs = {}
+    for arm, a in arms.items():
+        ref = reference_for.get(arm, reference)
+        if arm == ref or ref not in arms:
+            continue
+        base = dict(zip(arms[ref]["seeds"], arms[ref]["test_acc"]))
+        diffs = [acc - base[s] for s, acc in zip(a["seeds"], a["test_acc"]) if s in base]
+        if diffs:
+            pairs[arm] = {"reference": ref, **paired(diffs)}
+    return arms, pairs
+
+
+def verdicts(arms: dict, pairs: dict) -> list[tuple[str, bool | None, str]]:
+    """The benchmark's three questions, each answered from the numbers."""
+    out = []
+    growth = [a for a in ("random", "heuristic", "tamiyo", "tamiyo-synthetic") if a in pairs]
+    winners = [a for a in growth if pairs[a]["n"] > 1 and pairs[a]["ci95"][0] > 0]
+    out.append(("A growth policy beats the host alone (paired 95% interval above zero)", bool(winners) if growth else None,
+                ", ".join(winners) or "none"))
+    if "tamiyo" in arms and "heuristic" in arms:
+        t, h = mean(arms["tamiyo"]["test_acc"]), mean(arms["heuristic"]["test_acc"])
+        tp, hp = mean(arms["tamiyo"]["params_added"]), mean(arms["heuristic"]["params_added"])
+        ok = t > h or (abs(t - h) < 0.002 and tp < hp)
+        out.append(("Tamiyo beats the heuristic (mean test accuracy, or a tie with fewer parameters)", ok,
+                    f"tamiyo {t:.4f} (+{tp:,.0f} params) vs heuristic {h:.4f} (+{hp:,.0f})"))
+    if "static" in pairs:
+        gain, added = pairs["static"]["mean_diff"], mean(arms["static"]["params_added"])
+        best = None
+        for a in growth:
+            share = pairs[a]["mean_diff"] / gain if gain > 0 else math.nan
+            cost = mean(arms[a]["params_added"]) / added if added > 0 else math.nan
+            if share >= 0.7 and cost <= 0.5:
+                best = f"{a}: {share:.0%} of static's gain with {cost:.0%} of its added parameters"
+        shares = "; ".join(
+            f"{a} {pairs[a]['mean_diff'] / gain:.0%} of the gain, {mean(arms[a]['params_added']) / added:.0%} of the parameters"
+            for a in growth) if gain > 0 and added > 0 else "static shows no gain"
+        out.append(("A growth policy reaches 70% of static's gain with at most 50% of its added parameters", best is not None,
+                    best or shares))
+    return out
+
+
+def _pareto(runs: dict, path: Path) -> None:
+    from esper.simic.report import _pyplot, _save
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for i, arm in enumerate(ARM_ORDER):
+        pts = [(r["params_added"], r["test_acc"]) for (a, _), r in runs.items() if a == arm]
+        if pts:
+            ax.scatter(*zip(*pts), s=28, label=arm, color=f"C{i}", alpha=0.8)
+    ax.set_xlabel("parameters added to the host")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Every run: test accuracy against added parameters")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def _slot_table(arms: dict) -> list[str]:
+    counts = Counter()
+    for arm, a in arms.items():
+        for fossils in a["fossils"]:
+            for slot, blueprint in fossils.items():
+                counts[(arm, slot, blueprint)] += 1
+    if not counts:
+        return ["No run fossilized a seed."]
+    cells = sorted({(slot, bp) for _, slot, bp in counts})
+    lines = ["| arm | " + " | ".join(f"{s} · {b}" for s, b in cells) + " |", "|---" * (len(cells) + 1) + "|"]
+    for arm in [a for a in ARM_ORDER if a in arms]:
+        lines.append(f"| {arm} | " + " | ".join(str(counts[(arm, s, b)] or "") for s, b in cells) + " |")
+    return lines
+
+
+def write_evidence(bench, outcome: dict) -> tuple[Path, Path]:
+    out = bench.out
+    out.mkdir(parents=True, exist_ok=True)
+    scale, runs = bench.scale, bench.runs
+    arms, pairs = summarize(runs)
+    headroom = {k[0]: r["test_acc"] for k, r in runs.items() if k[1] == 0 and (k[0] == "host" or k[0].startswith("static:"))}
+    regime = {"data": scale.data, "train_images": len(bench.data.train), "val_images": len(bench.data.val),
+              "test_images": len(bench.data.test), "host": f"HostCNN(width={scale.width})",
+              "deep_host": f"HostCNN(width={scale.width}, blocks={scale.deep_blocks})", "device": scale.device,
+              "env": to_dict(scale.env), "reward": to_dict(scale.reward), "static": outcome["static"],
+              "heuristic_prefers": outcome["preferred"],
+              "train_episodes": scale.train_episodes, "warm_start": scale.warm_start}
+    result = {"scale": scale.name, "regime": regime, "headroom": headroom,
+              "arms": {a: {k: arms[a][k] for k in ("seeds", "test_acc", "val_acc", "params_added", "seconds", "fossils")} for a in arms},
+              "paired": pairs, "verdicts": [{"question": q, "met": ok, "detail": d} for q, ok, d in verdicts(arms, pairs)],
+              "seconds": outcome["seconds"], "phases": outcome["phases"]}
+    prefix = f"evidence-{scale.name}" if scale.name != "cpu" else "evidence"
+    json_path = out / f"{prefix}.json"
+    json_path.write_text(json.dumps(clean(result), indent=2))
+    _pareto(runs, out / f"{prefix}-pareto.png")
+    plots = []
+    for name, run_dir in outcome["train_dirs"].items():
+        if Path(run_dir, "metrics.jsonl").exists():
+            make_report(run_dir)
+            for png in ("episodes.png", "heads.png"):
+                if Path(run_dir, png).exists():
+                    shutil.copy(Path(run_dir, png), out / f"{prefix}-{name}-{png}")
+                    plots.append((f"{name}: {png[:-4]}", f"{prefix}-{name}-{png}"))
+
+    host_params = next(iter(runs.values()))["host_params"]
+    lines = [f"# Does growth help? Evidence at scale `{scale.name}`", "",
+             f"Produced by `python tools/evidence.py --scale {scale.name}` in {outcome['seconds'] / 60:.1f} minutes "
+             f"({', '.join(f'{k} {v / 60:.1f}' for k, v in outcome['phases'].items())} min); the raw numbers are in "
+             f"`evidence.json`.", "",
+             f"**Regime.** {regime['host']} ({host_params:,} parameters) on {len(bench.data.train):,} training images of "
+             f"`{Path(scale.data).name}`, {len(bench.data.val):,} validation and {len(bench.data.test):,} test images; "
+             f"{scale.env.epochs} epochs, {scale.env.decisions_per_epoch} decisions per epoch, AdamW lr {scale.env.lr} with "
+             f"cosine decay, batch {scale.env.batch_size}; reward: growth up to {scale.reward.param_budget:.0%} of the host "
+             f"free, {scale.reward.param_cost} per host-size beyond. Seeds {bench.eval_seeds[0]}..{bench.eval_seeds[-1]}, "
+             f"each arm from the same initialisation and batch order.", "",
+             "## Headroom (seed 0)", "", "| model | test accuracy | parameters added |", "|---|---|---|"]
+    for key, acc in headroom.items():
+        lines.append(f"| {key} | {acc:.4f} | {runs[(key, 0)]['params_added']:,} |")
+    lines += ["", f"`static` below is `{outcome['static']}`, the candidate with the best validation accuracy. The "
+              f"heuristic prefers `{outcome['preferred']}`, the blueprint of the best candidate within the reward's "
+              "parameter budget.", "",
+              "## Arms", "", "| arm | what | test accuracy (mean ± std) | paired diff vs reference [95% CI] | "
+              "params added (mean) | seconds (mean) |", "|---|---|---|---|---|---|"]
+    for arm in [a for a in ARM_ORDER if a in arms]:
+        a, p = arms[arm], pairs.get(arm)
+        diff = f"{p['mean_diff'] * 100:+.2f} pts [{p['ci95'][0] * 100:+.2f}, {p['ci95'][1] * 100:+.2f}] vs {p['reference']}" if p else "—"
+        lines.append(f"| {arm} | {ARM_NOTES[arm]} | {mean(a['test_acc']):.4f} ± {std(a['test_acc']):.4f} | {diff} | "
+                     f"{mean(a['params_added']):,.0f} | {mean(a['seconds']):.0f} |")
+    lines += ["", "## Verdicts", ""]
+    for q, ok, detail in verdicts(arms, pairs):
+        lines.append(f"- **{'met' if ok else 'not met' if ok is not None else 'not measured'}**: {q}. {detail}.")
+    lines += ["", "## Where seeds were fossilized (runs per slot · blueprint)", ""] + _slot_table(arms)
+    lines += ["", "## Plots", "", f"![Pareto]({prefix}-pareto.png)", ""]
+    lines += [f"![{title}]({png})\n" for title, png in plots]
+    md_path = out / f"{prefix}.md"
+    md_path.write_text("\n".join(lines) + "\n")
+    return json_path, md_path
