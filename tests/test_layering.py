@@ -30,7 +30,7 @@ def _esper_imports(path):
             continue
         for name in names:
             parts = name.split(".")
-            if parts[0] == "esper" and len(parts) > 1 and parts[1] in ALLOWED:
+            if parts[0] == "esper" and len(parts) > 1:
                 yield parts[1]
 
 

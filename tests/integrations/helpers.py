@@ -33,3 +33,10 @@ def tiny():
     data = toy_data()
     mm = esper.instrument(TinyCNN(), (data.train.x[:2],))
     return mm, torch.optim.SGD(mm.parameters(), lr=0.1), data
+
+
+def count_calls(monkeypatch, cls, name: str) -> list:
+    """Record every call of `cls.name` (still calling it) in the returned list."""
+    calls, original = [], getattr(cls, name)
+    monkeypatch.setattr(cls, name, lambda self, *a, **k: calls.append(name) or original(self, *a, **k))
+    return calls

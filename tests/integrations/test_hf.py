@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import esper
+from esper.integrations.gardener import Gardener
 from esper.leyline import Op
-from tests.integrations.helpers import Scripted, grow
+from tests.integrations.helpers import Scripted, count_calls, grow
 
 pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate (in the test extra)")
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments  # noqa: E402
@@ -34,8 +35,9 @@ def trainer(tmp_path, callback, **args) -> Trainer:
                    eval_dataset=data[:16], compute_metrics=accuracy, callbacks=[callback])
 
 
-def test_the_trainer_grows_a_seed_deciding_at_each_evaluation(tmp_path):
+def test_the_trainer_grows_a_seed_deciding_at_each_evaluation(tmp_path, monkeypatch):
     slot = "bert.encoder.layer.1"
+    guarded = count_calls(monkeypatch, Gardener, "after_backward")
     policy = Scripted(grow(slot, "lora", steps=2))
     callback = GardenerCallback(policy, seed_lr_scale=0.5)
     hf = trainer(tmp_path, callback)
@@ -51,6 +53,7 @@ def test_the_trainer_grows_a_seed_deciding_at_each_evaluation(tmp_path):
     seed_groups = [g for g in groups if g.get("esper_slot") == slot]
     assert len(seed_groups) == 1 and seed_groups[0]["lr"] == pytest.approx(0.5 * groups[0]["lr"])
     assert all(hf.optimizer.state[p] for p in seed_groups[0]["params"])
+    assert len(guarded) == hf.state.global_step  # before every optimizer step
     hf.evaluate()
     assert len(gardener.edits) == 4  # an evaluation after training decides nothing
 

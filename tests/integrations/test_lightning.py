@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import esper
+from esper.integrations.gardener import Gardener
 from esper.leyline import Op
-from tests.integrations.helpers import Scripted, grow
+from tests.integrations.helpers import Scripted, count_calls, grow
 from tests.simic.toys import TinyCNN, toy_data
 
 pl = pytest.importorskip("lightning.pytorch", reason="the lightning extra is not installed: pip install -e '.[lightning]'")
@@ -46,7 +47,8 @@ class ValAccuracies(pl.Callback):
             self.values.append(float(trainer.callback_metrics["val_acc"]))
 
 
-def test_lightning_grows_a_seed_deciding_at_each_epoch_end():
+def test_lightning_grows_a_seed_deciding_at_each_epoch_end(monkeypatch):
+    guarded = count_calls(monkeypatch, Gardener, "after_backward")
     torch.manual_seed(0)
     data = toy_data()
     module = Classifier(data.train.x[:2])
@@ -68,3 +70,4 @@ def test_lightning_grows_a_seed_deciding_at_each_epoch_end():
     assert [g.get("esper_slot") for g in groups] == [None, "block2"]
     assert groups[1]["lr"] == pytest.approx(groups[0]["lr"]) == pytest.approx(1e-2 * 0.5**4)
     assert all(trainer.optimizers[0].state[p] for p in groups[1]["params"])
+    assert len(guarded) == trainer.global_step  # after every backward pass
