@@ -99,8 +99,9 @@ class Gardener:
     `probe(model) -> float` (higher is better; it runs in eval mode without gradients);
     None leaves contributions unknown, and then the heuristic never fossilizes. epochs:
     how many times `step` will be called (the policy sees progress as steps / epochs).
-    blend_steps: ticks a seed takes to blend in (built-in policies; trained ones bring
-    their own, with their blueprints and blends).
+    blend_steps, blueprints, blends: the blend length in ticks and the vocabulary of the
+    built-in policies (default: every registered blueprint and blend); a trained policy
+    brings its own. seed: the random policy's seed.
     """
 
     def __init__(
@@ -155,6 +156,7 @@ class Gardener:
         return list(self.plane.edits)
 
     def total_params(self) -> int:
+        """Parameters of the model now: the host's and every live or fossilized seed's."""
         return sum(p.numel() for p in self.model.parameters())
 
     def after_backward(self) -> list[str]:
