@@ -31,6 +31,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -93,7 +94,7 @@ def _env(**kw) -> EnvConfig:
 SCALES = {
     "smoke": Scale("smoke", "synthetic", 400, 200, 200, 8, 4, 2, 2, 1, 1, 300, 1,
                    env=_env(epochs=2, batch_size=64), reward=RewardConfig(param_budget=1.0)),
-    "cpu": Scale("cpu", str(CIFAR_ARCHIVE), 10_000, 2_000, None, 16, 5, 5, 32, 8, 8, 2_000, 4,
+    "cpu": Scale("cpu", str(CIFAR_ARCHIVE), 10_000, 2_000, None, 16, 5, 5, 24, 4, 8, 2_000, 4,
                  env=_env(epochs=8, batch_size=128, channels_last=True), reward=RewardConfig(param_budget=1.0)),
     "gpu": Scale("gpu", str(CIFAR_ARCHIVE), 45_000, 5_000, None, 32, 5, 10, 256, 16, 64, 6_000, 8, device="cuda",
                  env=_env(epochs=15, batch_size=256, augment=True), reward=RewardConfig(param_budget=1.0)),
@@ -124,8 +125,8 @@ def load_regime_data(scale: Scale, root: str) -> DataSplits:
 
 
 class Benchmark:
-    def __init__(self, scale: Scale, work: Path, out: Path, data_root: str):
-        self.scale, self.work, self.out = scale, work, out
+    def __init__(self, scale: Scale, work: Path, out: Path, data_root: str, jobs: int = 1, argv: list[str] = ()):
+        self.scale, self.work, self.out, self.jobs, self.argv = scale, work, out, jobs, list(argv)
         self.work.mkdir(parents=True, exist_ok=True)
         self.data = load_regime_data(scale, data_root)
         self.host = HostCNN(self.data.num_classes, width=scale.width)
@@ -199,6 +200,7 @@ class Benchmark:
                           warm_start=s.warm_start, blueprints=BLUEPRINTS, blends=BLENDS, env=s.env, reward=s.reward)
         cfg.heuristic.blueprint_preference = [preferred] + [b for b in BLUEPRINTS if b != preferred]
         cfg.heuristic.max_active = len(BLUEPRINTS)  # a seed in every slot at once, deepest first
+        cfg.heuristic.tolerance = 0.02  # about the noise of a 500-image probe
         return cfg
 
     def train_tamiyo(self, name: str, cfg: TrainConfig, data: DataSplits) -> Path:
@@ -210,6 +212,12 @@ class Benchmark:
             Trainer(cfg, run_dir, host, data, resume=(run_dir / "checkpoint.pt").exists(), progress=False).run()
         return run_dir / "tamiyo.pt"
 
+    def train_policies(self, preferred: str) -> tuple[Path, Path]:
+        """The transfer policy on the synthetic task, then Tamiyo on the benchmark's data."""
+        synth_cfg = self.train_config(preferred, "synthetic", self.scale.synthetic_episodes, limit=self.scale.synthetic_images)
+        synthetic = self.train_tamiyo("tamiyo-synthetic", synth_cfg, self.synthetic_data())
+        return synthetic, self.train_tamiyo("tamiyo", self.train_config(preferred, self.scale.data, self.scale.train_episodes), self.data)
+
     def synthetic_data(self) -> DataSplits:
         n = self.scale.synthetic_images
         return load_data("synthetic", seed=0, limit=n, progress=False)
@@ -217,8 +225,7 @@ class Benchmark:
     def protocol(self) -> dict:
         start = time.perf_counter()
         best, preferred = self._phase("headroom", self.headroom)
-        cfg = self.train_config(preferred, self.scale.data, self.scale.train_episodes)
-        heuristic = cfg.heuristic.build(BLUEPRINTS, BLENDS, self.scale.env.blend_steps)
+        heuristic = self.train_config(preferred, self.scale.data, 0).heuristic.build(BLUEPRINTS, BLENDS, self.scale.env.blend_steps)
 
         def baselines():
             for seed in self.eval_seeds:
@@ -227,11 +234,15 @@ class Benchmark:
                 self.run("random", seed, RandomPolicy(BLUEPRINTS, BLENDS, self.scale.env.blend_steps, seed=seed))
                 self.run("heuristic", seed, heuristic)
 
+        trainer = None
+        if self.jobs > 1:  # Tamiyo trains in a second process while the baselines run
+            trainer = subprocess.Popen([sys.executable, __file__, *self.argv, "--train-only", preferred])
         self._phase("baselines", baselines)
-        synth_cfg = self.train_config(preferred, "synthetic", self.scale.synthetic_episodes,
-                                      limit=self.scale.synthetic_images)
-        synthetic_policy = self._phase("train tamiyo on synthetic", lambda: self.train_tamiyo("tamiyo-synthetic", synth_cfg, self.synthetic_data()))
-        tamiyo_policy = self._phase("train tamiyo", lambda: self.train_tamiyo("tamiyo", cfg, self.data))
+        if trainer is not None:
+            self._phase("train tamiyo (rest, in parallel)", trainer.wait)
+            if trainer.returncode != 0:
+                raise RuntimeError(f"training Tamiyo failed (exit {trainer.returncode})")
+        synthetic_policy, tamiyo_policy = self._phase("train tamiyo", lambda: self.train_policies(preferred))
 
         def policies():
             tamiyo, synthetic = load_policy(tamiyo_policy)[0], load_policy(synthetic_policy)[0]
@@ -254,7 +265,9 @@ def main(argv=None) -> int:
     p.add_argument("--data", help="dataset spec overriding the scale's (an ImageFolder archive or directory)")
     p.add_argument("--data-root", default="~/.cache/esper", help="decoded dataset cache")
     p.add_argument("--device", help="override the scale's device")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=int, help="torch CPU threads (per process)")
+    p.add_argument("--jobs", type=int, default=1, help="2: train Tamiyo in a second process beside the baselines")
+    p.add_argument("--train-only", metavar="BLUEPRINT", help=argparse.SUPPRESS)  # the --jobs 2 training process
     args = p.parse_args(argv)
     scale = SCALES[args.scale]
     scale = dataclasses.replace(scale, data=args.data or scale.data, device=args.device or scale.device)
@@ -264,7 +277,12 @@ def main(argv=None) -> int:
         print(f"evidence: no dataset at {scale.data}; pass --data PATH to the CIFAR-10 ImageFolder archive", file=sys.stderr)
         return 2
     work = Path(args.work or ROOT / "runs" / f"evidence-{scale.name}")
-    bench = Benchmark(scale, work, Path(args.out), args.data_root)
+    bench = Benchmark(scale, work, Path(args.out), args.data_root, args.jobs,
+                      ["--scale", args.scale, "--work", str(work), "--data-root", args.data_root, "--data", scale.data,
+                       "--device", scale.device] + (["--threads", str(args.threads)] if args.threads else []))
+    if args.train_only:
+        bench.train_policies(args.train_only)
+        return 0
     outcome = bench.protocol()
 
     from evidence_doc import write_evidence

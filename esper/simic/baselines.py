@@ -26,6 +26,7 @@ class HeuristicConfig:
     max_active: int = 1
     latest_germination: float = 0.5
     decline: float = 0.05  # validation probes of a few hundred images move by a few points
+    tolerance: float = 0.0  # a blended seed contributing more than -tolerance is fossilized
     # Where to germinate: "first" is the heuristic's own rule (the earliest free slot);
     # "last" offers it only the deepest free slot, where a seed of a host trained from
     # scratch changes the most in a short episode.
@@ -47,6 +48,7 @@ class HeuristicConfig:
             max_active=self.max_active,
             latest_germination=self.latest_germination,
             decline=self.decline,
+            tolerance=self.tolerance,
         )
         return DeepestFirst(policy) if self.germinate_at == "last" else policy
 

@@ -2,8 +2,8 @@
 
 Rules, first match wins, one action per environment and step:
   1. a BLENDING seed whose contribution fell `decline` below its best so far, or that
-     finished blending without helping, is culled;
-  2. a BLENDING seed that finished blending (alpha 1) with a positive contribution is fossilized;
+     finished blending with a contribution at or below -`tolerance`, is culled;
+  2. a BLENDING seed that finished blending (alpha 1) otherwise is fossilized;
   3. a GERMINATED seed is advanced at once, a TRAINING one after `train_epochs` epochs;
   4. when validation accuracy has plateaued (less than `plateau` gained over 3 epochs),
      fewer than `max_active` seeds are live and the episode is not too far along, the
@@ -37,6 +37,7 @@ class HeuristicPolicy:
         max_active: int = 1,
         latest_germination: float = 0.75,
         decline: float = 0.01,
+        tolerance: float = 0.0,
     ):
         self.blueprints, self.blends, self.blend_steps = list(blueprints), list(blends), blend_steps
         unknown = set(blueprint_preference) - set(self.blueprints)
@@ -49,6 +50,9 @@ class HeuristicPolicy:
         self.max_active = max_active
         self.latest_germination = latest_germination  # fraction of the episode
         self.decline = decline  # accuracy fraction below the seed's best contribution
+        # A seed just blended in has had little time to help, and a probe of a few hundred
+        # images is noisy: tolerance keeps seeds that are not clearly harmful.
+        self.tolerance = tolerance
         self._best: dict[tuple[int, str], float] = {}  # (env, slot) -> best contribution while blending
 
     def decide(self, observations: list[Observation]) -> list[Edit]:
@@ -77,7 +81,7 @@ class HeuristicPolicy:
                 continue
             best = self._best[key] = max(self._best.get(key, contribution[n]), contribution[n])
             done_blending = alpha[n] >= 1.0
-            if contribution[n] < best - self.decline or (done_blending and contribution[n] <= 0):
+            if contribution[n] < best - self.decline or (done_blending and contribution[n] <= -self.tolerance):
                 return Action(Op.CULL, n)
             if done_blending and legal[n, Op.FOSSILIZE]:
                 return Action(Op.FOSSILIZE, n)

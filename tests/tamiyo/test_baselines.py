@@ -115,3 +115,14 @@ def test_behaviour_cloning_rejects_illegal_teacher_actions():
     policy = TamiyoPolicy(BLUEPRINTS, BLENDS, STEPS, hidden=16)
     with pytest.raises(ValueError, match="illegal"):
         behaviour_clone(policy, [make_observation([S.DORMANT])], [Action(Op.FOSSILIZE, 0)])
+
+
+def test_heuristic_tolerance_keeps_seeds_that_are_not_clearly_harmful():
+    def at(contribution):
+        return make_observation([S.BLENDING], globals_=IMPROVING, slots=blending(1.0, contribution))
+
+    assert choose(heuristic(), at(0.0)) == Action(Op.CULL, 0)  # without tolerance, no help is no seed
+    lenient = heuristic(tolerance=0.02)
+    assert choose(lenient, at(0.0)) == Action(Op.FOSSILIZE, 0)
+    assert choose(lenient, at(-0.01)) == Action(Op.FOSSILIZE, 0)
+    assert choose(lenient, at(-0.03)) == Action(Op.CULL, 0)

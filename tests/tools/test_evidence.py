@@ -60,7 +60,7 @@ def test_arms_are_paired_with_their_reference_by_seed_and_judged():
 
 def test_smoke_scale_runs_the_whole_protocol_and_resumes(tmp_path, capsys):
     out, work = tmp_path / "docs", tmp_path / "work"
-    args = ["--scale", "smoke", "--out", str(out), "--work", str(work), "--data-root", str(tmp_path / "cache"), "--threads", "1"]
+    args = ["--scale", "smoke", "--out", str(out), "--work", str(work), "--data-root", str(tmp_path / "cache"), "--threads", "1", "--jobs", "2"]
     assert evidence.main(args) == 0
     result = json.loads((out / "evidence-smoke.json").read_text())
     assert result["scale"] == "smoke" and result["regime"]["train_images"] == 400
