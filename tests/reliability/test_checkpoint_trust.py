@@ -104,6 +104,17 @@ def test_a_host_esper_loaded_from_a_model_file_loads_again(tmp_path, source):
     assert torch.equal(again.eval()(x), mm.eval()(x))
 
 
+def test_two_model_files_of_one_name_stay_apart(tmp_path):
+    for width, folder in ((4, "a"), (6, "b")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "model.py").write_text(NET + f"\n\ndef build_model():\n    return Net(width={width})\n")
+    first, _ = load_model_file(tmp_path / "a" / "model.py")
+    load_model_file(tmp_path / "b" / "model.py")
+    esper.save(esper.instrument(first, (torch.randn(EXAMPLE),)), tmp_path / "ck")
+    again = esper.load(tmp_path / "ck", trust_host_code=True)
+    assert again.block1[0].out_channels == 4
+
+
 def test_a_host_that_cannot_be_rebuilt_says_to_pass_host(saved):
     ck, _, _ = saved
     manifest = _manifest(ck)
@@ -177,6 +188,7 @@ MALFORMED = {
     "sha256 wrong": (_set(("tensors", "sha256"), "0" * 64), "sha256"),
     "edits that do not replay": (_edit_that_does_not_replay, r"edits\[0\]"),
     "an edit that is not one": (_set(("edits", 1), {"op": "GROW", "slot": "block1"}), r"edits\[1\]"),
+    "an edit with a stray key": (_set(("edits", 1, "when"), 3), r"edits\[1\]"),
     "unknown dtype": (_set(("example_inputs", 0, "dtype"), "load"), r"example_inputs\[0\]\.dtype"),
     "aliases of nothing": (_set(("tensors", "aliases"), {"head.weight": "no.such.tensor"}), "tensors.aliases.head.weight"),
     "aliases not a mapping": (_set(("tensors", "aliases"), ["x"]), "tensors.aliases"),
@@ -185,13 +197,16 @@ MALFORMED = {
     "graph shape disagrees": (_set(("spec", "slots", 1, "shape"), [2, 64, 5, 5]), r"spec.slots\[1\].shape"),
     "stage disagrees": (_set(("slots", "block1", "stage"), "TRAINING"), "slots.block1.stage"),
     "schedule disagrees": (_set(("slots", "block1", "steps"), 9), "slots.block1.steps"),
+    "an edit's schedule changed": (_set(("edits", 0, "steps"), 9), "slots.block1.steps"),
     "step count before the last edit": (_set(("step_count",), 0), "step_count"),
     "tensor file outside": (_set(("tensors", "file"), "../ck/tensors.safetensors"), "tensors.file"),
     "count wrong": (_set(("tensors", "count"), 3), "tensors.count"),
     "trace kind": (_set(("trace",), "export"), "trace"),
     "unknown field": (_set(("extra",), 1), "extra"),
     "a YAML tag": (lambda m: m.update(spec="TAGGED"), "not plain YAML"),
+    "a tag PyYAML cannot build": (_set(("step_count",), "TAGGED"), "not plain YAML"),
 }
+TAGS = {"a YAML tag": "!!python/object/apply:os.system [ls]", "a tag PyYAML cannot build": "!!int twelve"}
 
 
 @pytest.mark.parametrize("case", MALFORMED)
@@ -201,8 +216,8 @@ def test_every_malformed_field_is_named(saved, case):
     manifest = _manifest(ck)
     change(manifest)
     _write(ck, manifest)
-    if case == "a YAML tag":
-        text = (ck / "manifest.yaml").read_text().replace("spec: TAGGED", "spec: !!python/object/apply:os.system [ls]")
+    if case in TAGS:
+        text = (ck / "manifest.yaml").read_text().replace(": TAGGED", f": {TAGS[case]}")
         (ck / "manifest.yaml").write_text(text)
     with pytest.raises(CheckpointError, match=field):
         esper.load(ck, host=HostCNN())
