@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import esper
-from esper.cli.loading import example_input, load_model_file
+from esper.cli.loading import example_input
 from esper.kasmina.export import finalize, parameter_report, pending_slots
+from esper.kasmina.hosts import load_model_file
 
 
 def add_arguments(p) -> None:

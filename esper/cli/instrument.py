@@ -9,9 +9,10 @@ import torch
 import yaml
 
 import esper
-from esper.cli.loading import example_input, load_model_file
+from esper.cli.loading import example_input
 from esper.cli.main import UsageError
 from esper.kasmina.blueprints import blueprints_for, param_count
+from esper.kasmina.hosts import load_model_file
 from esper.leyline import InputError
 
 

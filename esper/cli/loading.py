@@ -1,24 +1,13 @@
-"""Command-line helpers: model files and shapes, with errors as one-line usage errors."""
+"""Command-line helpers: example inputs from --input-shape, with errors as one-line usage errors."""
 
 from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import torch
-from torch import nn
 
 from esper.cli.main import UsageError
-from esper.kasmina.hosts import HostFileError
-from esper.kasmina.hosts import load_model_file as _load
-
-
-def load_model_file(path: str | Path) -> tuple[nn.Module, torch.Tensor | None]:
-    try:
-        return _load(path)
-    except HostFileError as e:
-        raise UsageError(str(e)) from e
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
