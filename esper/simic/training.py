@@ -117,8 +117,8 @@ def check_fresh_run(out: Path, resume: bool) -> None:
     held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if held:
         way = "pass --resume to continue it" if (out / CHECKPOINT).is_file() else f"it has no {CHECKPOINT} to resume from"
-        raise RunError(f"{out} already holds a run ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}): "
-                       f"{way}, or choose another --out; nothing was changed")
+        shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+        raise RunError(f"{out} already holds a run ({shown}): {way}, or choose another --out; nothing was changed")
 
 
 def save_atomic(obj, path: Path) -> None:
@@ -249,9 +249,8 @@ class Trainer:
                 raise ValueError("no esper-train-checkpoint inside")
             saved = config_io.from_dict(TrainConfig, state["config"])
         except Exception as e:  # a torn or foreign file fails in many ways; each means the same here
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise CheckpointError(f"cannot resume from {path}, which is truncated or not a training checkpoint "
-                                  f"({type(e).__name__}: {reason}); nothing was changed") from None
+                                  f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); nothing was changed") from None
         changed = [k for k in config_io.diff(saved, self.cfg) if k not in ("episodes", "checkpoint_every", "device")]
         if changed:
             raise ValueError(f"--resume continues the saved run, but these settings differ from it: {', '.join(changed)}")
