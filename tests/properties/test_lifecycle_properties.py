@@ -117,3 +117,5 @@ def test_a_culled_slot_rests_its_cooldown_then_is_dormant_afresh(cooldown, bulk)
     assert (slot.stage, slot.ticks_in_stage) == (SeedStage.CULLED, cooldown - 1)
     tick(3)
     assert (slot.stage, slot.ticks_in_stage) == (SeedStage.DORMANT, 2)
+    with pytest.raises(ValueError, match="backwards"):
+        mm.plane.step(-1)
