@@ -18,12 +18,13 @@ __all__ = ["HostCNN", "TinyGPT", "ROOT", "outputs_equal", "tiny_bert"]
 
 
 def outputs_equal(a, b) -> bool:
+    """Bit-for-bit equality of nested outputs: same structure, same keys, same lengths, same tensors."""
     if isinstance(a, torch.Tensor):
-        return torch.equal(a, b)
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
     if isinstance(a, dict):
-        return all(outputs_equal(a[k], b[k]) for k in a)
+        return isinstance(b, dict) and a.keys() == b.keys() and all(outputs_equal(a[k], b[k]) for k in a)
     if isinstance(a, (tuple, list)):
-        return all(outputs_equal(x, y) for x, y in zip(a, b))
+        return isinstance(b, (tuple, list)) and len(a) == len(b) and all(outputs_equal(x, y) for x, y in zip(a, b))
     return a == b
 
 
