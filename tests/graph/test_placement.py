@@ -16,10 +16,16 @@ def resnet():
     return torchvision.models.resnet18(weights=None).eval(), torch.randn(2, 3, 64, 64)
 
 
-def test_default_count_grows_with_depth():
-    counts = [default_slot_count(n) for n in (1, 3, 8, 13, 32, 100)]
-    assert counts == sorted(counts)
-    assert counts[0] == 1 and counts[1] == 3 and counts[-1] > counts[2]
+def test_default_count_is_the_documented_ceil_sqrt_2n():
+    # The documented examples (docs/how-it-works.md, the docstring): resnet18, vit_b_16, mobilenet_v2.
+    assert [default_slot_count(n) for n in (3, 8, 13, 32)] == [3, 4, 6, 8]
+    for n in range(1, 400):
+        k = default_slot_count(n)
+        if n <= 3:
+            assert k == n  # every candidate, when there are at most three
+        else:
+            # ceil(sqrt(2n)) in integers: the smallest k with k * k >= 2n, never below 3.
+            assert k * k >= 2 * n and (k == 3 or (k - 1) ** 2 < 2 * n), n
 
 
 def test_resnet_gets_its_stages(resnet):
