@@ -1,5 +1,6 @@
 """A fossil is folded into the graph and costs what a hand-written layer costs."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -8,14 +9,34 @@ from esper.kasmina.blueprints import ConvEnhance
 from tests.helpers import HostCNN
 
 
-def _grown():
+def _train_seed(mm, steps=3):
+    """A few SGD steps, so that the seed no longer returns its input (a zero-initialised
+    seed would pass every comparison below even if the fossil were dropped)."""
+    opt = torch.optim.SGD(mm.parameters(), lr=0.5)
+    torch.manual_seed(1)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(mm(x), y).backward()
+        opt.step()
+
+
+def _blended(blend="linear"):
+    """HostCNN with a trained block2 seed blended all the way in (alpha 1), not yet fossilized."""
     torch.manual_seed(0)
     mm = esper.instrument(HostCNN(), (torch.randn(2, 3, 32, 32),))
     p = mm.plane
-    p.germinate("block2", "conv_enhance", steps=2)
-    p.advance("block2"), p.advance("block2")
+    p.germinate("block2", "conv_enhance", blend=blend, steps=2)
+    p.advance("block2")
+    _train_seed(mm)
+    p.advance("block2")
     p.step(), p.step()
-    p.fossilize("block2")
+    return mm
+
+
+def _grown():
+    mm = _blended()
+    mm.plane.fossilize("block2")
     return mm
 
 
@@ -57,16 +78,39 @@ class HandWritten(nn.Module):
         return self.classifier(torch.flatten(x.mean(dim=(2, 3)), 1))
 
 
+def _host_grad(mm, x):
+    mm.zero_grad()
+    mm(x).sum().backward()
+    return mm.block1.conv.weight.grad.clone()
+
+
 def test_fossilized_model_equals_the_hand_written_one_and_trains_jointly():
     mm = _grown()
-    hand = HandWritten(mm)
+    seed = mm.plane.slots["block2"].seed
     x = torch.randn(4, 3, 32, 32)
     mm.eval()
-    assert torch.equal(mm(x), hand.eval()(x))
-    mm.train()
-    mm(x).sum().backward()
-    assert mm.block1.conv.weight.grad is not None  # isolation is lifted
-    assert mm.plane.slots["block2"].seed.conv.weight.grad is not None
-    n_fossil = sum(p.numel() for p in mm.plane.slots["block2"].seed.parameters())
+    h = mm.block2(mm.pool(mm.block1(x)))
+    assert not torch.allclose(seed(h), h, atol=1e-3)  # trained: dropping the fossil would show
+    hand = HandWritten(mm).eval()
+    assert torch.equal(mm(x), hand(x))
+    mm.train(), hand.train()
+    assert torch.equal(_host_grad(mm, x), _host_grad(hand, x))  # gradients reach the host through the fossil
+    assert seed.conv.weight.grad is not None
+    n_fossil = sum(p.numel() for p in seed.parameters())
     assert sum(p.numel() for p in mm.parameters()) == sum(p.numel() for p in hand.parameters())
     assert n_fossil == mm.plane.slots["block2"].param_count()
+
+
+@pytest.mark.parametrize("blend", ["linear", "sigmoid", "gated"])
+def test_fossilizing_at_alpha_one_keeps_the_output_and_lifts_isolation(blend):
+    mm = _blended(blend)
+    x = torch.randn(4, 3, 32, 32)
+    mm.eval()
+    before, isolated = mm(x).detach(), _host_grad(mm, x)
+    mm.plane.fossilize("block2")
+    after, joint = mm(x).detach(), _host_grad(mm, x)
+    # The blend computes h + alpha * (s - h): equal to the fossil up to rounding.
+    assert torch.allclose(before, after, atol=1e-5)
+    assert not torch.allclose(before, mm.eval().host(x), atol=1e-3)  # the seed is really in the output
+    # While blending the host's gradient skips the seed; once fossilized it flows through it.
+    assert not torch.allclose(isolated, joint, atol=1e-4)
