@@ -156,7 +156,8 @@ def write_evidence(bench, outcome: dict) -> tuple[Path, Path]:
     result = {"scale": scale.name, "regime": regime, "headroom": headroom,
               "arms": {a: {k: arms[a][k] for k in ("seeds", "test_acc", "val_acc", "params_added", "seconds", "fossils")} for a in arms},
               "paired": pairs, "verdicts": [{"question": q, "met": ok, "detail": d} for q, ok, d in verdicts(arms, pairs)],
-              "seconds": outcome["seconds"], "phases": outcome["phases"]}
+              "seconds": outcome["seconds"], "phases": outcome["phases"],
+              "run_seconds": sum(r["seconds"] for r in runs.values())}
     prefix = f"evidence-{scale.name}" if scale.name != "cpu" else "evidence"
     json_path = out / f"{prefix}.json"
     json_path.write_text(json.dumps(clean(result), indent=2))
@@ -171,10 +172,12 @@ def write_evidence(bench, outcome: dict) -> tuple[Path, Path]:
                     plots.append((f"{name}: {png[:-4]}", f"{prefix}-{name}-{png}"))
 
     host_params = next(iter(runs.values()))["host_params"]
+    run_minutes = sum(r["seconds"] for r in runs.values()) / 60
     lines = [f"# Does growth help? Evidence at scale `{scale.name}`", "",
-             f"Produced by `python tools/evidence.py --scale {scale.name}` in {outcome['seconds'] / 60:.1f} minutes "
-             f"({', '.join(f'{k} {v / 60:.1f}' for k, v in outcome['phases'].items())} min); the raw numbers are in "
-             f"`evidence.json`.", "",
+             f"Produced by `python tools/evidence.py --scale {scale.name}`; its last invocation took "
+             f"{outcome['seconds'] / 60:.1f} minutes ({', '.join(f'{k} {v / 60:.1f}' for k, v in outcome['phases'].items())} "
+             f"min; runs already in the log are not repeated) and the {len(runs)} evaluation runs "
+             f"{run_minutes:.1f} minutes of one process between them. The raw numbers are in `evidence.json`.", "",
              f"**Regime.** {regime['host']} ({host_params:,} parameters) on {len(bench.data.train):,} training images of "
              f"`{Path(scale.data).name}`, {len(bench.data.val):,} validation and {len(bench.data.test):,} test images; "
              f"{scale.env.epochs} epochs, {scale.env.decisions_per_epoch} decisions per epoch, AdamW lr {scale.env.lr} with "
