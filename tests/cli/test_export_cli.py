@@ -6,6 +6,7 @@ import sys
 import torch
 
 import esper
+from esper.kasmina.export import deployable
 from tests.helpers import ROOT, HostCNN
 
 
@@ -15,6 +16,8 @@ def _checkpoint(tmp_path, finish=True):
     mm.host_factory = f"{ROOT / 'examples/host_cnn.py'}:build_model"
     mm.plane.germinate("block1", "attention", steps=1)
     mm.plane.advance("block1")
+    # A zero-initialised seed returns its input: perturbed, a dropped or culled seed shows in the outputs.
+    torch.nn.init.normal_(mm.plane.slots["block1"].seed.fc2.weight, std=0.5)
     if finish:
         mm.plane.advance("block1")
         mm.plane.step()
@@ -41,11 +44,16 @@ def test_export_prints_parameters_and_size(tmp_path):
 
 
 def test_unfinished_seed_refused_then_finalized(tmp_path):
-    _checkpoint(tmp_path, finish=False)
+    mm = _checkpoint(tmp_path, finish=False)
     r = _export(str(tmp_path / "ck"), "--out", str(tmp_path / "m.pt2"))
     assert r.returncode == 2 and "block1 (TRAINING)" in r.stderr and "--finalize" in r.stderr
     r = _export(str(tmp_path / "ck"), "--out", str(tmp_path / "m.pt2"), "--finalize", "cull")
     assert r.returncode == 0, r.stderr
+    program = torch.export.load(str(tmp_path / "m.pt2")).module()
+    x = torch.randn(2, 3, 32, 32)
+    # Culled: the program is the host alone, and the seed it dropped would have changed the output.
+    assert torch.allclose(program(x), mm.host.eval()(x), atol=1e-5)
+    assert not torch.allclose(program(x), deployable(mm.eval(), "fossilize")(x), atol=1e-3)
 
 
 def test_not_a_checkpoint(tmp_path):
