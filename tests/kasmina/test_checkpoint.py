@@ -1,9 +1,12 @@
 """Checkpoints: same outputs, identical continued training, clear errors, no pickles."""
 
 import copy
+import pickle
 
 import pytest
 import torch
+import yaml
+from safetensors import safe_open
 
 import esper
 from esper.leyline import CheckpointError
@@ -72,6 +75,13 @@ def test_factory_from_the_host_class_and_tied_weights(tmp_path):
     assert loaded.head.weight is loaded.tok.weight
     x = torch.randint(0, 256, (2, 8))
     assert torch.equal(loaded.eval()(x), mm.eval()(x))
+    with safe_open(str(tmp_path / "gpt" / "tensors.safetensors"), "pt") as f:
+        stored = set(f.keys())
+    assert len({"head.weight", "tok.weight"} & stored) == 1  # the tie is written once
+    assert len(stored) == len(set(mm.state_dict())) - 1
+    # The alias alone restores the second name: an untied host gets the same values in both.
+    untied = esper.load(tmp_path / "gpt", host=TinyGPT(depth=2))
+    assert untied.head.weight is not untied.tok.weight and torch.equal(untied.head.weight, gpt.tok.weight)
     cnn = esper.instrument(HostCNN(), (torch.randn(1, 3, 16, 16),))
     esper.save(cnn, tmp_path / "cnn")
     with pytest.raises(CheckpointError, match="host_cnn:HostCNN"):
@@ -85,10 +95,28 @@ def _tied():
     return g
 
 
-def test_the_files_are_safetensors_and_yaml(tmp_path):
-    esper.save(_grown(), tmp_path / "ck")
+def test_the_files_are_safetensors_and_yaml_and_nothing_is_unpickled(tmp_path, monkeypatch):
+    mm = _grown()
+    esper.save(mm, tmp_path / "ck")
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["manifest.yaml", "tensors.safetensors"]
-    assert b"pickle" not in (tmp_path / "ck" / "manifest.yaml").read_bytes()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a checkpoint load unpickled something")
+
+    # Every way in to pickle, torch.load's included (it looks up pickle.Unpickler when called).
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    safe_yaml = yaml.load
+
+    def only_safe_yaml(stream, Loader):
+        assert issubclass(Loader, yaml.SafeLoader), Loader  # a full loader can build Python objects
+        return safe_yaml(stream, Loader)
+
+    monkeypatch.setattr(yaml, "load", only_safe_yaml)
+    loaded = esper.load(tmp_path / "ck", host=HostCNN())
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(loaded.eval()(x), mm.eval()(x))
 
 
 def test_truncated_or_tampered_checkpoints_are_refused(tmp_path):
