@@ -13,11 +13,39 @@ from tests.helpers import HostCNN
 
 OPS = [Op.GERMINATE, Op.ADVANCE, Op.CULL, Op.FOSSILIZE, Op.WAIT]
 
+S = SeedStage
+# The lifecycle as docs/how-it-works.md draws it, written out here so that the table in
+# esper/leyline/stages.py is checked against it rather than against itself:
+#   DORMANT -> GERMINATED -> TRAINING -> BLENDING -> FOSSILIZED (final)
+#   GERMINATED, TRAINING, BLENDING -> CULLED -> DORMANT
+DOCUMENTED = {
+    S.DORMANT: {S.GERMINATED},
+    S.GERMINATED: {S.TRAINING, S.CULLED},
+    S.TRAINING: {S.BLENDING, S.CULLED},
+    S.BLENDING: {S.FOSSILIZED, S.CULLED},
+    S.FOSSILIZED: set(),
+    S.CULLED: {S.DORMANT},
+}
+# What a policy may do in each stage: WAIT always; ADVANCE along the chain; FOSSILIZE only from BLENDING.
+DOCUMENTED_OPS = {
+    S.DORMANT: {Op.WAIT, Op.GERMINATE},
+    S.GERMINATED: {Op.WAIT, Op.ADVANCE, Op.CULL},
+    S.TRAINING: {Op.WAIT, Op.ADVANCE, Op.CULL},
+    S.BLENDING: {Op.WAIT, Op.ADVANCE, Op.CULL, Op.FOSSILIZE},
+    S.FOSSILIZED: {Op.WAIT},
+    S.CULLED: {Op.WAIT},
+}
+
+
+def test_the_table_is_the_documented_lifecycle():
+    assert {src: set(dst) for src, dst in TRANSITIONS.items()} == DOCUMENTED
+    assert {stage: set(legal_ops(stage)) for stage in SeedStage} == DOCUMENTED_OPS
+
 
 @given(st.lists(st.tuples(st.sampled_from(list(SeedStage)), st.sampled_from(list(SeedStage))), max_size=50))
 def test_check_move_is_exactly_the_table(moves):
     for src, dst in moves:
-        if dst in TRANSITIONS[src]:
+        if dst in DOCUMENTED[src]:
             check_move("s", src, dst)
         else:
             with pytest.raises(LifecycleError) as info:
@@ -29,7 +57,7 @@ def test_check_move_is_exactly_the_table(moves):
 def test_legal_ops_agree_with_target_stage(stage, op):
     if op in legal_ops(stage):
         dst = target_stage("s", stage, op)
-        assert dst is None or dst in TRANSITIONS[stage]
+        assert dst is None or dst in DOCUMENTED[stage]
     else:
         with pytest.raises(LifecycleError, match=f"slot 's' in stage {stage.name} cannot {op.name}"):
             target_stage("s", stage, op)
@@ -58,10 +86,9 @@ def test_random_move_sequences_on_a_plane(moves):
         before = slot.stage
         edit = Edit(op, ids[i], blueprint, blend, steps=2)
         n_edits = len(mm.plane.edits)
-        if op in legal_ops(before):
+        if op in DOCUMENTED_OPS[before]:
             mm.plane.apply(edit)
-            expected = target_stage(ids[i], before, op)
-            assert slot.stage is (before if expected is None else expected)
+            assert slot.stage is before if op is Op.WAIT else slot.stage in DOCUMENTED[before]
             assert len(mm.plane.edits) == n_edits + 1
         else:
             with pytest.raises(LifecycleError) as info:
@@ -69,7 +96,6 @@ def test_random_move_sequences_on_a_plane(moves):
             assert ids[i] in str(info.value) and before.name in str(info.value)
             assert slot.stage is before and len(mm.plane.edits) == n_edits
         for s in mm.plane.slots.values():
-            assert s.stage in TRANSITIONS
             assert (s.seed is None) == (s.stage in (SeedStage.DORMANT, SeedStage.CULLED))
     mm.train()
     out = mm(x)
