@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 from host_cnn import HostCNN  # noqa: E402
 from tiny_gpt import TinyGPT  # noqa: E402
 
-__all__ = ["HostCNN", "TinyGPT", "ROOT", "outputs_equal", "tiny_bert"]
+__all__ = ["HostCNN", "TinyGPT", "ROOT", "onnx_outputs", "outputs_equal", "tiny_bert"]
 
 
 def outputs_equal(a, b) -> bool:
@@ -34,3 +34,12 @@ def tiny_bert() -> tuple[nn.Module, torch.Tensor]:
     cfg = BertConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, vocab_size=100, use_cache=False)
     torch.manual_seed(0)
     return BertModel(cfg), torch.randint(0, 100, (2, 12))
+
+
+def onnx_outputs(path, x: torch.Tensor) -> torch.Tensor:
+    """Run an ONNX file's first output through ONNX's own reference evaluator: no torch in the loop."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    model = onnx.load(str(path))
+    return torch.from_numpy(ReferenceEvaluator(model).run(None, {model.graph.input[0].name: x.numpy()})[0])

@@ -7,7 +7,7 @@ import torch
 
 import esper
 from esper.kasmina.export import deployable
-from tests.helpers import ROOT, HostCNN
+from tests.helpers import ROOT, HostCNN, onnx_outputs
 
 
 def _checkpoint(tmp_path, finish=True):
@@ -41,6 +41,15 @@ def test_export_prints_parameters_and_size(tmp_path):
     program = torch.export.load(str(tmp_path / "m.pt2")).module()
     x = torch.randn(1, 3, 32, 32)
     assert torch.allclose(program(x), mm.eval()(x), atol=1e-5)
+
+
+def test_export_to_onnx(tmp_path):
+    mm = _checkpoint(tmp_path)
+    r = _export(str(tmp_path / "ck"), "--out", str(tmp_path / "m.onnx"), "--format", "onnx")
+    assert r.returncode == 0, r.stderr
+    assert "onnx" in r.stdout.splitlines()[-1]
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(onnx_outputs(tmp_path / "m.onnx", x), mm.eval()(x).detach(), rtol=1e-4, atol=1e-5)
 
 
 def test_unfinished_seed_refused_then_finalized(tmp_path):

@@ -9,7 +9,7 @@ import torch
 import esper
 from esper.kasmina.export import deployable
 from esper.leyline import ExportError
-from tests.helpers import HostCNN, tiny_bert
+from tests.helpers import HostCNN, onnx_outputs, tiny_bert
 
 
 def _grown():
@@ -87,13 +87,16 @@ def test_hooked_host_exports_too(tmp_path):
     assert torch.allclose(got, expected, atol=1e-5)
 
 
-def test_onnx_needs_its_extra_or_works(tmp_path):
+def test_onnx_export_computes_what_the_model_does(tmp_path):
     mm = _grown()
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        with pytest.raises(ExportError, match="pip install 'esper\\[onnx\\]'"):
-            esper.export(mm, (torch.randn(1, 3, 32, 32),), tmp_path / "m.onnx", format="onnx")
-        return
+    x = torch.randn(1, 3, 32, 32)
     esper.export(mm, (torch.randn(1, 3, 32, 32),), tmp_path / "m.onnx", format="onnx")
-    assert (tmp_path / "m.onnx").stat().st_size > 10_000
+    expected = mm(x).detach()
+    assert not torch.allclose(expected, mm.host(x), atol=1e-3)  # the fossil is in what is compared
+    torch.testing.assert_close(onnx_outputs(tmp_path / "m.onnx", x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_onnx_without_its_extra_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if the extra were not installed
+    with pytest.raises(ExportError, match="pip install 'esper\\[onnx\\]'"):
+        esper.export(_grown(), (torch.randn(1, 3, 32, 32),), tmp_path / "m.onnx", format="onnx")
