@@ -67,6 +67,17 @@ def test_waiting_earns_nothing_by_itself():
     assert rewards[-1].total == rewards[-1].terminal_acc == RewardConfig().terminal_acc_weight * 0.6
 
 
+def test_the_task_term_pays_every_change_of_accuracy_at_acc_scale():
+    accs = [0.63, 0.61, 0.61, 0.66]
+    changes = [b - a for a, b in zip([0.6, *accs[:-1]], accs)]
+    for cfg in (RewardConfig(), RewardConfig(acc_scale=3.0)):
+        rewards, _ = run(waiting(len(accs), accs), cfg)
+        assert [r.task for r in rewards] == pytest.approx([cfg.acc_scale * c for c in changes])
+    # The documented default: one percentage point is worth 0.1, gained or lost.
+    rewards, _ = run(waiting(1, [0.61]))
+    assert rewards[0].task == pytest.approx(0.1)
+
+
 def test_a_germinate_cull_loop_loses_reward():
     # Each cycle's seed blends in, shows a contribution, lifts accuracy a point, and is culled.
     cycle = seed_life(0.6, [0.605, 0.61], [0.005, 0.01], Op.CULL)
