@@ -10,6 +10,7 @@ import yaml
 
 import esper
 from esper.cli.main import main
+from esper.simic.data import load_data
 from esper.simic.metrics import read_jsonl
 
 HOST = """
@@ -106,6 +107,31 @@ def test_grow_with_each_kind_of_policy(policy, trained, host, tmp_path):
     assert model.plane.step_count == 2
     summary = json.loads((out / "summary.json").read_text())
     assert summary["policy"] == spec and 0 <= summary["test_acc"] <= 1
+
+
+def test_grow_heuristic_fossilizes_and_saves_the_model_it_grew(host, tmp_path):
+    # Two epochs only ever see WAIT: eight let the heuristic germinate, train, blend and fossilize.
+    # A probe of a few dozen images measures contributions of a few images either way, so the
+    # cull rules are turned off here (tests/tamiyo/test_baselines.py covers them).
+    settings = tmp_path / "heuristic.yaml"
+    settings.write_text("heuristic: {tolerance: 1.0, decline: 1.0}\n")
+    out = tmp_path / "grown"
+    args = ["grow", "--policy", "heuristic", "--config", str(settings), "--host", host, "--out", str(out), *TINY]
+    assert main([*args, "--epochs", "8"]) == 0
+    ops = [e["op"] for e in yaml.safe_load((out / "edits.yaml").read_text())]
+    assert [op for op in ops if op != "WAIT"] == ["GERMINATE", "ADVANCE", "ADVANCE", "FOSSILIZE"], ops
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["fossilized"] == 1 and summary["params"] > summary["host_params"]
+    model = esper.load(out / "model", trust_host_code=True)
+    assert [s.stage.name for s in model.plane.slots.values()].count("FOSSILIZED") == 1
+    assert [e.op.name for e in model.plane.edits] == ops
+    assert sum(p.numel() for p in model.parameters()) == summary["params"]
+    # The saved model is the grown one: it scores on the test split exactly what the run reported.
+    test = load_data("synthetic", limit=120, progress=False).test
+    model.eval()
+    with torch.no_grad():
+        correct = sum(int((model(x).argmax(-1) == y).sum()) for x, y in test.batches(64, shuffle=False))
+    assert correct / len(test) == summary["test_acc"]
 
 
 def test_grow_baseline_trains_the_host_alone_too(host, tmp_path):

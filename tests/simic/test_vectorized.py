@@ -7,8 +7,9 @@ import torch
 
 from esper.leyline import Edit, Op
 from esper.simic.env import EnvConfig, GrowthEnv, reinitialized_copies
-from esper.simic.vectorized import VectorEnv, run_episodes, sample_with
-from esper.tamiyo import HeuristicPolicy, TamiyoPolicy
+from esper.simic.baselines import HeuristicConfig
+from esper.simic.vectorized import VectorEnv, decide_with, run_episodes, sample_with
+from esper.tamiyo import TamiyoPolicy
 from tests.simic.toys import TinyCNN
 
 
@@ -69,11 +70,15 @@ def test_environments_with_different_episode_lengths_are_refused(toy):
         VectorEnv([a, b])
 
 
-def test_heuristic_drives_every_environment(toy):
-    envs = make_envs(toy, epochs=2)
-    heuristic = HeuristicPolicy(envs[0].blueprints, envs[0].blends, 2)
-    from esper.simic.vectorized import decide_with
-
+def test_heuristic_drives_every_environment_through_a_whole_seed_life(toy):
+    # Eight epochs: room to germinate (after three of history), train, blend over two and fossilize.
+    # Cull rules off, since a toy probe's contributions are noise (tests/tamiyo covers them).
+    envs = make_envs(toy, epochs=8)
+    heuristic = HeuristicConfig(tolerance=1.0, decline=1.0).build(envs[0].blueprints, envs[0].blends, 2)
     rollout = run_episodes(VectorEnv(envs), [0, 1], decide_with(heuristic))
     assert all(len(d.edits) == 2 for d in rollout.decisions)
     assert torch.isfinite(torch.tensor([s["return"] for s in rollout.summaries])).all()
+    for env, summary in zip(envs, rollout.summaries):
+        ops = [e.op for e in env.plane.edits if e.op is not Op.WAIT]
+        assert ops == [Op.GERMINATE, Op.ADVANCE, Op.ADVANCE, Op.FOSSILIZE], env.plane.edits
+        assert summary["fossilized"] == 1 and summary["params"] > summary["host_params"]
