@@ -162,19 +162,19 @@ def test_stepping_a_finished_episode_raises():
 
 
 def test_heuristic_fossilizes_a_seed_on_the_synthetic_task(synthetic_small):
-    """The default heuristic in an 8-epoch episode: germinate at epoch 3 in the deepest slot,
-    train, blend over 2 epochs, fossilize. With only 60 validation images the measured
-    contribution is a few images either way, so this uses a constant learning rate, under
-    which the host leans on the blended seed enough for its contribution to be clear."""
+    """The default heuristic schedule in an 8-epoch episode: germinate at epoch 3 in the deepest
+    slot, train, blend over 2 epochs, fossilize. Its cull rules read contributions measured on 60
+    validation images, a few images either way, so they are turned off here and the test holds
+    whatever the seed (tests/tamiyo/test_baselines.py tests the cull rules on chosen contributions)."""
     from tests.helpers import HostCNN
 
-    cfg = EnvConfig(epochs=8, batch_size=64, lr_schedule="constant")
+    cfg = EnvConfig(epochs=8, batch_size=64)
     env = GrowthEnv(reinitialized_copies(HostCNN()), synthetic_small, cfg)
-    heuristic = HeuristicConfig().build(env.blueprints, env.blends, cfg.blend_steps)
-    rollout = play(env, heuristic, seed=3)
+    heuristic = HeuristicConfig(tolerance=1.0, decline=1.0).build(env.blueprints, env.blends, cfg.blend_steps)
+    rollout = play(env, heuristic, seed=0)
     summary = rollout.summaries[0]
-    assert summary["germinated"] >= 1
-    assert summary["fossilized"] >= 1, [d.results[0].info["edit"] for d in rollout.decisions]
+    assert summary["germinated"] == 1
+    assert summary["fossilized"] == 1, [d.results[0].info["edit"] for d in rollout.decisions]
     assert summary["params"] > summary["host_params"]
     assert summary["fossil_blueprints"] == ["depthwise"]  # the first preference that fits a conv slot
     assert env.plane.slots["block3"].stage is S.FOSSILIZED  # the deepest slot
