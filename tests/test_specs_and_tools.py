@@ -1,0 +1,71 @@
+"""The shipped training spec loads and runs as it stands, and each benchmark in tools/ runs in a smoke mode."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from esper.simic import config as config_io
+from esper.simic.metrics import read_jsonl
+from esper.simic.training import load_config
+from tests.helpers import ROOT
+
+SPEC = ROOT / "specs/train_synthetic.yaml"
+
+
+def _leaves(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def test_the_training_spec_loads_with_every_value_it_writes():
+    cfg = load_config(SPEC)  # strict: an unknown or mistyped key raises
+    loaded = dict(_leaves(config_io.to_dict(cfg)))
+    for key, value in _leaves(yaml.safe_load(SPEC.read_text())):
+        assert loaded[key] == value, key  # nothing dropped, renamed or coerced away
+    assert (ROOT / cfg.host).is_file() and cfg.data == "synthetic"
+    assert cfg.reward.gamma == cfg.ppo.gamma  # the shaping discount must be PPO's
+
+
+def test_the_training_spec_trains_shortened(tmp_path):
+    from esper.cli.main import main
+
+    out = tmp_path / "ppo"
+    short = ["--episodes", "2", "--envs", "2", "--warm-start", "2", "--limit", "64", "--epochs", "2", "--batch-size", "32"]
+    old = os.getcwd()
+    os.chdir(ROOT)  # the spec names its host relative to the repository
+    try:
+        assert main(["train", "--config", str(SPEC), "--out", str(out), "--no-progress", *short]) == 0
+    finally:
+        os.chdir(old)
+    kinds = [r["kind"] for r in read_jsonl(out / "metrics.jsonl")]
+    assert "warm_start" in kinds and kinds.count("update") >= 1 and (out / "tamiyo.pt").is_file()
+
+
+def _tool(*args, env=None):
+    r = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, **(env or {})})
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+
+def test_bench_export_smoke():
+    out = _tool("tools/bench_export.py", "--batch", "2", "--reps", "1", "--device", "cpu")
+    assert "ratio exported / hand-written" in out
+
+
+def test_bench_instrument_smoke():
+    out = _tool("tools/bench_instrument.py", "--models", "host_cnn", "--steps", "2", "--device", "cpu")
+    assert "host_cnn" in out
+
+
+@pytest.mark.slow  # about 25 s on two CPU cores; tests/kernels/test_blend.py covers the kernels themselves fast
+def test_bench_kernels_smoke():
+    out = _tool("tools/bench_kernels.py", "--cpu", "--mb", "0.05", "--reps", "1", "--warmup", "0",
+                env={"TRITON_INTERPRET": "1"})
+    assert "kernel" in out
