@@ -122,3 +122,76 @@ def test_health_warnings_flag_collapse_dead_critic_and_wait_only():
         assert f"{head} head entropy" in text
     assert "blueprint head" not in text  # unknown, not collapsed
     assert "explained variance" in text and "WAIT" in text
+
+
+# ---- the update's parts, one full-batch step each --------------------------------------------------
+class Recording(torch.optim.SGD):
+    """Plain SGD that keeps the gradient norm it was handed, after PPO's clipping."""
+
+    def __init__(self, params):
+        self.params = list(params)
+        super().__init__(self.params, lr=0.1)
+        self.grad_norms = []
+
+    def step(self, closure=None):
+        self.grad_norms.append(float(torch.cat([p.grad.flatten() for p in self.params if p.grad is not None]).norm()))
+        return super().step(closure)
+
+
+def _one_step(advantages=None, seed=0, **overrides):
+    """One PPO step over one full batch; returns the policy, the optimizer and the gradient."""
+    torch.manual_seed(seed)
+    obs_list = [make_observation([SeedStage.DORMANT, SeedStage.TRAINING, SeedStage.BLENDING], seed=s) for s in range(16)]
+    policy = TamiyoPolicy(BLUEPRINTS, BLENDS, STEPS, hidden=32)
+    settings = dict(minibatch_size=16, update_epochs=1, target_kl=None, value_coef=0.0, entropy_floor_coef=0.0,
+                    entropy_coef={h: 0.0 for h in HEADS}, max_grad_norm=1e9)
+    cfg = PPOConfig(**{**settings, **overrides})
+    buffer = RolloutBuffer(len(obs_list))
+    sample = policy.act(batch_observations(obs_list))
+    buffer.add(obs_list, sample, torch.randn(len(obs_list)).tolist(), [True] * len(obs_list))
+    buffer.compute_returns(torch.zeros(len(obs_list)), cfg.gamma, cfg.gae_lambda)
+    if advantages is not None:
+        buffer.advantages = advantages(buffer.advantages)
+    optimizer = Recording(policy.parameters())
+    before = [p.detach().clone() for p in policy.parameters()]
+    ppo_update(policy, optimizer, buffer, cfg)
+    step = torch.cat([(p.detach() - b).flatten() for p, b in zip(policy.parameters(), before)])
+    return policy, optimizer, step, obs_list
+
+
+def test_gradients_are_clipped_to_max_grad_norm():
+    _, free, _, _ = _one_step()
+    assert free.grad_norms[0] > 0.01  # so that the clip below has something to cut
+    _, clipped, step, _ = _one_step(max_grad_norm=0.01)
+    assert clipped.grad_norms[0] == pytest.approx(0.01, rel=1e-4)
+    assert float(step.norm()) == pytest.approx(0.1 * 0.01, rel=1e-3)  # SGD moved by lr times the clipped gradient
+
+
+def test_advantages_are_normalised_per_minibatch():
+    # Normalised, a positive affine change of the advantages leaves the policy step as it was.
+    _, _, step, _ = _one_step()
+    _, _, shifted, _ = _one_step(advantages=lambda a: 10 * a + 3)
+    torch.testing.assert_close(shifted, step, rtol=1e-4, atol=1e-7)
+    _, _, raw, _ = _one_step(normalize_advantages=False)
+    _, _, raw_shifted, _ = _one_step(advantages=lambda a: 10 * a + 3, normalize_advantages=False)
+    assert not torch.allclose(raw_shifted, raw, rtol=1e-2)
+
+
+def _op_entropy(policy, obs_list):
+    batch = batch_observations(obs_list)
+    sample = policy.act(batch)
+    _, entropy, _ = policy.evaluate(batch, sample.actions, sample.masks)
+    return float(entropy["op"].detach().mean())
+
+
+def test_the_entropy_floor_pushes_a_head_back_up_and_is_silent_above_it():
+    # No policy, value or entropy-bonus term: only the floor's penalty can move the policy.
+    zero = lambda a: torch.zeros_like(a)  # noqa: E731
+    floors = {h: 2.0 for h in HEADS}  # above any normalised entropy: the penalty is active on every head
+    base, _, _, obs_list = _one_step(advantages=zero, normalize_advantages=False, entropy_floor_coef=0.0)
+    pushed, _, step, _ = _one_step(advantages=zero, normalize_advantages=False, entropy_floor_coef=5.0, entropy_floor=floors)
+    assert float(step.abs().max()) > 0
+    assert _op_entropy(pushed, obs_list) > _op_entropy(base, obs_list)
+    below = {h: 0.0 for h in HEADS}  # met everywhere: relu(0 - entropy) = 0, nothing to push
+    _, _, silent, _ = _one_step(advantages=zero, normalize_advantages=False, entropy_floor_coef=5.0, entropy_floor=below)
+    assert float(silent.abs().max()) == 0.0
