@@ -99,3 +99,57 @@ def test_module_moves_and_state_dict_behave(mm):
     mm.to(torch.float64)
     assert mm.plane.slots["block1"].seed.pointwise.weight.dtype == torch.float64
     assert mm.block1.conv.weight.dtype == torch.float64
+
+
+def _blending(mm, slot_id="block2"):
+    mm.plane.germinate(slot_id, "conv_enhance", steps=2)
+    mm.plane.advance(slot_id), mm.plane.advance(slot_id)
+    mm.plane.step()
+    for p in mm.plane.seed_parameters(slot_id):  # away from identity, so the seed shows in the output
+        torch.nn.init.normal_(p, std=0.3)
+    return mm.plane.slots[slot_id]
+
+
+def test_ablate_takes_the_named_seeds_out_and_puts_them_back(mm):
+    _blending(mm, "block2"), _blending(mm, "block3")
+    mm.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with_seeds = mm(x)
+    host = mm.host(x)
+    assert not torch.allclose(with_seeds, host, atol=1e-4)
+    with mm.plane.ablate():
+        assert torch.equal(mm(x), host)  # every seed out: the host bit for bit
+    with mm.plane.ablate("block2"):
+        only_block3 = mm(x)
+    assert not torch.allclose(only_block3, host, atol=1e-4) and not torch.allclose(only_block3, with_seeds, atol=1e-4)
+    with pytest.raises(RuntimeError), mm.plane.ablate("block3"):
+        raise RuntimeError("a probe that fails")
+    assert torch.equal(mm(x), with_seeds)  # back in, after a normal exit and after an exception
+
+
+def test_telemetry_reports_the_seeds_gradient_norm(mm):
+    slot = _blending(mm)
+    assert slot.telemetry().seed_grad_norm is None  # no backward yet
+    mm.train()
+    mm(torch.randn(4, 3, 32, 32)).square().mean().backward()
+    grads = torch.cat([p.grad.flatten() for p in mm.plane.seed_parameters("block2")])
+    assert slot.telemetry().seed_grad_norm == pytest.approx(float(grads.norm()), rel=1e-5)
+    assert mm.plane.slots["block1"].telemetry().seed_grad_norm is None  # dormant: no seed
+
+
+def test_input_statistics_are_sampled_every_stats_every_calls(mm):
+    from esper.kasmina.slot import STATS_EVERY
+
+    slot = mm.plane.slots["block1"]
+    mm.train()
+    first = torch.randn(2, 3, 32, 32)
+    mm(first).sum().backward()
+    sampled = slot.telemetry()
+    assert sampled.input_mean == pytest.approx(mm.block1(first).mean().item(), rel=1e-5)
+    for _ in range(STATS_EVERY - 1):  # calls 1 .. STATS_EVERY-1 leave the sample alone
+        mm(5 * torch.randn(2, 3, 32, 32) + 3)
+    assert slot.telemetry().input_mean == sampled.input_mean and slot.telemetry().grad_norm == sampled.grad_norm
+    again = 5 * torch.randn(2, 3, 32, 32) + 3
+    mm(again).sum().backward()  # call STATS_EVERY: a fresh sample, and the gradient of this pass
+    assert slot.telemetry().input_mean == pytest.approx(mm.block1(again).mean().item(), rel=1e-5)
+    assert slot.telemetry().grad_norm != sampled.grad_norm
