@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 from host_cnn import HostCNN  # noqa: E402
 from tiny_gpt import TinyGPT  # noqa: E402
 
-__all__ = ["HostCNN", "TinyGPT", "ROOT", "onnx_outputs", "outputs_equal", "tiny_bert"]
+__all__ = ["HostCNN", "TinyGPT", "ROOT", "grads", "onnx_outputs", "outputs_equal", "tiny_bert"]
 
 
 def outputs_equal(a, b) -> bool:
@@ -26,6 +26,11 @@ def outputs_equal(a, b) -> bool:
     if isinstance(a, (tuple, list)):
         return isinstance(b, (tuple, list)) and len(a) == len(b) and all(outputs_equal(x, y) for x, y in zip(a, b))
     return a == b
+
+
+def grads(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every parameter gradient, by name."""
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 def tiny_bert() -> tuple[nn.Module, torch.Tensor]:

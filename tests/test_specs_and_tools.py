@@ -32,17 +32,13 @@ def test_the_training_spec_loads_with_every_value_it_writes():
     assert cfg.reward.gamma == cfg.ppo.gamma  # the shaping discount must be PPO's
 
 
-def test_the_training_spec_trains_shortened(tmp_path):
+def test_the_training_spec_trains_shortened(tmp_path, monkeypatch):
     from esper.cli.main import main
 
     out = tmp_path / "ppo"
     short = ["--episodes", "2", "--envs", "2", "--warm-start", "2", "--limit", "64", "--epochs", "2", "--batch-size", "32"]
-    old = os.getcwd()
-    os.chdir(ROOT)  # the spec names its host relative to the repository
-    try:
-        assert main(["train", "--config", str(SPEC), "--out", str(out), "--no-progress", *short]) == 0
-    finally:
-        os.chdir(old)
+    monkeypatch.chdir(ROOT)  # the spec names its host relative to the repository
+    assert main(["train", "--config", str(SPEC), "--out", str(out), "--no-progress", *short]) == 0
     kinds = [r["kind"] for r in read_jsonl(out / "metrics.jsonl")]
     assert "warm_start" in kinds and kinds.count("update") >= 1 and (out / "tamiyo.pt").is_file()
 

@@ -5,11 +5,7 @@ import copy
 import torch
 
 import esper
-from tests.helpers import outputs_equal, tiny_bert
-
-
-def _grads(model):
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+from tests.helpers import grads, outputs_equal, tiny_bert
 
 
 def _hooked():
@@ -41,8 +37,8 @@ def test_host_gradients_are_bit_identical_with_a_training_seed():
     assert torch.equal(out, ref)
     out.square().mean().backward()
     ref.square().mean().backward()
-    host = {n: g for n, g in _grads(mm).items() if not n.startswith("plane.")}
-    assert host.keys() == _grads(twin).keys() and all(torch.equal(host[n], g) for n, g in _grads(twin).items())
+    host = {n: g for n, g in grads(mm).items() if not n.startswith("plane.")}
+    assert host.keys() == grads(twin).keys() and all(torch.equal(host[n], g) for n, g in grads(twin).items())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in slot.seed_parameters())
 
 

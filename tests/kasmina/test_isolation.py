@@ -9,12 +9,8 @@ from hypothesis import strategies as st
 import esper
 from esper.kasmina.blueprints import blueprints_for
 from esper.leyline import SeedStage
-from tests.helpers import HostCNN
+from tests.helpers import HostCNN, grads
 from tests.properties.hosts import random_hosts
-
-
-def _grads(model):
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 @settings(max_examples=15)
@@ -39,9 +35,9 @@ def test_host_gradients_are_bit_identical_with_a_training_seed(host, data):
     assert torch.equal(out, ref)
     out.float().square().mean().backward()
     ref.float().square().mean().backward()
-    host_grads = {n: g for n, g in _grads(mm).items() if not n.startswith("plane.")}
-    assert host_grads.keys() == _grads(twin).keys()
-    assert all(torch.equal(host_grads[n], g) for n, g in _grads(twin).items())
+    host_grads = {n: g for n, g in grads(mm).items() if not n.startswith("plane.")}
+    assert host_grads.keys() == grads(twin).keys()
+    assert all(torch.equal(host_grads[n], g) for n, g in grads(twin).items())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in slot.seed_parameters())
 
 
