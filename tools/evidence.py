@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from host_cnn import HostCNN  # noqa: E402
 
+from esper import instrument  # noqa: E402
 from esper.leyline import SeedStage  # noqa: E402
 from esper.simic.baselines import WaitPolicy  # noqa: E402
 from esper.simic.data import DataSplits, TensorData, load_data  # noqa: E402
@@ -176,13 +177,11 @@ class Benchmark:
     # ---- the protocol ---------------------------------------------------------------------------
     def static_env(self, candidate: str) -> EnvConfig:
         blueprint, where = STATIC_CANDIDATES[candidate]
-        import esper
-
-        slots = list(esper.instrument(copy.deepcopy(self.host), (self.example,)).plane.slots)
+        slots = list(instrument(copy.deepcopy(self.host), (self.example,)).plane.slots)
         chosen = slots[-1:] if where == "deepest" else slots
         return dataclasses.replace(self.scale.env, fossils={s: blueprint for s in chosen})
 
-    def headroom(self) -> str:
+    def headroom(self) -> tuple[str, str]:
         self.run("host", 0, WaitPolicy())
         for name in STATIC_CANDIDATES:
             self.run(f"static:{name}", 0, WaitPolicy(), env_cfg=self.static_env(name))
@@ -200,7 +199,7 @@ class Benchmark:
         cfg = TrainConfig(data=data, limit=limit, episodes=episodes, envs=s.envs, seed=1000, device=s.device,
                           warm_start=s.warm_start, blueprints=BLUEPRINTS, blends=BLENDS, env=s.env, reward=s.reward)
         cfg.heuristic.blueprint_preference = [preferred] + [b for b in BLUEPRINTS if b != preferred]
-        cfg.heuristic.max_active = len(BLUEPRINTS)  # a seed in every slot at once, deepest first
+        cfg.heuristic.max_active = 4  # more live seeds than HostCNN has slots: one in every slot, deepest first
         # A seed blended in after a few ticks of isolated training has not yet been trained
         # with the host, so ablating it then says little about what it will add by the end
         # (the static runs gain most from co-training): keep every seed that is not clearly
