@@ -119,9 +119,11 @@ def _subset(split: TensorData, n: int | None, seed: int) -> TensorData:
 def load_regime_data(scale: Scale, root: str) -> DataSplits:
     """The benchmark's splits: a fixed random subset of the training images, a fixed
     validation subset (evaluated every decision, so kept small), and the test split."""
-    data = load_data(scale.data, root=root, seed=0, progress=True,
-                     limit=scale.train_images + scale.val_images if scale.data == "synthetic" else None,
-                     val_fraction=scale.val_images / (scale.train_images + scale.val_images) if scale.data == "synthetic" else 0.1)
+    # The synthetic task is generated at the size asked for; a real dataset is loaded whole.
+    total = scale.train_images + scale.val_images
+    synthetic = scale.data == "synthetic"
+    data = load_data(scale.data, root=root, seed=0, progress=True, limit=total if synthetic else None,
+                     val_fraction=scale.val_images / total if synthetic else 0.1)
     return dataclasses.replace(data, train=_subset(data.train, scale.train_images, 1),
                                val=_subset(data.val, scale.val_images, 2), test=_subset(data.test, scale.test_images, 3))
 
