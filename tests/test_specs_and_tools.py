@@ -1,5 +1,6 @@
 """The shipped training spec loads and runs as it stands, and each benchmark in tools/ runs in a smoke mode."""
 
+import json
 import os
 import subprocess
 import sys
@@ -60,8 +61,16 @@ def test_bench_instrument_smoke():
     assert "host_cnn" in out
 
 
-@pytest.mark.slow  # about 25 s on two CPU cores; tests/kernels/test_blend.py covers the kernels themselves fast
-def test_bench_kernels_smoke():
-    out = _tool("tools/bench_kernels.py", "--cpu", "--mb", "0.05", "--reps", "1", "--warmup", "0",
-                env={"TRITON_INTERPRET": "1"})
-    assert "kernel" in out
+def test_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
+    """tools/gpu_check.py --cpu: every part (bench_kernels, the kernel tests, bench_envs,
+    esper grow) on tiny sizes, so the script a GPU lease runs first cannot rot."""
+    out = _tool("tools/gpu_check.py", "--cpu", "--out", str(tmp_path), env={"TRITON_INTERPRET": "1"})
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    for part in ("kernels", "tests", "envs", "grow"):
+        assert result[part]["ok"], (part, result[part].get("error"))
+    assert {(r["variant"], r["pass"]) for r in result["kernels"]["result"]} >= {("kernel", "fwd+bwd"), ("compile", "fwd")}
+    assert result["tests"]["result"]["returncode"] == 0 and result["tests"]["result"]["passed"] > 0
+    assert {(r["k"], r["runner"]) for r in result["envs"]["result"]} == {(1, "sequential"), (2, "sequential"), (2, "batched")}
+    assert 0 <= result["grow"]["result"]["test_acc"] <= 1
+    table = (tmp_path / "gpu_check.md").read_text()
+    assert "| kernel tests on this device | all pass |" in table and "K=2 batched" in table and table in out

@@ -19,7 +19,6 @@ whatever a variant really moves; "vs copy" divides by ``dst.copy_(src)`` bandwid
 import argparse
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 
@@ -129,7 +128,8 @@ def bench_config(dtype, mb: float, layout: str, device: str, reps: int, warmup: 
     return rows
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> list[dict]:
+    """Print the table; return its rows (with "target" and "vs_compile" for the kernel's)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -162,21 +162,25 @@ def main(argv=None) -> int:
     header = f"{'dtype':<6}{'MB':>7}  {'pass':<15}{'variant':<9}{'ms':>10}{'GB/s':>10}{'vs copy':>9}"
     print(header)
     print("-" * len(header))
-    misses = []
+    misses, results = [], []
     for dtype_name in dtypes:
         for mb in args.mb:
             rows = bench_config(DTYPES[dtype_name], mb, args.layout, device, reps, warmup)
+            compile_ms = {p: ms for p, name, ms, _, _ in rows if name == "compile"}
             for pass_name, name, ms, gbs, ratio in rows:
                 label = f"{dtype_name:<6}{mb:>7g}  {pass_name:<15}{name:<9}"
                 print(f"{label}{ms:>10.3f}{gbs:>10.1f}{ratio:>8.0%}")
+                results.append({"dtype": dtype_name, "mb": mb, "pass": pass_name, "variant": name, "ms": ms,
+                                "gbs": gbs, "vs_copy": ratio, "vs_compile": compile_ms[pass_name] / ms,
+                                "target": TARGETS[pass_name] if name == "kernel" else None})
                 target = TARGETS[pass_name]
                 if name == "kernel" and ratio < target:
                     misses.append(f"{dtype_name} {mb:g} MB {pass_name}: {ratio:.0%} < {target:.0%}")
             print()
     if device == "cuda":
         print("kernel targets met" if not misses else "kernel below target:\n  " + "\n  ".join(misses))
-    return 0
+    return results
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

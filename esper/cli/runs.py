@@ -28,6 +28,7 @@ SETTINGS = {
     "limit": "limit",
     "episodes": "episodes",
     "envs": "envs",
+    "runner": "runner",
     "epochs": "env.epochs",
     "decisions_per_epoch": "env.decisions_per_epoch",
     "batch_size": "env.batch_size",
@@ -36,6 +37,8 @@ SETTINGS = {
     "blend_steps": "env.blend_steps",
     "max_slots": "env.max_slots",
     "augment": "env.augment",
+    "channels_last": "env.channels_last",
+    "precision": "env.precision",
     "seed": "seed",
     "device": "device",
     "warm_start": "warm_start",
@@ -61,6 +64,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--augment", action="store_const", const=True, help="random crops and flips while training")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--device", help="cpu or cuda (default cpu)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: autocast the forward passes on CUDA (default fp32)")
+    p.add_argument("--channels-last", action="store_const", const=True, help="NHWC activations (faster convolutions, also on CPU)")
     p.add_argument("--config", help="a YAML file of settings (as written to a run's config.yaml)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

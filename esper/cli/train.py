@@ -22,6 +22,8 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
     p.add_argument("--episodes", type=int, help="PPO episodes in all (default 16)")
     p.add_argument("--envs", type=int, help="environments in lockstep, K (default 4)")
+    p.add_argument("--runner", choices=["sequential", "batched", "auto"],
+                   help="train the K hosts one by one, or together as one vmapped model (default auto: batched on CUDA)")
     p.add_argument("--warm-start", type=int, help="heuristic episodes to behaviour-clone before PPO (default 0)")
     p.add_argument("--ppo-lr", type=float, help="Tamiyo's learning rate (default 3e-4)")
     p.add_argument("--checkpoint-every", type=int, help="episodes between checkpoints (default 1: every round)")

@@ -50,25 +50,34 @@ class BlendAlgorithm(nn.Module):
         super().__init__()
         self.steps = steps
         self.register_buffer("t", torch.zeros((), dtype=torch.long))
+        # The buffer checkpoints the schedule; this mirror lets a forward pass read it
+        # without waiting for the device.
+        self.ticks = 0
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.ticks = int(self.t)
 
     @property
     def progress(self) -> float:
-        return min(int(self.t), self.steps) / self.steps
+        return min(self.ticks, self.steps) / self.steps
 
     @property
     def done(self) -> bool:
-        return int(self.t) >= self.steps
+        return self.ticks >= self.steps
 
     def tick(self, ticks: int = 1) -> None:
         if not self.done:
-            self.t += min(ticks, self.steps - int(self.t))
+            step = min(ticks, self.steps - self.ticks)
+            self.ticks += step
+            self.t += step
 
     def scheduled_alpha(self) -> float:
         return self.progress
 
     def alpha(self, x: torch.Tensor) -> torch.Tensor:
         """Alpha for this batch: a 0-dim tensor, or one that broadcasts against x."""
-        return torch.tensor(self.scheduled_alpha(), dtype=x.dtype, device=x.device)
+        return torch.full((), self.scheduled_alpha(), dtype=x.dtype, device=x.device)
 
     def extra_repr(self) -> str:
         return f"steps={self.steps}"

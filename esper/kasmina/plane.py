@@ -123,17 +123,30 @@ class KasminaPlane(nn.Module):
             slot.tick(ticks)
 
     def guard(self) -> list[str]:
-        """Cull every seed whose gradients are not finite; call after backward, before
-        the optimizer step. The culled seed's gradients are dropped, so the step skips it
-        and the host's own gradients (which never flow through the seed) are untouched."""
+        """Cull every seed whose gradients (or, on a GPU, outputs since the last guard)
+        are not finite; call after backward, before the optimizer step. The culled seed's
+        gradients are dropped, so the step skips it and the host's own gradients (which
+        never flow through the seed) are untouched. One read of the device for all slots."""
+        live, health = self.health()
+        return self.cull_unhealthy(live, health.tolist() if live else [])
+
+    def health(self) -> tuple[list[SeedSlot], torch.Tensor]:
+        """The live seeds and their [output finite, gradients finite] rows, on the device:
+        `guard` in two halves, so that several planes can share one read."""
+        live = [slot for slot in self.slots.values() if slot.seed is not None and slot.stage is not S.FOSSILIZED]
+        device = self._like().device
+        rows = [slot.health(device) for slot in live]
+        return live, torch.stack(rows) if rows else torch.ones(0, 2, dtype=torch.bool, device=device)
+
+    def cull_unhealthy(self, live: list[SeedSlot], health: list[list[bool]]) -> list[str]:
         culled = []
-        for slot_id, slot in self.slots.items():
-            if slot.seed is None or slot.stage is S.FOSSILIZED or slot.gradients_finite():
+        for slot, (output_ok, grads_ok) in zip(live, health):
+            if output_ok and grads_ok:
                 continue
             for p in slot.seed_parameters():
                 p.grad = None
-            slot.cull_nonfinite("non-finite seed gradient")
-            culled.append(slot_id)
+            slot.cull_nonfinite(f"non-finite seed {'output' if not output_ok else 'gradient'}")
+            culled.append(slot.slot_id)
         return culled
 
     # ---- optimizers -------------------------------------------------------------------

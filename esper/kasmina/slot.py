@@ -24,6 +24,11 @@ S = SeedStage
 STATS_EVERY = 16  # sample input statistics every N forward passes: cheap enough to leave on
 
 
+def reads_are_free(device: torch.device) -> bool:
+    """Whether reading a tensor's value into Python costs no stall (no queue to drain)."""
+    return device.type == "cpu"
+
+
 def _tracing() -> bool:
     compiler = getattr(torch, "compiler", None)
     return bool(compiler and (compiler.is_compiling() or getattr(compiler, "is_exporting", lambda: False)()))
@@ -47,6 +52,7 @@ class SeedSlot(nn.Module):
         self._calls = 0
         self._stats: torch.Tensor | None = None
         self._grad_norm: torch.Tensor | None = None
+        self._output_finite: torch.Tensor | None = None  # on the device, read by plane.guard()
 
     # ---- forward -------------------------------------------------------------------
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -61,13 +67,31 @@ class SeedSlot(nn.Module):
         if stage is S.TRAINING and not self.training:
             return h  # the seed is not in the output yet: nothing to compute
         x = h.detach()
-        s = self.seed(x)
-        if not _tracing() and not bool(torch.isfinite(s).all()):
+        s = self.seed(x).to(h.dtype)  # under autocast a seed may answer in another dtype
+        out = kernels.straight_through(h, s) if stage is S.TRAINING else kernels.blend(h, s, self.blend.alpha(x))
+        return out if _tracing() else self._finite_or_host(out, s, h)
+
+    def _finite_or_host(self, out: torch.Tensor, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """Keep a non-finite seed (its output, or its blend's alpha) out of the model. On
+        the CPU the check costs nothing: the seed is culled at once. On a GPU, reading it
+        would stall the queue on every forward pass, so h replaces the output on the
+        device and the flag waits for plane.guard()."""
+        finite = torch.isfinite(s).all() & torch.isfinite(out).all()
+        if reads_are_free(out.device):
+            if bool(finite):
+                return out
             self.cull_nonfinite("non-finite seed output")
             return h
-        if stage is S.TRAINING:
-            return kernels.straight_through(h, s)
-        return kernels.blend(h, s, self.blend.alpha(x))
+        self._output_finite = finite if self._output_finite is None else self._output_finite & finite
+        return torch.where(finite, out, h)
+
+    def health(self, device: torch.device) -> torch.Tensor:
+        """[output finite since the last call, gradients finite], as one tensor on `device`."""
+        flags = [torch.isfinite(p.grad).all() for p in self.seed_parameters() if p.grad is not None]
+        yes = torch.ones((), dtype=torch.bool, device=device)
+        output = self._output_finite if self._output_finite is not None else yes
+        self._output_finite = None
+        return torch.stack([output, torch.stack(flags).all() if flags else yes])
 
     def _sample(self, h: torch.Tensor) -> None:
         with torch.no_grad():
@@ -156,10 +180,6 @@ class SeedSlot(nn.Module):
 
     def param_count(self) -> int:
         return sum(p.numel() for p in self.seed_parameters())
-
-    def gradients_finite(self) -> bool:
-        grads = [p.grad for p in self.seed_parameters() if p.grad is not None]
-        return all(bool(torch.isfinite(g).all()) for g in grads)
 
     def telemetry(self) -> SlotTelemetry:
         stats = self._stats.tolist() if self._stats is not None else (None, None)

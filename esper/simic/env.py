@@ -2,13 +2,13 @@
 
 An episode (`cfg.epochs` epochs, `cfg.decisions_per_epoch` decisions each):
 
-    reset(seed)  fresh host from the factory, instrumented; its own optimizer (AdamW, or
-                 SGD with momentum; cosine learning-rate decay over the episode by
-                 default) which seeds join on germination through `plane.attach_optimizer`;
+    reset(seed)  fresh host from the factory, instrumented; its own HostTrainer
+                 (`host_training.py`: optimizer, learning-rate schedule, precision) which
+                 seeds join on germination through `plane.attach_optimizer`;
                  validation loss/accuracy of the untrained model; the first Observation.
-    step(edit)   plane.apply(edit)                (the one path: the plane logs it)
-                 train 1/decisions_per_epoch of an epoch, plane.guard() every step
-                 plane.step()                     (one tick: blends advance)
+    step(edit)   apply(edit): plane.apply(edit)   (the one path: the plane logs it)
+                 chunk(): 1/decisions_per_epoch of an epoch, trained batch by batch
+                 finish(): plane.step()           (one tick: blends advance)
                  validation loss/accuracy; each BLENDING seed's contribution =
                  accuracy on a fixed validation batch minus the same with plane.ablate(slot)
                  reward = compute_reward(prev state, this state, edit, done)
@@ -28,14 +28,14 @@ import copy
 import math
 import time
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from itertools import islice
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from esper.kasmina.blending import blend_names
@@ -43,50 +43,11 @@ from esper.kasmina.blueprints import blueprint_names, blueprint_ranks
 from esper.kasmina.instrument import instrument
 from esper.leyline import Edit, Observation, Op, SeedStage
 from esper.simic.features import TrainingSignals, build_observation, probe_accuracy, seed_contributions
+from esper.simic.host_training import EnvConfig, HostTrainer
 from esper.simic.report import timeline_row
 from esper.simic.rewards import RewardBreakdown, RewardConfig, RewardState, compute_reward
 
 S = SeedStage
-
-
-@dataclass
-class EnvConfig:
-    """How one episode trains its host."""
-
-    epochs: int = 8
-    decisions_per_epoch: int = 1
-    batch_size: int = 128
-    eval_batch_size: int = 1000
-    optimizer: str = "adamw"  # "adamw", or "sgd" (momentum, nesterov: try lr 0.05, weight_decay 5e-4)
-    lr: float = 2e-3
-    lr_schedule: str = "cosine"  # decay over the episode down to lr_floor x lr; or "constant"
-    lr_floor: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 0.01
-    seed_lr: float | None = None  # learning rate of seed parameter groups; None: lr
-    blend_steps: int = 2  # ticks a germinated seed takes to blend in (the policy's Edit.steps)
-    max_slots: int | None = None
-    contribution_samples: int = 512  # the fixed validation batch for ablations
-    augment: bool = False
-    # NHWC activations: convolutions on CPU run about twice as fast in this layout.
-    channels_last: bool = False
-    # slot -> blueprint: seeds fossilized before the first step, so the episode trains a
-    # static bigger model from scratch (the reference that growth is judged against).
-    fossils: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.epochs < 1 or self.decisions_per_epoch < 1 or self.batch_size < 1 or self.blend_steps < 1:
-            raise ValueError("epochs, decisions_per_epoch, batch_size and blend_steps must be at least 1")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.lr_schedule not in ("constant", "cosine") or not 0 <= self.lr_floor <= 1:
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine' and lr_floor in [0, 1], got {self.lr_schedule!r}, {self.lr_floor}")
-
-    @property
-    def decisions(self) -> int:
-        return self.epochs * self.decisions_per_epoch
 
 
 @dataclass
@@ -151,8 +112,6 @@ class GrowthEnv:
         self.device = torch.device(device)
         example = example_input if example_input is not None else data.train.x[:2]
         self.example = example.to(self.device)
-        n = min(self.cfg.contribution_samples, len(data.val))
-        self._probe = (self._place(data.val.x[:n]), data.val.y[:n].to(self.device))
         self.mm = None
         self.done = True
         self._cpu_rng: torch.Tensor | None = None
@@ -199,16 +158,15 @@ class GrowthEnv:
             self._fossilize_static()
             if cfg.channels_last:
                 self.mm.to(memory_format=torch.channels_last)
-            self.optimizer = self._make_optimizer()
-            seed_opts = {"lr": cfg.seed_lr} if cfg.seed_lr else {}
-            self.plane.attach_optimizer(self.optimizer, **seed_opts)
+            self._train_batches = max(1, math.ceil(len(self.data.train) / cfg.batch_size))
+            self.trainer = HostTrainer(self.mm, cfg, self.device, self._train_batches)
+            n = min(cfg.contribution_samples, len(self.data.val))
+            self._probe = (self.trainer.place(self.data.val.x[:n]), self.data.val.y[:n].to(self.device))
             self._data_gen = torch.Generator(device=self.data.train.x.device).manual_seed(seed)
         self.host_params = self.mm.host_parameter_count()
         self.t = 0
         self.done = False
         self._batches = None
-        self._train_batches = max(1, math.ceil(len(self.data.train) / cfg.batch_size))
-        self._batches_done = 0
         val_loss, val_acc = self.evaluate(self.data.val)
         # Before any training the model's training-set numbers are its validation numbers.
         self.history = {"train_loss": [], "train_acc": [], "val_loss": [], "val_acc": []}
@@ -218,7 +176,6 @@ class GrowthEnv:
         self.initial_val_acc = val_acc
         self.rewards: list[RewardBreakdown] = []
         self.ops: Counter = Counter()
-        self.guard_culls: list[str] = []
         self.timeline: list[dict] = [timeline_row(self.plane)]
         self.images = 0
         self.train_seconds = 0.0
@@ -227,22 +184,55 @@ class GrowthEnv:
         return self._observe(telemetry)
 
     def step(self, edit: Edit) -> StepResult:
+        """apply(edit), train this step's chunk, finish(): the three parts a batched runner
+        interleaves across K environments."""
+        logged = self.apply(edit)
+        with self._own_rng():
+            start = time.perf_counter()
+            loss_sum, correct, seen = torch.zeros((), device=self.device), 0, 0
+            for x, y in self.chunk():
+                batch_loss, batch_correct = self.trainer.train_step(x, y)
+                loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(y)
+            train_loss, train_acc = (float(loss_sum) / seen, int(correct) / seen) if seen else (None, None)
+            seconds = time.perf_counter() - start
+        return self.finish(logged, train_loss, train_acc, seen, seconds)
+
+    def apply(self, edit: Edit) -> Edit:
+        """The step's edit, through the plane (which logs it); returns the logged edit."""
         if self.done:
             raise RuntimeError("the episode is over: call reset() first")
         with self._own_rng():
             logged = self.plane.apply(edit)
             if self.cfg.channels_last:  # a new seed's weights: before its optimizer state exists
                 self.mm.to(memory_format=torch.channels_last)
-            self.ops[logged.op.name] += 1
-            start = time.perf_counter()
-            train_loss, train_acc, images = self._train_chunk()
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            seconds = time.perf_counter() - start
+        self.ops[logged.op.name] += 1
+        return logged
+
+    def chunk(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This step's 1/decisions_per_epoch of the epoch's batches, on the device."""
+        k = self.cfg.decisions_per_epoch
+        part = self.t % k
+        if part == 0:
+            self._batches = iter(
+                self.data.train.batches(self.cfg.batch_size, shuffle=True, generator=self._data_gen, augment=self.cfg.augment)
+            )
+        n = self._train_batches
+        count = None if part == k - 1 else round((part + 1) * n / k) - round(part * n / k)
+        self.mm.train()
+        for x, y in islice(self._batches, count):
+            yield self.trainer.place(x), y.to(self.device, non_blocking=True)
+
+    def finish(self, logged: Edit, train_loss: float | None, train_acc: float | None, images: int, seconds: float) -> StepResult:
+        """After the chunk: tick the plane, evaluate, measure contributions, reward, observe.
+        A chunk without batches (None) keeps the last training numbers."""
+        if images == 0:
+            train_loss, train_acc = self.now["train_loss"], self.now["train_acc"]
+        with self._own_rng():
             self.plane.step()
             val_loss, val_acc = self.evaluate(self.data.val)
             probe = partial(probe_accuracy, self.mm, *self._probe, self.cfg.eval_batch_size)
-            self.contributions = seed_contributions(self.mm, probe, self.contributions, self._frozen)
+            with self.trainer.autocast():
+                self.contributions = seed_contributions(self.mm, probe, self.contributions, self._frozen)
         self.images += images
         self.train_seconds += seconds
         for key, value in zip(self.now, (train_loss, train_acc, val_loss, val_acc)):
@@ -318,73 +308,17 @@ class GrowthEnv:
             for slot in self.cfg.fossils:
                 self.plane.apply(Edit(Op.FOSSILIZE, slot))
 
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        c = self.cfg
-        params = list(self.mm.parameters())
-        if c.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
-        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, nesterov=c.momentum > 0, weight_decay=c.weight_decay)
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.trainer.optimizer
 
-    def _train_chunk(self) -> tuple[float, float, int]:
-        """Train the next 1/decisions_per_epoch of the epoch; returns loss, accuracy, images."""
-        k = self.cfg.decisions_per_epoch
-        part = self.t % k
-        if part == 0:
-            self._batches = iter(
-                self.data.train.batches(self.cfg.batch_size, shuffle=True, generator=self._data_gen, augment=self.cfg.augment)
-            )
-        n = self._train_batches
-        count = None if part == k - 1 else round((part + 1) * n / k) - round(part * n / k)
-        self.mm.train()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
-        for x, y in islice(self._batches, count):
-            x, y = self._place(x), y.to(self.device, non_blocking=True)
-            self._schedule_lr()
-            self.optimizer.zero_grad(set_to_none=True)
-            out = self.mm(x)
-            loss = F.cross_entropy(out, y)
-            loss.backward()
-            self.guard_culls += self.plane.guard()
-            self.optimizer.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (out.detach().argmax(-1) == y).sum()
-            seen += len(y)
-        if seen == 0:
-            return self.now["train_loss"], self.now["train_acc"], 0
-        return float(loss_sum) / seen, float(correct) / seen, seen
+    @property
+    def guard_culls(self) -> list[str]:
+        return self.trainer.guard_culls
 
-    def _place(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last and x.dim() == 4 else x
-
-    def _schedule_lr(self) -> None:
-        """Cosine decay over the whole episode, applied to every group (seed groups included,
-        relative to the learning rate each group joined with)."""
-        c = self.cfg
-        progress = min(self._batches_done / (self._train_batches * c.epochs), 1.0)
-        self._batches_done += 1
-        if c.lr_schedule == "constant":
-            return
-        factor = c.lr_floor + (1 - c.lr_floor) * 0.5 * (1 + math.cos(math.pi * progress))
-        for group in self.optimizer.param_groups:
-            base = group.setdefault("esper_base_lr", group["lr"])
-            group["lr"] = base * factor
-
-    @torch.no_grad()
     def evaluate(self, split) -> tuple[float, float]:
         """Loss and accuracy (a fraction) of the current model on a TensorData split."""
-        self.mm.eval()
-        loss_sum, correct, seen = 0.0, 0, 0
-        for x, y in split.batches(self.cfg.eval_batch_size, shuffle=False):
-            x, y = self._place(x), y.to(self.device, non_blocking=True)
-            out = self.mm(x)
-            loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
-            correct += int((out.argmax(-1) == y).sum())
-            seen += len(y)
-        self.mm.train()
-        return loss_sum / max(seen, 1), correct / max(seen, 1)
+        return self.trainer.evaluate(split)
 
     def total_params(self) -> int:
         return sum(p.numel() for p in self.mm.parameters())

@@ -37,7 +37,7 @@ from esper.simic.baselines import HeuristicConfig
 from esper.simic.env import EnvConfig, GrowthEnv, reinitialized_copies, vocabulary
 from esper.simic.metrics import JSONL_NAME, MetricsWriter, truncate_jsonl
 from esper.simic.rewards import RewardConfig
-from esper.simic.vectorized import Rollout, VectorEnv, choose_with_actions, run_episodes, sample_with
+from esper.simic.vectorized import RUNNERS, Rollout, VectorEnv, choose_with_actions, run_episodes, sample_with
 from esper.simic.warm_start import discounted_returns, fit_value
 from esper.tamiyo import (
     ImitationConfig,
@@ -68,6 +68,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     episodes: int = 16  # PPO episodes in all, run K at a time
     envs: int = 4  # K environments in lockstep
+    runner: str = "auto"  # how VectorEnv trains the K hosts: sequential, batched, or auto (batched on CUDA)
     seed: int = 0
     device: str = "cpu"
     warm_start: int = 0  # heuristic episodes behaviour-cloned before PPO
@@ -87,6 +88,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.episodes < 0 or self.envs < 1 or self.warm_start < 0 or self.checkpoint_every < 1 or self.value_warm_epochs < 0:
             raise ValueError("episodes and warm_start must be >= 0; envs and checkpoint_every >= 1")
+        if self.runner not in RUNNERS:
+            raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, got {self.runner!r}")
 
     def resolved(self) -> "TrainConfig":
         """Fill the vocabulary in and tie the reward's shaping discount to PPO's gamma."""
@@ -251,7 +254,7 @@ class Trainer:
         except Exception as e:  # a torn or foreign file fails in many ways; each means the same here
             raise CheckpointError(f"cannot resume from {path}, which is truncated or not a training checkpoint "
                                   f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); nothing was changed") from None
-        changed = [k for k in config_io.diff(saved, self.cfg) if k not in ("episodes", "checkpoint_every", "device")]
+        changed = [k for k in config_io.diff(saved, self.cfg) if k not in ("episodes", "checkpoint_every", "device", "runner")]
         if changed:
             raise ValueError(f"--resume continues the saved run, but these settings differ from it: {', '.join(changed)}")
         self.policy.load_state_dict(state["policy"])
@@ -338,7 +341,7 @@ class Trainer:
             k = min(cfg.envs, cfg.warm_start - self.warm_done)
             teacher = cfg.heuristic.build(cfg.blueprints, cfg.blends, cfg.env.blend_steps)
             seeds = self._seeds("warm", self.warm_done, k)
-            rollout = run_episodes(VectorEnv(self.envs[:k]), seeds, choose_with_actions(teacher))
+            rollout = run_episodes(VectorEnv(self.envs[:k], self.cfg.runner), seeds, choose_with_actions(teacher))
             for decision in rollout.decisions:
                 observations += decision.observations
                 actions += decision.extra
@@ -360,7 +363,7 @@ class Trainer:
         cfg = self.cfg
         seeds = self._seeds("ppo", self.episodes_done, k)
         self.policy.train()
-        rollout = run_episodes(VectorEnv(self.envs[:k]), seeds, sample_with(self.policy))
+        rollout = run_episodes(VectorEnv(self.envs[:k], self.cfg.runner), seeds, sample_with(self.policy))
         buffer = RolloutBuffer(k)
         for d in rollout.decisions:
             buffer.add(d.observations, d.extra, d.rewards, d.dones)

@@ -8,11 +8,15 @@ one batched forward pass (`batch_observations` pads to the largest slot count). 
 episodes have the same number of decisions, so the environments stay in lockstep and
 end together.
 
-Here `VectorEnv.step` runs the K per-environment steps one after another (`step_one`),
-which is what a CPU can do. On a GPU, K same-shaped hosts could instead be trained
-together (torch.func.stack_module_state + vmap, or CUDA graphs); such a runner would
-replace `step`, keeping its contract: K edits in, K StepResults out. That batched
-runner is not implemented yet.
+Two runners keep `step`'s contract (K edits in, K StepResults out, each environment
+left as `GrowthEnv.step` would leave it):
+
+    sequential  the K environments' steps one after another
+    batched     the K hosts' training chunks as one vmapped model (`batched.py`)
+    auto        batched on CUDA when the environments allow it, else sequential
+
+`auto` follows `tools/bench_envs.py`: on the CPU, vmap's grouped convolutions are
+slower than K separate ones, so batching pays only on a GPU.
 """
 
 from __future__ import annotations
@@ -25,20 +29,26 @@ from typing import Any, Callable, Sequence
 import torch
 
 from esper.leyline import Edit, Observation, batch_observations
+from esper.simic.batched import batching_problem, step_together
 from esper.simic.env import GrowthEnv, StepResult
 from esper.tamiyo import ActionSample, TamiyoPolicy, to_edit
 
 Chooser = Callable[[list[Observation]], tuple[list[Edit], Any]]
+RUNNERS = ("sequential", "batched", "auto")
 
 
 class VectorEnv:
-    def __init__(self, envs: Sequence[GrowthEnv]):
+    def __init__(self, envs: Sequence[GrowthEnv], runner: str = "sequential"):
         if not envs:
             raise ValueError("a VectorEnv needs at least one environment")
+        if runner not in RUNNERS:
+            raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
         decisions = {env.cfg.decisions for env in envs}
         if len(decisions) != 1:
             raise ValueError(f"environments in lockstep need the same number of decisions, got {sorted(decisions)}")
         self.envs = list(envs)
+        self.runner = runner
+        self.batched = False  # decided at reset, once the hosts exist
         self.images = 0
         self.host_seconds = 0.0
 
@@ -49,17 +59,26 @@ class VectorEnv:
     def reset(self, seeds: Sequence[int]) -> list[Observation]:
         if len(seeds) != self.num_envs:
             raise ValueError(f"need {self.num_envs} seeds, got {len(seeds)}")
-        return [env.reset(seed) for env, seed in zip(self.envs, seeds)]
+        observations = [env.reset(seed) for env, seed in zip(self.envs, seeds)]
+        self.batched = self._choose_batched()
+        return observations
 
-    def step_one(self, index: int, edit: Edit) -> StepResult:
-        """One environment's step: the unit a batched (vmap) runner would replace."""
-        return self.envs[index].step(edit)
+    def _choose_batched(self) -> bool:
+        if self.runner == "sequential":
+            return False
+        problem = batching_problem(self.envs)
+        if self.runner == "batched" and problem:
+            raise ValueError(f"the batched runner cannot train these environments together: {problem}")
+        return problem is None and (self.runner == "batched" or (self.envs[0].device.type == "cuda" and self.num_envs > 1))
 
     def step(self, edits: Sequence[Edit]) -> list[StepResult]:
         if len(edits) != self.num_envs:
             raise ValueError(f"need {self.num_envs} edits, got {len(edits)}")
         start = time.perf_counter()
-        results = [self.step_one(i, edit) for i, edit in enumerate(edits)]
+        if self.batched:
+            results = step_together(self.envs, edits)
+        else:
+            results = [env.step(edit) for env, edit in zip(self.envs, edits)]
         self.host_seconds += time.perf_counter() - start
         self.images += sum(r.info["images"] for r in results)
         return results

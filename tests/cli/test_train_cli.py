@@ -45,9 +45,10 @@ def host(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, host):
-    """A finished 2 x 2 run, shared by the tests that read it."""
+    """A finished 2 x 2 run, shared by the tests that read it (its two hosts trained as one)."""
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    assert main(["train", "--host", host, "--episodes", "2", "--envs", "2", "--out", str(out), *TINY]) == 0
+    args = ["train", "--host", host, "--episodes", "2", "--envs", "2", "--runner", "batched", "--out", str(out), *TINY]
+    assert main(args) == 0
     return out
 
 
@@ -58,7 +59,7 @@ def test_train_writes_the_run_directory(trained):
     kinds = [r["kind"] for r in read_jsonl(trained / "metrics.jsonl")]
     assert kinds.count("episode") == 2 and kinds.count("update") == 1
     cfg = yaml.safe_load((trained / "config.yaml").read_text())
-    assert cfg["limit"] == 120 and cfg["env"]["epochs"] == 2 and cfg["envs"] == 2
+    assert cfg["limit"] == 120 and cfg["env"]["epochs"] == 2 and cfg["envs"] == 2 and cfg["runner"] == "batched"
 
 
 def test_train_refuses_to_overwrite_and_resumes(trained, host, capsys):

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import esper
+from esper.kasmina import slot as slot_module
 from esper.kasmina.blueprints import blueprints_for
 from esper.leyline import SeedStage
 from tests.helpers import HostCNN, grads
@@ -55,7 +56,8 @@ def test_blending_keeps_the_hosts_gradient_whole_upstream():
     assert torch.equal(h.grad, g)  # dh = g whatever alpha is
 
 
-def test_nan_output_culls_the_seed_and_the_host_keeps_training():
+def _blending_nan_seed():
+    """A HostCNN with a BLENDING seed at block1 whose weights are NaN; its twin; an input."""
     torch.manual_seed(0)
     host = HostCNN()
     twin = copy.deepcopy(host)
@@ -65,7 +67,11 @@ def test_nan_output_culls_the_seed_and_the_host_keeps_training():
     mm.plane.step()
     with torch.no_grad():
         mm.plane.slots["block1"].seed.proj.weight.fill_(float("nan"))
-    x = torch.randn(2, 3, 16, 16)
+    return mm, twin, torch.randn(2, 3, 16, 16)
+
+
+def test_nan_output_culls_the_seed_and_the_host_keeps_training():
+    mm, twin, x = _blending_nan_seed()
     out = mm(x)
     assert torch.isfinite(out).all() and torch.equal(out, twin.train()(x))
     slot = mm.plane.slots["block1"]
@@ -126,3 +132,18 @@ def test_a_copy_does_not_touch_the_originals_optimizer():
     twin.plane.germinate("block2", "norm")
     assert not any(g.get("esper_slot") == "block2" for g in opt.param_groups)
     assert twin.plane.slots["block2"].seed.scale.device == twin.block2.conv.weight.device
+
+
+def test_on_a_gpu_a_nan_output_is_swapped_out_on_the_device_and_culled_at_the_guard(monkeypatch):
+    # Where reading a flag would stall the device queue (CUDA), the forward pass does not
+    # read it: the seed's output is replaced on the device and plane.guard() culls.
+    monkeypatch.setattr(slot_module, "reads_are_free", lambda device: False)
+    mm, twin, x = _blending_nan_seed()
+    out = mm(x)
+    assert torch.equal(out, twin.train()(x))  # exactly the host's output, NaN kept out
+    assert mm.plane.slots["block1"].stage is SeedStage.BLENDING  # nothing read yet
+    out.sum().backward()
+    assert mm.plane.guard() == ["block1"]
+    assert mm.plane.slots["block1"].stage is SeedStage.CULLED
+    assert any("non-finite seed output" in e for e in mm.plane.telemetry()[0]["events"])
+    assert mm.plane.edits[-1] == esper.Edit(esper.Op.CULL, "block1", step=1)

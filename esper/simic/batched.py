@@ -1,0 +1,294 @@
+"""K environments' hosts trained as one model: host layers vmapped, each seed on its own slice.
+
+    results = step_together(envs, edits)        # what VectorEnv.step does with runner="batched"
+
+The K hosts share one architecture; their seeds differ. The model's graph is cut at the
+slots (`host_graph`): every run of host nodes between two slots becomes a segment, and
+each slot (with any fossils folded in before it) becomes a site.
+
+    Before (one environment's graph)             After (the K environments together)
+
+    x -> block1 -> plane.block1 -> pool -> ...   x[K,B] -> vmap(segment_0)[K,B] -> site block1 -> ...
+                                                 site: out[k] = env k's plane.block1(h[k]), stacked
+
+A segment runs once for all K environments: `torch.func.functional_call` with the
+hosts' parameters stacked along a new leading dimension, under `torch.func.vmap` (which
+turns the K convolutions into one grouped convolution). A site splits the activation
+into its K slices and calls each environment's own slot modules on its slice, so seeds,
+blends, the NaN guard and the slot statistics are exactly the ones the sequential runner
+uses. Losses are summed over environments, each the mean over its own batch, so every
+environment's gradients are the ones it would have alone.
+
+Around each training chunk the hosts' parameters, buffers and optimizer state are
+stacked from the environments and written back afterwards; between steps every
+environment is exactly what `GrowthEnv.step` leaves, so evaluation, the ablation probe,
+checkpoints and the sequential runner work on it unchanged. The stacked host optimizer is
+the environments' own kind with their state: AdamW and SGD act element by element, so
+stacking does not change their arithmetic. Seeds keep their environment's optimizer.
+
+Not batched: hosts woven in with hooks (no graph to cut), environments with different
+host architectures or training settings (`batching_problem` says which), and random
+operations in the host's forward pass, which draw per environment but not from the
+environment's own stream.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import time
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch.func import functional_call, vmap
+from torch.fx.passes.split_module import split_module
+
+from esper.kasmina.plane import module_key
+from esper.leyline import Edit
+
+PLANE = "plane."
+SAME_SETTINGS = ("batch_size", "decisions_per_epoch", "epochs", "optimizer", "precision", "augment")
+
+
+def _base_slot(mm, target: str) -> str:
+    """The original injection point behind a plane call ('plane.<key>' or 'plane.<key>.seed')."""
+    keys = {module_key(slot_id): slot_id for slot_id in mm.plane.slots}
+    return keys[target[len(PLANE) :].split(".")[0]].split("+")[0]
+
+
+def slot_chains(mm) -> dict[str, list[str]]:
+    """Per original injection point, the plane modules the graph calls there, in order:
+    the slot itself, or fossils folded in followed by the slot opened after them."""
+    chains: dict[str, list[str]] = {}
+    for node in mm.graph.nodes:
+        if node.op == "call_module" and node.target.startswith(PLANE):
+            chains.setdefault(_base_slot(mm, node.target), []).append(node.target)
+    return chains
+
+
+def host_graph(mm) -> tuple[fx.Graph, dict[str, str]]:
+    """The model's graph with each chain of plane calls collapsed into one site node.
+
+    Before:  act -> %fossil_block1 = plane.block1.seed -> %slot_block1_1 = plane.block1+1 -> pool
+    After:   act -> %plane_block1 = plane.block1                                        -> pool
+
+    Returns the graph and {site node name: injection point}. Every environment grown
+    from the same host gives the same graph, whatever its seeds.
+    """
+    graph = copy.deepcopy(mm.graph)
+    chains: dict[str, list[fx.Node]] = {}
+    for node in graph.nodes:
+        if node.op == "call_module" and node.target.startswith(PLANE):
+            chains.setdefault(_base_slot(mm, node.target), []).append(node)
+    sites = {}
+    for base, nodes in chains.items():
+        with graph.inserting_before(nodes[0]):
+            site = graph.call_module(PLANE + module_key(base), (nodes[0].args[0],))
+        nodes[-1].replace_all_uses_with(site)
+        for node in reversed(nodes):
+            graph.erase_node(node)
+        sites[site.name] = base
+    return graph, sites
+
+
+def batching_problem(envs) -> str | None:
+    """Why these (reset) environments cannot be trained together, or None if they can."""
+    models = [env.mm for env in envs]
+    if any(mm.kind != "fx" for mm in models):
+        return "the host is woven in with hooks (torch.fx could not trace it), so there is no graph to cut at the slots"
+    if len({env.device for env in envs}) > 1:
+        return "the environments are on different devices"
+    for name in SAME_SETTINGS:
+        if len({getattr(env.cfg, name) for env in envs}) > 1:
+            return f"the environments train with different {name}"
+    if envs[0].cfg.precision == "bf16" and envs[0].device.type == "cuda" and any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in models[0].host.modules()
+    ):
+        # torch's vmap rule for BatchNorm's backward wants the fp32 running statistics in
+        # the bf16 of autocast's activations (torch 2.11 and 2.14 alike).
+        return "BatchNorm under bf16 autocast has no vmap rule for its backward pass; use fp32"
+    shapes = {str(host_graph(mm)[0]) + repr([(n, p.shape) for n, p in mm.host.named_parameters()]) for mm in models}
+    if len(shapes) > 1:
+        return "the hosts differ in architecture"
+    return None
+
+
+class StackedHosts:
+    """K models' host layers as one vmapped module; see the module docstring."""
+
+    def __init__(self, models: Sequence):
+        self.models = list(models)
+        graph, site_nodes = host_graph(self.models[0])
+        root = fx.GraphModule(self.models[0], graph)
+        count, part, self.sites = 0, {}, {}
+        for node in graph.nodes:
+            if node.name in site_nodes:
+                part[node.name] = 2 * count + 1
+                self.sites[f"submod_{2 * count + 1}"] = site_nodes[node.name]
+                count += 1
+            else:
+                part[node.name] = 2 * count
+        self.top = split_module(root, self.models[0], lambda node: part[node.name], keep_original_order=True)
+        self.segments = {name: mod for name, mod in self.top.named_children() if name not in self.sites}
+        # split_module may rename submodules ('block1.0' -> 'block1_0') but shares their
+        # tensors: each segment's own names map to the model's by identity.
+        names = {id(t): n for n, t in [*self.models[0].named_parameters(), *self.models[0].named_buffers()]}
+        self.names = {
+            seg: {own: names[id(t)] for own, t in [*mod.named_parameters(), *mod.named_buffers()]}
+            for seg, mod in self.segments.items()
+        }
+        self.param_names = sorted({names[id(t)] for mod in self.segments.values() for _, t in mod.named_parameters()})
+        self.buffer_names = sorted({names[id(t)] for mod in self.segments.values() for _, t in mod.named_buffers()})
+        self.chains = [
+            {base: [mm.get_submodule(t) for t in targets] for base, targets in slot_chains(mm).items()} for mm in self.models
+        ]
+        with torch.no_grad():
+            self.params = {n: torch.stack([mm.get_parameter(n) for mm in self.models]).requires_grad_() for n in self.param_names}
+            self.buffers = {n: torch.stack([mm.get_buffer(n) for mm in self.models]) for n in self.buffer_names}
+
+    def __call__(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
+        """The K models' outputs (K, ...) for inputs x (K, ...), or one x for all if `shared`."""
+        values: dict[str, object] = {}
+        unbatched = {id(x)} if shared else set()
+        for node in self.top.graph.nodes:
+            if node.op == "placeholder":
+                values[node.name] = x
+            elif node.op == "output":
+                return fx.node.map_arg(node.args[0], lambda n: values[n.name])
+            elif node.op == "call_module" and node.target in self.sites:
+                values[node.name] = self._site(self.sites[node.target], values[node.args[0].name], id(values[node.args[0].name]) in unbatched)
+            elif node.op == "call_module":
+                args = fx.node.map_arg(node.args, lambda n: values[n.name])
+                values[node.name] = self._segment(node.target, args, unbatched)
+            else:  # getitem on a segment's tuple of outputs
+                args = fx.node.map_arg(node.args, lambda n: values[n.name])
+                values[node.name] = node.target(*args)
+        raise RuntimeError("the split graph has no output")
+
+    def _segment(self, name: str, args: tuple, unbatched: set) -> object:
+        module = self.segments[name]
+        names = self.names[name]
+        params = {own: self.params[names[own]] for own, _ in module.named_parameters()}
+        buffers = {own: self.buffers[names[own]] for own, _ in module.named_buffers()}
+        dims = tuple(0 if isinstance(a, torch.Tensor) and id(a) not in unbatched else None for a in args)
+
+        def call(p, b, *a):
+            return functional_call(module, (p, b), a)
+
+        return vmap(call, in_dims=(0, 0, *dims), randomness="different")(params, buffers, *args)
+
+    def _site(self, base: str, h: torch.Tensor, unbatched: bool) -> torch.Tensor:
+        slices = [h if unbatched else h[k] for k in range(len(self.models))]
+        outs = []
+        for chain, piece in zip(self.chains, slices):
+            for module in chain[base]:
+                piece = module(piece)
+            outs.append(piece)
+        if not unbatched and all(o is s for o, s in zip(outs, slices)):
+            return h  # every slot passed its slice through: no copy
+        return torch.stack([o.to(h.dtype) for o in outs])  # a seed may answer autocast with another dtype
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        """Copy the trained stacked parameters and buffers into each model."""
+        for k, mm in enumerate(self.models):
+            for n in self.param_names:
+                mm.get_parameter(n).copy_(self.params[n][k])
+            for n in self.buffer_names:
+                mm.get_buffer(n).copy_(self.buffers[n][k])
+
+
+def _stacked_optimizer(envs, hosts: StackedHosts) -> torch.optim.Optimizer:
+    """An optimizer of the environments' kind over the stacked host parameters, its state
+    stacked from theirs (host parameters are all in each optimizer's first group)."""
+    first = envs[0].optimizer
+    accepted = inspect.signature(type(first)).parameters
+    group = first.param_groups[0]
+    opt = type(first)([hosts.params[n] for n in hosts.param_names], **{k: v for k, v in group.items() if k in accepted and k != "params"})
+    for n in hosts.param_names:
+        states = [env.optimizer.state.get(env.mm.get_parameter(n)) for env in envs]
+        if states[0]:
+            opt.state[hosts.params[n]] = {
+                key: torch.stack([s[key] for s in states]) if _per_element(v) else _copy(v) for key, v in states[0].items()
+            }
+    return opt
+
+
+def _unstack_optimizer(opt: torch.optim.Optimizer, envs, hosts: StackedHosts) -> None:
+    for n in hosts.param_names:
+        state = opt.state.get(hosts.params[n])
+        if not state:
+            continue
+        for k, env in enumerate(envs):
+            p = env.mm.get_parameter(n)
+            env.optimizer.state[p] = {key: v[k].clone() if _per_element(v) else _copy(v) for key, v in state.items()}
+
+
+def _per_element(v) -> bool:
+    return isinstance(v, torch.Tensor) and v.dim() > 0
+
+
+def _copy(v):
+    return v.clone() if isinstance(v, torch.Tensor) else v
+
+
+def guard_together(envs) -> None:
+    """Every environment's plane.guard(), with one read of the device for all of them."""
+    checks = [env.plane.health() for env in envs]
+    if not any(live for live, _ in checks):
+        return  # nothing to read
+    flags = torch.cat([health for _, health in checks]).tolist()
+    for env, (live, _) in zip(envs, checks):
+        env.trainer.guard_culls += env.plane.cull_unhealthy(live, flags[: len(live)])
+        flags = flags[len(live) :]
+
+
+def train_together(envs, chunks: Sequence[Iterator]) -> list[tuple[float | None, float | None, int]]:
+    """Train the K environments' chunks as one (they must hold the same number of equally
+    sized batches); returns each environment's (mean loss, accuracy, images)."""
+    hosts = StackedHosts([env.mm for env in envs])
+    opt = _stacked_optimizer(envs, hosts)
+    k = len(envs)
+    device = envs[0].device
+    loss_sum = torch.zeros(k, device=device)
+    correct = torch.zeros(k, device=device, dtype=torch.long)
+    seen = 0
+    for batches in zip(*chunks):
+        x = torch.stack([b[0] for b in batches])
+        y = torch.stack([b[1] for b in batches])
+        for env in envs:
+            env.trainer.schedule_lr()
+            env.optimizer.zero_grad(set_to_none=True)
+        opt.param_groups[0]["lr"] = envs[0].optimizer.param_groups[0]["lr"]
+        opt.zero_grad(set_to_none=True)
+        with envs[0].trainer.autocast():
+            out = hosts(x)
+        losses = F.cross_entropy(out.float().flatten(0, 1), y.flatten(), reduction="none").view(k, -1).mean(1)
+        losses.sum().backward()
+        guard_together(envs)
+        opt.step()
+        for env in envs:
+            env.optimizer.step()
+        loss_sum += losses.detach() * y.shape[1]
+        correct += (out.detach().argmax(-1) == y).sum(1)
+        seen += y.shape[1]
+    if any(next(chunk, None) is not None for chunk in chunks):
+        raise RuntimeError("environments trained together must have chunks of the same length")
+    hosts.write_back()
+    _unstack_optimizer(opt, envs, hosts)
+    if not seen:
+        return [(None, None, 0)] * k
+    losses, accs = (loss_sum / seen).tolist(), (correct.double() / seen).tolist()
+    return [(loss, acc, seen) for loss, acc in zip(losses, accs)]
+
+
+def step_together(envs, edits: Sequence[Edit]) -> list:
+    """GrowthEnv.step for K environments at once: the edits, one batched training chunk,
+    then each environment's evaluation, reward and observation."""
+    logged = [env.apply(edit) for env, edit in zip(envs, edits)]
+    start = time.perf_counter()
+    trained = train_together(envs, [env.chunk() for env in envs])
+    seconds = (time.perf_counter() - start) / len(envs)
+    return [env.finish(edit, loss, acc, images, seconds) for env, edit, (loss, acc, images) in zip(envs, logged, trained)]
