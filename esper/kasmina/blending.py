@@ -7,7 +7,9 @@ Each seed owns one algorithm and one schedule length `steps`, counted in plane t
     sigmoid  alpha = (sig(k (t/steps - 1/2)) - sig(-k/2)) / (sig(k/2) - sig(-k/2)),  k = 10
     gated    alpha = (t / steps) * g(x), g a learned per-sample, per-channel gate in (0, 1)
 
-Register your own with `@register_blend("name")` on a BlendAlgorithm subclass.
+Register your own with `@register_blend("name")` on a BlendAlgorithm subclass that
+overrides `schedule(progress)`: it gets a float (telemetry) or a 0-dim tensor (the forward
+pass, so that nothing is read back from the device), and returns alpha of the same kind.
 """
 
 from __future__ import annotations
@@ -49,9 +51,10 @@ class BlendAlgorithm(nn.Module):
     def __init__(self, shape: tuple[int, ...], steps: int):
         super().__init__()
         self.steps = steps
+        # The forward pass computes alpha from this buffer on the device: no read of the
+        # device, and torch.compile sees a tensor, not a constant to recompile for. Python
+        # readers (telemetry, the lifecycle) use the `ticks` mirror.
         self.register_buffer("t", torch.zeros((), dtype=torch.long))
-        # The buffer checkpoints the schedule; this mirror lets a forward pass read it
-        # without waiting for the device.
         self.ticks = 0
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -72,12 +75,18 @@ class BlendAlgorithm(nn.Module):
             self.ticks += step
             self.t += step
 
+    def schedule(self, progress):
+        """Alpha at `progress` in [0, 1]: a float for a float, a tensor for a tensor."""
+        return progress
+
     def scheduled_alpha(self) -> float:
-        return self.progress
+        return float(self.schedule(self.progress))
 
     def alpha(self, x: torch.Tensor) -> torch.Tensor:
-        """Alpha for this batch: a 0-dim tensor, or one that broadcasts against x."""
-        return torch.full((), self.scheduled_alpha(), dtype=x.dtype, device=x.device)
+        """Alpha for this batch: a 0-dim tensor, or one that broadcasts against x.
+        Computed in float64 like the Python schedule, then rounded to x's dtype."""
+        progress = self.t.clamp(max=self.steps).to(torch.float64) / self.steps
+        return self.schedule(progress).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"steps={self.steps}"
@@ -92,10 +101,11 @@ class LinearBlend(BlendAlgorithm):
 class SigmoidBlend(BlendAlgorithm):
     sharpness = 10.0
 
-    def scheduled_alpha(self) -> float:
+    def schedule(self, progress):
         k = self.sharpness
         lo, hi = _sig(-k / 2), _sig(k / 2)
-        return (_sig(k * (self.progress - 0.5)) - lo) / (hi - lo)
+        s = torch.sigmoid(k * (progress - 0.5)) if isinstance(progress, torch.Tensor) else _sig(k * (progress - 0.5))
+        return (s - lo) / (hi - lo)
 
 
 class ChannelGate(nn.Module):
@@ -131,7 +141,7 @@ class GatedBlend(BlendAlgorithm):
         self.gate = ChannelGate(shape)
 
     def alpha(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scheduled_alpha() * self.gate(x).to(x.dtype)
+        return super().alpha(x) * self.gate(x).to(x.dtype)
 
 
 class GatedResidual(nn.Module):

@@ -51,8 +51,6 @@ def instrument(
     chosen = select_points(points, max_slots=max_slots, spec=spec)
     mm = MorphogeneticModel(model, chosen, result.kind, result.graph if result.kind == "fx" else None, spec_for(chosen, points))
     mm.candidates = points
-    mm.leaves = result.leaves
-    mm.fx_failure = result.fx_failure
     mm.example_inputs = args
     if not _same_outputs(model, mm, args):
         if result.kind == "fx":

@@ -21,7 +21,7 @@ import torch.fx as fx
 from torch import nn
 
 from esper.graph import InjectionPoint
-from esper.graph.rewrite import fold_slot, insert_slot_calls, open_slot_after, slot_nodes
+from esper.graph.rewrite import fold_slot, insert_slot_calls, open_slot_after
 from esper.kasmina.plane import KasminaPlane, module_key
 from esper.leyline import Edit, Op, SeedStage, TraceError
 
@@ -117,9 +117,6 @@ class MorphogeneticModel(nn.Module):
     @property
     def code(self) -> str:
         return self._gm.code if self.kind == "fx" else ""
-
-    def slot_nodes(self) -> dict[str, fx.Node]:
-        return slot_nodes(self._graph) if self.kind == "fx" else {}
 
     def _first_tensor(self) -> torch.Tensor | None:
         """Where new seeds live: the device and dtype of the host's first parameter."""

@@ -56,9 +56,10 @@ class SeedSlot(nn.Module):
 
     # ---- forward -------------------------------------------------------------------
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if self._calls % STATS_EVERY == 0 and not _tracing():
-            self._sample(h)
-        self._calls += 1
+        if not _tracing():  # Python counters would make torch.compile recompile every call
+            if self._calls % STATS_EVERY == 0:
+                self._sample(h)
+            self._calls += 1
         stage = self.stage
         if stage is S.DORMANT or stage is S.GERMINATED or stage is S.CULLED or self.ablated:
             return h
@@ -169,10 +170,6 @@ class SeedSlot(nn.Module):
         if self.stage is S.BLENDING:
             return self.blend.scheduled_alpha()
         return 0.0
-
-    @property
-    def blend_done(self) -> bool:
-        return self.stage is S.BLENDING and self.blend.done
 
     def seed_parameters(self) -> list[nn.Parameter]:
         mods = [m for m in (self.seed, self.blend) if m is not None]

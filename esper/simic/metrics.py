@@ -107,14 +107,13 @@ class MetricsWriter:
         self.path = self.run_dir / JSONL_NAME
         self._file = open(self.path, "a")
         self.tb = None
-        self.tensorboard_error = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=purge_step)
-            except Exception as e:  # tensorboard not installed, or unusable
-                self.tensorboard_error = f"{type(e).__name__}: {e}"
+            except Exception:  # tensorboard not installed, or unusable: the JSONL still holds everything
+                pass
 
     def write(self, kind: str, record: dict, step: int | None = None) -> dict:
         """Append one record of this kind; its numbers go to TensorBoard under kind/ at `step`."""
@@ -126,15 +125,6 @@ class MetricsWriter:
             for name, value in numbers.items():
                 self.tb.add_scalar(f"{kind}/{name}", value, step)
         return full
-
-    def text(self, tag: str, text: str, step: int = 0) -> None:
-        if self.tb is not None:
-            self.tb.add_text(tag, text, step)
-
-    def flush(self) -> None:
-        self._file.flush()
-        if self.tb is not None:
-            self.tb.flush()
 
     def close(self) -> None:
         self._file.close()

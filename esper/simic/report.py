@@ -158,7 +158,7 @@ def _grow_table(summary: dict) -> list[str]:
     lines = ["| | grown | host alone |", "| --- | --- | --- |"]
     base = summary.get("baseline", {})
 
-    def fmt(v, pct=False):
+    def fmt(v):
         return "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
     lines.append(f"| final validation accuracy | {fmt(summary.get('val_acc'))} | {fmt(base.get('val_acc'))} |")

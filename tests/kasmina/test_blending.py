@@ -69,8 +69,8 @@ def test_a_registered_blend_runs_in_a_slot(monkeypatch):
 
     @register_blend("quadratic")
     class Quadratic(BlendAlgorithm):
-        def scheduled_alpha(self):
-            return self.progress**2
+        def schedule(self, progress):  # a float for telemetry, a device tensor in the forward pass
+            return progress**2
 
     assert "quadratic" in blending.blend_names()
     torch.manual_seed(0)
