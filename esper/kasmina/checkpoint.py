@@ -48,10 +48,10 @@ def save(mm: MorphogeneticModel, path: str | Path, example_inputs=None) -> Path:
     tmp = path / (TENSORS + ".tmp")
     save_file(tensors, str(tmp))
     digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    examples = example_inputs if example_inputs is not None else getattr(mm, "example_inputs", ())
+    examples = example_inputs if example_inputs is not None else mm.example_inputs
     manifest = {
         "format": FORMAT,
-        "host": {"class": f"{type(mm.host).__module__}:{type(mm.host).__qualname__}", "factory": host_factory_of(mm.host, getattr(mm, "host_factory", None))},
+        "host": {"class": f"{type(mm.host).__module__}:{type(mm.host).__qualname__}", "factory": host_factory_of(mm.host, mm.host_factory)},
         "trace": mm.kind,
         "example_inputs": [{"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")} for t in examples],
         "spec": mm.spec,

@@ -23,7 +23,19 @@ from torch import nn
 from esper.graph import InjectionPoint
 from esper.graph.rewrite import fold_slot, insert_slot_calls, open_slot_after
 from esper.kasmina.plane import KasminaPlane, module_key
-from esper.leyline import Edit, Op, SeedStage, TraceError
+from esper.leyline import TraceError
+
+
+# What the model forwards to its host: what HuggingFace's and Lightning's trainers read from
+# the model they train (README, "Grow in your own loop"). A name outside this set is an
+# AttributeError, so that a typo does not quietly read a host attribute.
+HOST_ATTRIBUTES = frozenset({
+    "config", "generation_config", "main_input_name", "name_or_path", "num_parameters", "can_generate",
+    "device", "dtype", "loss_type", "accepts_loss_kwargs", "tp_size", "_tp_size", "is_distributed_loading_by_transformers",
+    "hf_device_map", "hf_quantizer", "is_quantized", "quantization_method", "is_loaded_in_8bit", "is_loaded_in_4bit",
+    "supports_gradient_checkpointing", "is_gradient_checkpointing", "_keys_to_ignore_on_save", "_is_accelerate_prepared",
+    "_is_replica",
+})
 
 
 class MorphogeneticModel(nn.Module):
@@ -37,15 +49,22 @@ class MorphogeneticModel(nn.Module):
             self.register_parameter(name, p)
         for name, b in host._buffers.items():
             self.register_buffer(name, b, persistent=name not in host._non_persistent_buffers_set)
-        self.plane = KasminaPlane([(p.id, p.shape) for p in points])
+        self.plane = KasminaPlane([(p.id, p.shape) for p in points], graph_host=self)
         object.__setattr__(self, "_host", host)
         object.__setattr__(self, "_hooks", [])
         self.kind = kind
         self.spec = spec
         self.points = {p.id: p for p in points}
         self.training = host.training
-        self.plane._anchor = self._first_tensor
-        self.plane._listeners.append(self._on_edit)
+        # Set by esper.instrument and esper.load: every injection point found, the inputs
+        # it traced with, and the host's factory (for checkpoints).
+        self.candidates: list[InjectionPoint] = list(points)
+        self.example_inputs: tuple = ()
+        self.host_factory: str | None = None
+        # Plain attributes of the host that its traced graph reads (get_attr of an unregistered tensor).
+        object.__setattr__(self, "_graph_constants", {
+            n.target.split(".")[0] for n in (graph.nodes if graph is not None else ()) if n.op == "get_attr"
+        })
         if kind == "fx":
             object.__setattr__(self, "_graph", insert_slot_calls(copy.deepcopy(graph), points, lambda p: f"plane.{module_key(p.id)}"))
             self._recompile()
@@ -70,25 +89,24 @@ class MorphogeneticModel(nn.Module):
         handle = module.register_forward_hook(functools.partial(_route, self.plane, slot_ids))
         self._hooks.append((module_path, slot_ids, handle))
 
-    # ---- graph edits ----------------------------------------------------------------------
-    def _on_edit(self, edit: Edit) -> None:
-        """A fossil is folded into the graph, and a fresh dormant slot opens just after it,
-        so the region can keep growing."""
-        if edit.op not in (Op.FOSSILIZE, Op.ADVANCE) or self.plane.slot(edit.slot).stage is not SeedStage.FOSSILIZED:
-            return
-        old = self.points[edit.slot]
-        new_id = _next_id(edit.slot, self.points)
-        new = InjectionPoint(new_id, old.node, old.module, old.modules, old.shape, old.depth, old.index)
-        self.points[new_id] = new
-        self.plane.add_slot(new_id, old.shape, after=edit.slot)
+    # ---- graph edits (the plane's GraphHost) ------------------------------------------------
+    def fold_fossil(self, slot_id: str) -> str:
+        """The fossil in `slot_id` becomes part of the forward pass (fx: `fold_slot`
+        replaces the slot's call with its seed's), and a fresh dormant slot opens just after
+        it (`open_slot_after`), so the region can keep growing. Returns the new slot's id."""
+        old = self.points[slot_id]
+        new_id = _next_id(slot_id, self.points)
+        self.points[new_id] = InjectionPoint(new_id, old.node, old.module, old.modules, old.shape, old.depth, old.index)
+        self.plane.add_slot(new_id, old.shape, after=slot_id)
         if self.kind == "fx":
-            node = fold_slot(self._graph, edit.slot, f"plane.{module_key(edit.slot)}.seed")
+            node = fold_slot(self._graph, slot_id, f"plane.{module_key(slot_id)}.seed")
             open_slot_after(self._graph, node, new_id, f"plane.{module_key(new_id)}")
             self._recompile()
         else:
-            for path, ids, _ in self._hooks:
-                if edit.slot in ids:
-                    ids.insert(ids.index(edit.slot) + 1, new_id)
+            for _, ids, _ in self._hooks:
+                if slot_id in ids:
+                    ids.insert(ids.index(slot_id) + 1, new_id)
+        return new_id
 
     # ---- nn.Module plumbing -------------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -101,8 +119,10 @@ class MorphogeneticModel(nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             host = self.__dict__.get("_host")
-            if host is None:
-                raise
+            if host is None or not (name in HOST_ATTRIBUTES or name in self.__dict__.get("_graph_constants", ())):
+                raise AttributeError(
+                    f"{type(self).__name__} has no attribute {name!r} (the host's own attributes are at .host.{name})"
+                ) from None
             return getattr(host, name)
 
     @property
@@ -118,7 +138,7 @@ class MorphogeneticModel(nn.Module):
     def code(self) -> str:
         return self._gm.code if self.kind == "fx" else ""
 
-    def _first_tensor(self) -> torch.Tensor | None:
+    def parameter_like(self) -> torch.Tensor | None:
         """Where new seeds live: the device and dtype of the host's first parameter."""
         for t in self._host.parameters():
             return t

@@ -4,6 +4,11 @@ Every lifecycle decision, by hand or by Tamiyo, is an `Edit` applied through
 `plane.apply`, which validates it against the Leyline transition table, performs it,
 and appends it (with the plane's tick count) to `plane.edits`.
 
+The plane changes slots; the model it is woven into (`GraphHost`, a
+MorphogeneticModel) changes the forward pass. One edit crosses between them: a seed that
+reaches FOSSILIZED is handed to `graph_host.fold_fossil(slot_id)`, which folds it into
+the model's graph and opens a fresh dormant slot after it (`plane.add_slot`).
+
 Time: `plane.step()` is one tick. Blend schedules (`steps=N` at germination), epochs in
 stage and cull cooldowns count ticks. Call it once per epoch (what `esper train` does)
 or once per optimizer step, and size `steps` to match.
@@ -13,9 +18,9 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Callable
 from contextlib import contextmanager
 from types import MappingProxyType
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -32,16 +37,28 @@ def module_key(slot_id: str) -> str:
     return re.sub(r"\W", "_", slot_id)
 
 
+class GraphHost(Protocol):
+    """What the plane needs from the model whose forward pass it sits in."""
+
+    def parameter_like(self) -> torch.Tensor | None:
+        """A tensor whose device and dtype new seeds take (None: CPU, fp32)."""
+
+    def fold_fossil(self, slot_id: str) -> str:
+        """Make the fossil in `slot_id` part of the forward pass and open a dormant slot
+        after it (through `add_slot`); return the new slot's id."""
+
+
 class KasminaPlane(nn.Module):
-    def __init__(self, slots: list[tuple[str, tuple[int, ...]]]):
+    def __init__(self, slots: list[tuple[str, tuple[int, ...]]], graph_host: GraphHost | None = None):
         super().__init__()
         self._ids: list[str] = []
         self.edits: list[Edit] = []
         self.step_count = 0
         self._routing = 0
         self._optimizers: list[tuple[weakref.ref, dict]] = []
-        self._listeners: list[Callable[[Edit], None]] = []
-        self._anchor: Callable[[], torch.Tensor] | None = None
+        # Not a submodule (the model holds the plane, not the other way round), and a
+        # plain reference so that deepcopy and pickling carry it to the copy's model.
+        object.__setattr__(self, "graph_host", graph_host)
         for slot_id, shape in slots:
             self.add_slot(slot_id, shape)
 
@@ -83,6 +100,8 @@ class KasminaPlane(nn.Module):
         else:
             if dst is S.FOSSILIZED:
                 slot.fossilize()
+                if self.graph_host is not None:
+                    self.graph_host.fold_fossil(edit.slot)
             elif dst is S.CULLED:
                 self._detach(slot)
                 slot.cull()
@@ -93,8 +112,6 @@ class KasminaPlane(nn.Module):
 
     def _log(self, logged: Edit) -> Edit:
         self.edits.append(logged)
-        for listener in self._listeners:
-            listener(logged)
         return logged
 
     def _log_auto_cull(self, slot: SeedSlot) -> None:
@@ -196,7 +213,7 @@ class KasminaPlane(nn.Module):
 
     def _like(self) -> torch.Tensor:
         """A tensor whose device and dtype new seeds should take (the host's first parameter)."""
-        ref = self._anchor() if self._anchor is not None else None
+        ref = self.graph_host.parameter_like() if self.graph_host is not None else None
         return ref if ref is not None else torch.empty(0)
 
     @contextmanager
