@@ -38,7 +38,7 @@ from esper.simic.env import EnvConfig, GrowthEnv, reinitialized_copies, vocabula
 from esper.simic.metrics import JSONL_NAME, MetricsWriter, truncate_jsonl
 from esper.simic.rewards import RewardConfig
 from esper.simic.vectorized import RUNNERS, Rollout, VectorEnv, choose_with_actions, run_episodes, sample_with
-from esper.simic.warm_start import discounted_returns, fit_value
+from esper.simic.warm_start import discounted_returns
 from esper.tamiyo import (
     ImitationConfig,
     PPOConfig,
@@ -46,6 +46,7 @@ from esper.tamiyo import (
     TamiyoPolicy,
     agreement,
     behaviour_clone,
+    fit_value,
     health_warnings,
     make_optimizer,
     ppo_update,

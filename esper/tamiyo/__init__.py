@@ -2,7 +2,7 @@
 
 from esper.tamiyo.actions import HEADS, Action, ActionMasks, Policy, masks_for, to_edit
 from esper.tamiyo.heuristic import HeuristicPolicy
-from esper.tamiyo.imitation import ImitationConfig, agreement, behaviour_clone
+from esper.tamiyo.imitation import ImitationConfig, agreement, behaviour_clone, fit_value
 from esper.tamiyo.policy import ActionSample, TamiyoPolicy
 from esper.tamiyo.ppo import (
     PPOConfig,
@@ -31,6 +31,7 @@ __all__ = [
     "behaviour_clone",
     "compute_gae",
     "explained_variance",
+    "fit_value",
     "health_warnings",
     "make_optimizer",
     "masks_for",
