@@ -7,7 +7,9 @@ Each seed owns one algorithm and one schedule length `steps`, counted in plane t
     sigmoid  alpha = (sig(k (t/steps - 1/2)) - sig(-k/2)) / (sig(k/2) - sig(-k/2)),  k = 10
     gated    alpha = (t / steps) * g(x), g a learned per-sample, per-channel gate in (0, 1)
 
-Register your own with `@register_blend("name")` on a BlendAlgorithm subclass.
+Register your own with `@register_blend("name")` on a BlendAlgorithm subclass. A blend is
+causal-safe (`causal = True`) when alpha at position t reads nothing after t; `gated`
+is not, since its gate pools x over the whole sequence, so a causal host refuses it.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ def register_blend(name: str):
     return wrap
 
 
-def blend_names() -> list[str]:
-    return list(_BLENDS)
+def blend_names(causal: bool = False) -> list[str]:
+    """Registered blends, in registration order; with `causal`, only the causal-safe ones."""
+    return [name for name, cls in _BLENDS.items() if cls.causal or not causal]
 
 
 def build_blend(name: str, shape: tuple[int, ...], steps: int) -> "BlendAlgorithm":
@@ -45,6 +48,7 @@ class BlendAlgorithm(nn.Module):
     """A schedule over ticks; subclasses shape alpha. State lives in buffers, so it checkpoints."""
 
     name = "base"
+    causal = True  # a schedule alone reads no position of x
 
     def __init__(self, shape: tuple[int, ...], steps: int):
         super().__init__()
@@ -116,6 +120,8 @@ class ChannelGate(nn.Module):
 class GatedBlend(BlendAlgorithm):
     """A learned gate scales the linear schedule; it reads the detached host activation
     and learns from the task loss through alpha."""
+
+    causal = False
 
     def __init__(self, shape: tuple[int, ...], steps: int):
         super().__init__(shape, steps)

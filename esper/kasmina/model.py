@@ -37,7 +37,7 @@ class MorphogeneticModel(nn.Module):
             self.register_parameter(name, p)
         for name, b in host._buffers.items():
             self.register_buffer(name, b, persistent=name not in host._non_persistent_buffers_set)
-        self.plane = KasminaPlane([(p.id, p.shape) for p in points])
+        self.plane = KasminaPlane([(p.id, p.shape) for p in points], causal=bool(spec.get("causal")))
         object.__setattr__(self, "_host", host)
         object.__setattr__(self, "_hooks", [])
         self.kind = kind
