@@ -35,7 +35,6 @@ from itertools import islice
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from esper.kasmina.blending import blend_names
@@ -45,6 +44,7 @@ from esper.leyline import Edit, Observation, Op, SeedStage
 from esper.simic.features import TrainingSignals, build_observation, probe_accuracy, seed_contributions
 from esper.simic.report import timeline_row
 from esper.simic.rewards import RewardBreakdown, RewardConfig, RewardState, compute_reward
+from esper.simic.tasks import task_for
 
 S = SeedStage
 
@@ -128,7 +128,8 @@ def vocabulary(blueprints: list[str] | None = None, blends: list[str] | None = N
 
 class GrowthEnv:
     """One environment. `host_factory()` must return a fresh host on every call; `data`
-    has `.train`, `.val` (TensorData) and `.num_classes` (esper.simic.data.DataSplits)."""
+    has `.train`, `.val` (TensorData) and `.num_classes` (esper.simic.data.DataSplits).
+    The targets choose the task (esper.simic.tasks): class ids, or next tokens."""
 
     def __init__(
         self,
@@ -147,7 +148,7 @@ class GrowthEnv:
         self.cfg = cfg or EnvConfig()
         self.reward_cfg = reward or RewardConfig()
         self.blueprints, self.blends = vocabulary(blueprints, blends)
-        self.ranks = blueprint_ranks()
+        self.task = task_for(data.train.y)
         self.device = torch.device(device)
         example = example_input if example_input is not None else data.train.x[:2]
         self.example = example.to(self.device)
@@ -188,14 +189,7 @@ class GrowthEnv:
             host = self.host_factory().to(self.device)
             self.mm = instrument(host, (self.example,), max_slots=cfg.max_slots)
             with torch.no_grad():
-                out = self.mm(self.example)
-            classes = out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() == 2 else None
-            if classes != self.data.num_classes:
-                raise ValueError(
-                    f"the host outputs {tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__} "
-                    f"for a batch, but the data has {self.data.num_classes} classes: a classifier with "
-                    f"{self.data.num_classes} outputs is needed"
-                )
+                self.task.check_output(self.mm(self.example), self.example, self.data)
             self._fossilize_static()
             if cfg.channels_last:
                 self.mm.to(memory_format=torch.channels_last)
@@ -326,7 +320,7 @@ class GrowthEnv:
         return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, nesterov=c.momentum > 0, weight_decay=c.weight_decay)
 
     def _train_chunk(self) -> tuple[float, float, int]:
-        """Train the next 1/decisions_per_epoch of the epoch; returns loss, accuracy, images."""
+        """Train the next 1/decisions_per_epoch of the epoch; returns loss, accuracy, examples."""
         k = self.cfg.decisions_per_epoch
         part = self.t % k
         if part == 0:
@@ -338,22 +332,22 @@ class GrowthEnv:
         self.mm.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
+        seen = predictions = 0
         for x, y in islice(self._batches, count):
             x, y = self._place(x), y.to(self.device, non_blocking=True)
             self._schedule_lr()
             self.optimizer.zero_grad(set_to_none=True)
-            out = self.mm(x)
-            loss = F.cross_entropy(out, y)
-            loss.backward()
+            score = self.task.score(self.mm(x), y)
+            score.loss.backward()
             self.guard_culls += self.plane.guard()
             self.optimizer.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (out.detach().argmax(-1) == y).sum()
+            loss_sum += score.loss.detach() * score.count
+            correct += score.correct
+            predictions += score.count
             seen += len(y)
-        if seen == 0:
-            return self.now["train_loss"], self.now["train_acc"], 0
-        return float(loss_sum) / seen, float(correct) / seen, seen
+        if predictions == 0:
+            return self.now["train_loss"], self.now["train_acc"], seen
+        return float(loss_sum) / predictions, float(correct) / predictions, seen
 
     def _place(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
@@ -374,15 +368,15 @@ class GrowthEnv:
 
     @torch.no_grad()
     def evaluate(self, split) -> tuple[float, float]:
-        """Loss and accuracy (a fraction) of the current model on a TensorData split."""
+        """Loss and accuracy (a fraction) per prediction of the current model on a TensorData split."""
         self.mm.eval()
         loss_sum, correct, seen = 0.0, 0, 0
         for x, y in split.batches(self.cfg.eval_batch_size, shuffle=False):
             x, y = self._place(x), y.to(self.device, non_blocking=True)
-            out = self.mm(x)
-            loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
-            correct += int((out.argmax(-1) == y).sum())
-            seen += len(y)
+            score = self.task.score(self.mm(x), y)
+            loss_sum += float(score.loss) * score.count
+            correct += int(score.correct)
+            seen += score.count
         self.mm.train()
         return loss_sum / max(seen, 1), correct / max(seen, 1)
 
@@ -408,4 +402,6 @@ class GrowthEnv:
             val_loss_history=list(h["val_loss"]),
             val_acc_history=list(h["val_acc"]),
         )
-        return build_observation(telemetry, signals, self.contributions, self.blueprints, self.ranks, self.blends)
+        causal = self.plane.causal  # on a causal host only causal-safe seeds are offered
+        return build_observation(telemetry, signals, self.contributions, self.blueprints, blueprint_ranks(causal),
+                                 self.blends, usable_blends=blend_names(causal))
