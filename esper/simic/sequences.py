@@ -105,8 +105,9 @@ def recall(seed: int, context: int, n_train: int, n_test: int, val_fraction: flo
 
         k1 v1 k2 v2 ... kP vP  q1 a1 ... qP aP      y = a_j after q_j, IGNORE elsewhere
 
-    TinyGPT (64 wide, 4 blocks) trained for 4 epochs on 5,400 sequences of 32 tokens
-    reaches 4% validation accuracy: it underfits. Deterministic given seed.
+    Measured with seed 0: TinyGPT (64 wide, 4 blocks, AdamW 2e-3, batch 128) trained for 4
+    epochs on 5,400 sequences of 32 tokens (P = 8) reaches 15% validation accuracy, just
+    above copying (12.5%) and far from looking up (100%): it underfits. Deterministic given seed.
     """
     if context % 4 or not 8 <= context <= 4 * RECALL_KEYS:
         raise DataError(f"seq-synthetic needs a context that is a multiple of 4 between 8 and {4 * RECALL_KEYS}, got {context}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 
 import pytest
 import torch
@@ -53,6 +55,16 @@ def test_grow_on_text_reports_bits_per_character_and_exports_any_length(corpus, 
     program = torch.export.load(str(pt2)).module()
     for batch, length in ((1, 5), (3, 16), (2, 40)):
         assert program(torch.randint(0, 50, (batch, length))).shape == (batch, length, 256)
+
+
+def test_the_readme_transformer_command_runs(tmp_path, monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    command = next(c for c in re.findall(r"```bash\n(.*?)```", readme, re.S) if "tiny_gpt.py" in c and " grow " in c)
+    args = shlex.split(command)[1:]
+    args[args.index("--out") + 1] = str(tmp_path / "gpt")
+    monkeypatch.chdir(ROOT)  # the command names README.md and the example relative to the repository
+    assert main([*args, "--epochs", "1", "--limit", "64", "--context", "16", "--no-progress"]) == 0  # shortened: later options win
+    assert json.loads((tmp_path / "gpt" / "summary.json").read_text())["data"] == "README.md (characters)"
 
 
 @pytest.mark.parametrize("data, extra, needle", [
