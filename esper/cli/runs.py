@@ -15,7 +15,7 @@ from esper.leyline import EsperError
 from esper.simic import config as config_io
 from esper.simic.training import TrainConfig, load_config
 
-# Without --limit, the synthetic task is cut to this many training images, so that the
+# Without --limit, the synthetic tasks are cut to this many training examples, so that the
 # demo commands finish in minutes on a laptop CPU; real datasets are used whole.
 SYNTHETIC_LIMIT = 6000
 

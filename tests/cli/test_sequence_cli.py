@@ -57,6 +57,15 @@ def test_grow_on_text_reports_bits_per_character_and_exports_any_length(corpus, 
         assert program(torch.randint(0, 50, (batch, length))).shape == (batch, length, 256)
 
 
+@pytest.mark.parametrize("example", ["hf_gpt2.py", "hf_llama.py"])
+def test_the_huggingface_examples_grow(example, corpus, tmp_path):
+    args = ["grow", "--host", str(ROOT / "examples" / example), "--data", f"text:{corpus}", "--epochs", "1",
+            "--decisions-per-epoch", "2", "--out", str(tmp_path / "hf"), *SMALL]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "hf" / "summary.json").read_text())
+    assert summary["task"] == "next_token" and 0 < summary["test_acc"] <= 1
+
+
 def test_the_readme_transformer_command_runs(tmp_path, monkeypatch):
     readme = (ROOT / "README.md").read_text()
     command = next(c for c in re.findall(r"```bash\n(.*?)```", readme, re.S) if "tiny_gpt.py" in c and " grow " in c)
