@@ -145,12 +145,12 @@ def run(args) -> int:
     print(f"esper grow: val acc {summary['initial_val_acc']:.3f} -> {summary['val_acc']:.3f}, test acc "
           f"{summary['test_acc']:.3f}; {summary['fossilized']} seed(s) fossilized ({fossils}), "
           f"parameters +{summary['param_ratio']:.1%}; {summary['wall_seconds']:.0f}s")
-    text = summary["task"] == "next_token"
-    if text:
+    next_token = summary["task"] == "next_token"
+    if next_token:
         print(f"  test loss {summary['test_loss']:.3f} nats per {data.unit} ({loss_in_units(summary['test_loss'], data.unit)})")
     if "baseline" in summary:
         b = summary["baseline"]
-        loss = f", test loss {b['test_loss']:.3f} ({loss_in_units(b['test_loss'], data.unit)})" if text else ""
+        loss = f", test loss {b['test_loss']:.3f} ({loss_in_units(b['test_loss'], data.unit)})" if next_token else ""
         print(f"  host alone: val acc {b['val_acc']:.3f}, test acc {b['test_acc']:.3f}{loss}")
     print(f"  wrote {out / 'model'}, {out / 'edits.yaml'}, {out / metrics_io.JSONL_NAME}, {report}")
     return 0
