@@ -186,8 +186,19 @@ def section(bench: TextBenchmark, outcome: dict, arms: dict, command: str) -> st
               + ", ".join(f"{k[0].split(':')[1]} {v['val_bits']:.4f} (+{v['params_added']:,})" for k, v in bench.runs.items()
                           if k[0].startswith("static:")) + f"; host {bench.runs[('host', 0)]['val_bits']:.4f}. "
               f"The heuristic fossilized {len(grown)} seeds over {arms['heuristic']['seeds']} runs"
-              + (f" ({', '.join(sorted(set(grown)))})." if grown else ".")]
+              + (f" ({', '.join(sorted(set(grown)))})." if grown else "."), ""]
+    lines += [f"- **{arm}**: {verdict(arms[arm]['bits_vs_host'])}" for arm in ("heuristic", "static") if arms[arm]["seeds"] > 1]
     return "\n".join(lines) + "\n"
+
+
+def verdict(bits: dict) -> str:
+    """What a paired interval of test bits per character (arm minus host) says."""
+    low, high = bits["ci95"]
+    if high < 0:
+        return f"fewer bits per character than the host alone: the 95% interval [{low:+.4f}, {high:+.4f}] lies below zero."
+    if low > 0:
+        return f"more bits per character than the host alone: the 95% interval [{low:+.4f}, {high:+.4f}] lies above zero."
+    return f"no difference from the host alone that these seeds can resolve: the 95% interval [{low:+.4f}, {high:+.4f}] spans zero."
 
 
 def write(bench: TextBenchmark, outcome: dict, out: Path, command: str, prefix: str) -> tuple[Path, Path]:
