@@ -157,8 +157,9 @@ def section(bench: TextBenchmark, outcome: dict, arms: dict, command: str) -> st
     host_params = bench.runs[("host", 0)]["host_params"]
     digest = hashlib.sha256(bench.text.read_bytes()).hexdigest()[:12]
     lines = [TEXT_SECTION, "", "## TinyGPT on text", "",
-             f"Produced by `{command}` ({outcome['seconds'] / 60:.1f} minutes for the runs not already in its log; "
-             f"numbers in `evidence-text.json`). TinyGPT (dim {r.dim}, {r.depth} blocks, {host_params:,} parameters) "
+             f"Produced by `OMP_NUM_THREADS=1 {command} --threads 1`: {len(bench.runs)} runs, "
+             f"{sum(x['seconds'] for x in bench.runs.values()) / 60:.0f} minutes of one process on this project's 2-core "
+             f"machine (runs already in its log are not repeated); numbers in `evidence-text.json`. TinyGPT (dim {r.dim}, {r.depth} blocks, {host_params:,} parameters) "
              f"learns the characters of `{bench.text.name}` ({bench.text.stat().st_size:,} bytes, sha256 {digest}..., "
              f"{d.num_classes} distinct characters; torch {torch.__version__}): "
              f"{len(d.train):,} training windows of {r.context} characters (starting every {r.context // 8}), "
@@ -188,6 +189,11 @@ def section(bench: TextBenchmark, outcome: dict, arms: dict, command: str) -> st
               f"The heuristic fossilized {len(grown)} seeds over {arms['heuristic']['seeds']} runs"
               + (f" ({', '.join(sorted(set(grown)))})." if grown else "."), ""]
     lines += [f"- **{arm}**: {verdict(arms[arm]['bits_vs_host'])}" for arm in ("heuristic", "static") if arms[arm]["seeds"] > 1]
+    gain, added = arms["static"]["bits_vs_host"]["mean_diff"], mean(arms["static"]["params_added"])
+    if gain < 0 and added > 0:
+        share = arms["heuristic"]["bits_vs_host"]["mean_diff"] / gain + 0.0  # + 0.0: no "-0%"
+        lines.append(f"- **heuristic against static**: {share:.0%} of the static model's gain in bits per character, "
+                     f"with {mean(arms['heuristic']['params_added']) / added:.0%} of its added parameters.")
     return "\n".join(lines) + "\n"
 
 

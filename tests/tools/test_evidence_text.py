@@ -27,7 +27,7 @@ def test_smoke_regime_runs_pairs_by_seed_and_keeps_the_rest_of_evidence_md(tmp_p
     assert set(result["headroom"]) == {"host"} | {f"static:{b}" for b in text.BLUEPRINTS}
     md = (out / "evidence.md").read_text()
     assert md.startswith("# The CNN benchmark\n\nits table\n") and md.count("## TinyGPT on text") == 1
-    assert "`python tools/evidence_text.py --smoke`" in md and "| heuristic |" in md
+    assert "`OMP_NUM_THREADS=1 python tools/evidence_text.py --smoke --threads 1`" in md and "| heuristic |" in md
 
     assert text.main(args) == 0  # again: every run comes from the log, and the section is replaced, not repeated
     assert (out / "evidence.md").read_text().count("## TinyGPT on text") == 1
