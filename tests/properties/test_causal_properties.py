@@ -69,7 +69,7 @@ def test_a_grown_causal_host_never_sees_the_future(grown, training):
     assert leaks(mm, x) == []
 
 
-@settings(max_examples=4)
+@settings(max_examples=3)
 @given(grown_causal_models(), st.integers(2, 16))
 def test_the_exported_program_is_causal_at_any_length(tmp_path_factory, grown, length):
     mm, x = grown
