@@ -33,6 +33,10 @@ ARM_NOTES = {
 }
 
 
+# Where the section that tools/evidence_text.py writes begins; rewriting the rest keeps it.
+TEXT_SECTION = "<!-- TinyGPT on text: written by tools/evidence_text.py -->"
+
+
 def t975(df: int) -> float:
     return _T975[df - 1] if 1 <= df <= len(_T975) else 1.96
 
@@ -204,5 +208,6 @@ def write_evidence(bench, outcome: dict) -> tuple[Path, Path]:
     lines += ["", "## Plots", "", f"![Pareto]({prefix}-pareto.png)", ""]
     lines += [f"![{title}]({png})\n" for title, png in plots]
     md_path = out / f"{prefix}.md"
-    md_path.write_text("\n".join(lines) + "\n")
+    text_section = md_path.read_text().partition(TEXT_SECTION)[1:] if md_path.exists() else ("", "")
+    md_path.write_text("\n".join(lines) + "\n" + ("\n" + "".join(text_section) if text_section[0] else ""))
     return json_path, md_path

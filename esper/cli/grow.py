@@ -1,10 +1,11 @@
 """`esper grow`: grow one host with a policy and write what came of it.
 
     esper grow --policy heuristic --host examples/host_cnn.py --data synthetic --epochs 8 --out runs/demo
+    esper grow --host examples/tiny_gpt.py --data text:README.md --epochs 4 --out runs/gpt --baseline
     esper grow --policy runs/NAME/tamiyo.pt --host examples/host_cnn.py --out runs/grown   # data and settings from training
 
---policy is a trained Tamiyo (tamiyo.pt or checkpoint.pt from `esper train`), `heuristic`,
-`random`, or `wait` (never grow: the host alone). Without --host, a trained policy's host
+--policy is a trained Tamiyo (tamiyo.pt or checkpoint.pt from `esper train`), `heuristic`
+(the default), `random`, or `wait` (never grow: the host alone). Without --host, a trained policy's host
 is the model file its settings name, run only with --trust-host-code. DIR gets model/
 (esper.save: esper.load(DIR/model, host=...) or `esper export DIR/model --host MODEL.py`
 rebuild it), edits.yaml (the edit log: esper.replay rebuilds the structure), metrics.jsonl
@@ -30,7 +31,7 @@ POLICY_KINDS = ("heuristic", "random", "wait")
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--policy", required=True, help="runs/NAME/tamiyo.pt, heuristic, random, or wait (host only)")
+    p.add_argument("--policy", default="heuristic", help="runs/NAME/tamiyo.pt, heuristic (default), random, or wait (host only)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--baseline", action="store_true", help="also train the host alone, for comparison")
     p.add_argument("--trust-host-code", action="store_true",
@@ -63,7 +64,7 @@ def run(args) -> int:
     from esper.simic import config as config_io
     from esper.simic import metrics as metrics_io
     from esper.simic.env import GrowthEnv
-    from esper.simic.report import make_report
+    from esper.simic.report import loss_in_units, make_report
     from esper.simic.baselines import WaitPolicy
     from esper.simic.vectorized import VectorEnv, decide_with, place_data, run_episodes
     from esper.tamiyo import RandomPolicy
@@ -93,8 +94,9 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / metrics_io.JSONL_NAME).unlink(missing_ok=True)
     writer = metrics_io.MetricsWriter(out, tensorboard=False)
+    examples = "images" if data.unit == "image" else f"sequences of {data.train.x.shape[1]} {data.unit}s"
     print(f"esper grow: {cfg.host} with policy {args.policy}, {cfg.env.epochs} epochs on {len(data.train)} "
-          f"{data.name} images (on {where}), output in {out}")
+          f"{data.name} {examples} (on {where}), output in {out}")
 
     def grow(run_name: str, chooser_policy) -> tuple[GrowthEnv, dict]:
         env = GrowthEnv(lambda: copy.deepcopy(template), data, cfg.env, cfg.reward, blueprints=cfg.blueprints,
@@ -126,10 +128,11 @@ def run(args) -> int:
 
     env, summary = grow("grown", policy)
     summary.update(policy=args.policy, host=cfg.host, data=data.name, epochs=cfg.env.epochs, seed=cfg.seed,
-                   train_images=len(data.train))
+                   train_images=len(data.train), task=env.task.name, unit=data.unit)
     if args.baseline:
         _, base = grow("baseline", WaitPolicy())
-        summary["baseline"] = {k: base[k] for k in ("val_acc", "test_acc", "best_val_acc", "params", "wall_seconds")}
+        summary["baseline"] = {k: base[k] for k in ("val_acc", "val_loss", "test_acc", "test_loss", "best_val_acc", "params",
+                                                    "wall_seconds")}
     writer.close()
 
     esper.save(env.mm, out / "model")
@@ -142,8 +145,12 @@ def run(args) -> int:
     print(f"esper grow: val acc {summary['initial_val_acc']:.3f} -> {summary['val_acc']:.3f}, test acc "
           f"{summary['test_acc']:.3f}; {summary['fossilized']} seed(s) fossilized ({fossils}), "
           f"parameters +{summary['param_ratio']:.1%}; {summary['wall_seconds']:.0f}s")
+    next_token = summary["task"] == "next_token"
+    if next_token:
+        print(f"  test loss {summary['test_loss']:.3f} nats per {data.unit} ({loss_in_units(summary['test_loss'], data.unit)})")
     if "baseline" in summary:
         b = summary["baseline"]
-        print(f"  host alone: val acc {b['val_acc']:.3f}, test acc {b['test_acc']:.3f}")
+        loss = f", test loss {b['test_loss']:.3f} ({loss_in_units(b['test_loss'], data.unit)})" if next_token else ""
+        print(f"  host alone: val acc {b['val_acc']:.3f}, test acc {b['test_acc']:.3f}{loss}")
     print(f"  wrote {out / 'model'}, {out / 'edits.yaml'}, {out / metrics_io.JSONL_NAME}, {report}")
     return 0

@@ -11,7 +11,10 @@ import yaml
 import esper
 from esper.cli.loading import example_input
 from esper.cli.main import UsageError
+from esper.graph import load_spec
+from esper.kasmina.blending import blend_names
 from esper.kasmina.blueprints import blueprints_for, param_count
+from esper.kasmina.causality import has_sequence_axis
 from esper.kasmina.hosts import load_model_file
 from esper.leyline import InputError
 
@@ -48,10 +51,18 @@ def run(args) -> int:
         Path(out).write_text(yaml.safe_dump(mm.spec, sort_keys=False))
     if args.json:
         slots = [{k: r[k] for k in ("id", "target", "shape")} for r in rows]
-        print(json.dumps({"slots": slots, "params": mm.host_parameter_count(), "trace": mm.kind}))
+        print(json.dumps({"slots": slots, "params": mm.host_parameter_count(), "trace": mm.kind, "causal": mm.plane.causal}))
         return 0
     print(f"{type(model).__name__}: {mm.host_parameter_count():,} parameters, traced with {mm.kind}, "
           f"{len(rows)} slots of {len(mm.candidates)} candidate points")
+    how = "as the spec says" if args.spec and load_spec(args.spec).get("causal") is not None else "probed"
+    if mm.plane.causal:
+        print(f"causal along the sequence ({how}): only causal-safe blueprints ({', '.join(blueprints_for(3, causal=True))}) "
+              f"and blends ({', '.join(blend_names(causal=True))}) may grow")
+    elif has_sequence_axis(example):
+        print(f"not causal along the sequence ({how}): every blueprint may grow")
+    else:
+        print("no sequence axis in the input: every blueprint may grow")
     w_id = max(len("slot"), *(len(r["id"]) for r in rows))
     w_at = max(len("after module"), *(len(r["target"]) for r in rows))
     print(f"{'slot':<{w_id}}  {'after module':<{w_at}}  {'shape':<20}  depth")
@@ -67,6 +78,6 @@ def run(args) -> int:
 def _print_blueprint_costs(mm) -> None:
     print("\nparameters each blueprint adds at each slot:")
     for slot_id, slot in mm.plane.slots.items():
-        names = blueprints_for(len(slot.shape))
+        names = blueprints_for(len(slot.shape), causal=mm.plane.causal)
         costs = ", ".join(f"{n} {param_count(n, slot.shape):,}" for n in names)
         print(f"  {slot_id}: {costs}")

@@ -15,7 +15,7 @@ from esper.leyline import EsperError
 from esper.simic import config as config_io
 from esper.simic.training import TrainConfig, load_config
 
-# Without --limit, the synthetic task is cut to this many training images, so that the
+# Without --limit, the synthetic tasks are cut to this many training examples, so that the
 # demo commands finish in minutes on a laptop CPU; real datasets are used whole.
 SYNTHETIC_LIMIT = 6000
 
@@ -26,6 +26,7 @@ SETTINGS = {
     "data_root": "data_root",
     "download": "download",
     "limit": "limit",
+    "context": "context",
     "episodes": "episodes",
     "envs": "envs",
     "runner": "runner",
@@ -50,10 +51,13 @@ SETTINGS = {
 def add_common(p: argparse.ArgumentParser) -> None:
     """Flags both commands take. Every default is None: unset flags leave the config alone."""
     p.add_argument("--host", help="model file: build_model(), `model`, or one nn.Module class (e.g. examples/host_cnn.py)")
-    p.add_argument("--data", help="'synthetic' (default), 'cifar10', or an ImageFolder directory / .tar.gz")
+    p.add_argument("--data", help="'synthetic' (default), 'cifar10', an ImageFolder directory / .tar.gz, or a sequence "
+                   "task: 'text:PATH' (characters of a text file), 'bytes:PATH', 'seq-synthetic'")
     p.add_argument("--data-root", help="where datasets are downloaded and cached (default ~/.cache/esper)")
     p.add_argument("--download", action="store_const", const=True, help="download the dataset if it is missing")
-    p.add_argument("--limit", type=int, help=f"training images to use (default: {SYNTHETIC_LIMIT} for synthetic, all otherwise)")
+    p.add_argument("--limit", type=int, help=f"training images to use (default: {SYNTHETIC_LIMIT} for synthetic and seq-synthetic, "
+                   "all otherwise); for text, training windows")
+    p.add_argument("--context", type=int, help="tokens per sequence for sequence data (default 64)")
     p.add_argument("--epochs", type=int, help="epochs per episode (default 8)")
     p.add_argument("--decisions-per-epoch", type=int, help="growth decisions per epoch (default 1)")
     p.add_argument("--batch-size", type=int, help="host training batch size (default 128)")
@@ -80,7 +84,7 @@ def build_config(args: argparse.Namespace, base: TrainConfig | None = None) -> T
         if base is None:
             base = load_config(args.config) if getattr(args, "config", None) else TrainConfig()
         cfg = config_io.with_overrides(base, explicit_settings(args))
-        if cfg.limit is None and cfg.data == "synthetic" and "limit" not in explicit_settings(args) and not getattr(args, "config", None):
+        if cfg.limit is None and cfg.data in ("synthetic", "seq-synthetic") and "limit" not in explicit_settings(args) and not getattr(args, "config", None):
             cfg = config_io.with_overrides(cfg, {"limit": SYNTHETIC_LIMIT})
         return cfg.resolved()
     except (ValueError, FileNotFoundError, TypeError) as e:
@@ -105,7 +109,7 @@ def load_dataset(cfg: TrainConfig, progress: bool = True):
     try:
         return load_data(
             cfg.data, root=cfg.data_root, download=cfg.download, val_fraction=cfg.val_fraction,
-            seed=cfg.seed, limit=cfg.limit, device="cpu", progress=progress,
+            seed=cfg.seed, limit=cfg.limit, device="cpu", progress=progress, context=cfg.context,
         )
     except (EsperError, ValueError, FileNotFoundError, OSError) as e:
         raise UsageError(f"--data {cfg.data}: {e}") from e
@@ -119,9 +123,11 @@ def check_out_dir(path: str) -> Path:
 
 
 def check_host_fits(model: torch.nn.Module, example: torch.Tensor | None, data) -> torch.Tensor:
-    """A forward pass of the host on the data's images: it must give one logit per class.
-    Returns the example input to instrument with."""
-    if example is None or example.shape[1:] != data.train.x.shape[1:]:
+    """A forward pass of the host on the data's examples: it must give the logits the task
+    needs (one per class, or per position and token). Returns the example input to instrument with."""
+    from esper.simic.tasks import task_for
+
+    if example is None or example.shape[1:] != data.train.x.shape[1:] or example.dtype != data.train.x.dtype:
         example = data.train.x[:2].cpu()
     was_training = model.training
     model.eval()
@@ -129,11 +135,12 @@ def check_host_fits(model: torch.nn.Module, example: torch.Tensor | None, data) 
         with torch.no_grad():
             out = model(example)
     except Exception as e:
-        raise UsageError(f"the host fails on the data's images {tuple(example.shape)}: {type(e).__name__}: {e}") from e
+        what = "images" if data.unit == "image" else "token sequences"
+        raise UsageError(f"the host fails on the data's {what} {tuple(example.shape)}: {type(e).__name__}: {e}") from e
     finally:
         model.train(was_training)
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != data.num_classes:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise UsageError(f"the host outputs {shape} per batch, but {data.name} has {data.num_classes} classes: "
-                         f"esper grows classifiers with one logit per class")
+    try:
+        task_for(data.train.y).check_output(out, example, data)
+    except ValueError as e:
+        raise UsageError(f"{data.name}: {e}") from e
     return example

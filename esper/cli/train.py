@@ -64,7 +64,8 @@ def run(args) -> int:
     except ValueError as e:  # a resume whose settings differ, a host that does not fit the data
         raise UsageError(str(e)) from e
     print(f"esper train: {cfg.episodes} episodes on {cfg.envs} environments x {cfg.env.epochs} epochs, "
-          f"{len(data.train)} training images ({data.name}, on {where}), run directory {out}")
+          f"{len(data.train)} training {'images' if data.unit == 'image' else 'sequences'} ({data.name}, on {where}), "
+          f"run directory {out}")
     result = trainer.run()
     last = result["history"][-1] if result["history"] else {}
     print(f"esper train: {result['episodes']} episodes, {result['updates']} PPO updates; policy written to {out / POLICY}")

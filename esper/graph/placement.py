@@ -12,6 +12,9 @@ or filters the automatic choice:
     exclude: ["layer4"]
     names: {layer1: early}     # rename slots
     max_slots: 3
+
+Either form may say `causal: true` or `false`: whether the host is causal along its
+sequence axis, taken as given instead of probed (the resolved spec records the answer).
 """
 
 from __future__ import annotations
@@ -77,9 +80,11 @@ def check_spec(spec, where: str = "slot spec") -> dict[str, Any]:
     """`spec` itself if it is a well-formed slot spec (see the module docstring)."""
     if not isinstance(spec, dict):
         raise SpecError(f"{where} must be a mapping, not {type(spec).__name__}")
-    unknown = sorted(str(k) for k in spec if k not in ("slots", "include", "exclude", "names", "max_slots"))
+    unknown = sorted(str(k) for k in spec if k not in ("slots", "include", "exclude", "names", "max_slots", "causal"))
     if unknown:
-        raise SpecError(f"{where}: unknown keys {unknown}; a spec has slots, or include/exclude/names/max_slots")
+        raise SpecError(f"{where}: unknown keys {unknown}; a spec has slots, or include/exclude/names/max_slots, and causal")
+    if spec.get("causal") not in (None, True, False):
+        raise SpecError(f"{where}: 'causal' must be true or false, not {spec['causal']!r}")
     for key in ("include", "exclude"):
         if not _strings(spec.get(key) or []):
             raise SpecError(f"{where}: '{key}' must be a list of globs, not {spec[key]!r}")
@@ -174,9 +179,10 @@ def _renamed(p: InjectionPoint, new_id: str) -> InjectionPoint:
     return InjectionPoint(new_id, p.node, p.module, p.modules, p.shape, p.depth, p.index)
 
 
-def spec_for(points: list[InjectionPoint], original: list[InjectionPoint]) -> dict[str, Any]:
-    """The resolved spec that reproduces exactly this placement."""
+def spec_for(points: list[InjectionPoint], original: list[InjectionPoint], causal: bool = False) -> dict[str, Any]:
+    """The resolved spec that reproduces exactly this placement and causality."""
     at = {p.node: p.id for p in original}
     return {
         "slots": [{"id": p.id, "at": at[p.node], "shape": list(p.shape)} for p in points],
+        "causal": causal,
     }

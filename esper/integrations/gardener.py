@@ -30,6 +30,7 @@ from typing import Callable
 import torch
 
 from esper.integrations.schedules import SeedGroups
+from esper.kasmina.blending import blend_names
 from esper.kasmina.blueprints import blueprint_ranks
 from esper.kasmina.model import MorphogeneticModel
 from esper.leyline import Edit, Observation, SeedStage, edits_to_yaml
@@ -128,7 +129,8 @@ class Gardener:
         self.epochs = epochs
         self.policy_name = str(policy) if isinstance(policy, (str, Path)) else type(policy).__name__
         self.policy, self.blueprints, self.blends, self.blend_steps = _policy(policy, blueprints, blends, blend_steps, seed)
-        self.ranks = blueprint_ranks()
+        causal = self.plane.causal  # on a causal host only causal-safe seeds are offered
+        self.ranks, self.usable_blends = blueprint_ranks(causal), blend_names(causal)
         self.score = self._scorer(probe)
         self.plane.attach_optimizer(optimizer)
         self.groups = SeedGroups(optimizer, scheduler, seed_lr_scale)
@@ -169,7 +171,8 @@ class Gardener:
 
     def _observe(self, signals: TrainingSignals) -> Observation:
         telemetry = [slot.telemetry() for slot in self.plane.slots.values()]
-        return build_observation(telemetry, signals, self.contributions, self.blueprints, self.ranks, self.blends)
+        return build_observation(telemetry, signals, self.contributions, self.blueprints, self.ranks, self.blends,
+                                 usable_blends=self.usable_blends)
 
     def step(self, train_loss=None, train_acc=None, val_loss=None, val_acc=None) -> Edit:
         """End of an epoch: tick, measure, observe, decide, apply. Metrics are floats or

@@ -10,6 +10,8 @@ Each seed owns one algorithm and one schedule length `steps`, counted in plane t
 Register your own with `@register_blend("name")` on a BlendAlgorithm subclass that
 overrides `schedule(progress)`: it gets a float (telemetry) or a 0-dim tensor (the forward
 pass, so that nothing is read back from the device), and returns alpha of the same kind.
+A blend is causal-safe (`causal = True`) when alpha at position t reads nothing after t;
+`gated` is not, since its gate pools x over the whole sequence, so a causal host refuses it.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ def register_blend(name: str):
     return wrap
 
 
-def blend_names() -> list[str]:
-    return list(_BLENDS)
+def blend_names(causal: bool = False) -> list[str]:
+    """Registered blends, in registration order; with `causal`, only the causal-safe ones."""
+    return [name for name, cls in _BLENDS.items() if cls.causal or not causal]
 
 
 def build_blend(name: str, shape: tuple[int, ...], steps: int) -> "BlendAlgorithm":
@@ -47,6 +50,7 @@ class BlendAlgorithm(nn.Module):
     """A schedule over ticks; subclasses shape alpha. State lives in buffers, so it checkpoints."""
 
     name = "base"
+    causal = True  # a schedule alone reads no position of x
 
     def __init__(self, shape: tuple[int, ...], steps: int):
         super().__init__()
@@ -135,6 +139,8 @@ class ChannelGate(nn.Module):
 class GatedBlend(BlendAlgorithm):
     """A learned gate scales the linear schedule; it reads the detached host activation
     and learns from the task loss through alpha."""
+
+    causal = False
 
     def __init__(self, shape: tuple[int, ...], steps: int):
         super().__init__(shape, steps)

@@ -8,8 +8,14 @@ slot's activation shape: (B, C, H, W) for convolutional slots, (B, T, D) for seq
     class MyBlock(nn.Module):
         def __init__(self, shape): ...
 
+A blueprint registered with `causal=True` is causal-safe: its output at position t depends
+on its input at positions <= t only, for every t. On a causal host (`plane.causal`) only
+those may grow, since any other would let a token see the future. Unless declared, a
+blueprint is presumed unsafe.
+
 Blueprints can also be declared in YAML (`specs/blueprints.yaml` shape) with a `class:
-package.module:ClassName` entry; `load_blueprint_catalogue(path)` registers them.
+package.module:ClassName` entry (and `causal: true` if it is causal-safe);
+`load_blueprint_catalogue(path)` registers them.
 """
 
 from __future__ import annotations
@@ -29,17 +35,20 @@ class BlueprintEntry:
     rank: int
     cls: type
     description: str
+    causal: bool = False
 
 
 _REGISTRY: dict[str, dict[int, BlueprintEntry]] = {}
 
 
-def register_blueprint(name: str, ranks: tuple[int, ...], description: str = ""):
-    """Class decorator: make `cls(shape)` available as blueprint `name` for these ranks."""
+def register_blueprint(name: str, ranks: tuple[int, ...], description: str = "", causal: bool = False):
+    """Class decorator: make `cls(shape)` available as blueprint `name` for these ranks;
+    `causal` declares it causal-safe (see the module docstring)."""
 
     def wrap(cls):
         for rank in ranks:
-            _REGISTRY.setdefault(name, {})[rank] = BlueprintEntry(name, rank, cls, description or (cls.__doc__ or "").strip())
+            entry = BlueprintEntry(name, rank, cls, description or (cls.__doc__ or "").strip(), causal)
+            _REGISTRY.setdefault(name, {})[rank] = entry
         return cls
 
     return wrap
@@ -49,13 +58,14 @@ def blueprint_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def blueprints_for(rank: int) -> list[str]:
-    """Blueprints that apply to activations of this rank."""
-    return sorted(name for name, by_rank in _REGISTRY.items() if rank in by_rank)
+def blueprints_for(rank: int, causal: bool = False) -> list[str]:
+    """Blueprints that apply to activations of this rank; with `causal`, only the causal-safe ones."""
+    return sorted(name for name, by_rank in _REGISTRY.items() if rank in by_rank and (by_rank[rank].causal or not causal))
 
 
-def blueprint_ranks() -> dict[str, set[int]]:
-    return {name: set(by_rank) for name, by_rank in _REGISTRY.items()}
+def blueprint_ranks(causal: bool = False) -> dict[str, set[int]]:
+    """Blueprint name -> the activation ranks it may grow at (with `causal`: where it is causal-safe)."""
+    return {name: {r for r, e in by_rank.items() if e.causal or not causal} for name, by_rank in _REGISTRY.items()}
 
 
 def build_blueprint(name: str, shape: tuple[int, ...]) -> nn.Module:
@@ -87,7 +97,7 @@ def load_blueprint_catalogue(path: str | Path) -> list[str]:
             continue  # a built-in: its class is registered by decorator
         module_name, _, cls_name = entry["class"].partition(":")
         cls = getattr(importlib.import_module(module_name), cls_name)
-        register_blueprint(entry["name"], tuple(entry["ranks"]), entry.get("description", ""))(cls)
+        register_blueprint(entry["name"], tuple(entry["ranks"]), entry.get("description", ""), bool(entry.get("causal", False)))(cls)
         names.append(entry["name"])
     return names
 
@@ -169,7 +179,7 @@ class DepthwiseSeparable(nn.Module):
         return x + self.pointwise(self.act(self.norm(self.depthwise(x))))
 
 
-@register_blueprint("mlp", ranks=(3,))
+@register_blueprint("mlp", ranks=(3,), causal=True)
 class SequenceMLP(nn.Module):
     """Pre-norm MLP (4x expansion, GELU) with a zero-initialised output layer."""
 
@@ -212,14 +222,14 @@ class SequenceAttention(nn.Module):
         return x + self.attn(y, y, y, attn_mask=mask, need_weights=False)[0]
 
 
-@register_blueprint("causal_attention", ranks=(3,))
+@register_blueprint("causal_attention", ranks=(3,), causal=True)
 class CausalSequenceAttention(SequenceAttention):
     """Pre-norm causal self-attention (each token sees itself and earlier ones), output at zero."""
 
     causal = True
 
 
-@register_blueprint("lora", ranks=(3,))
+@register_blueprint("lora", ranks=(3,), causal=True)
 class LowRank(nn.Module):
     """Low-rank residual x + up(down(x)), rank 8 (or less for narrow streams), up at zero."""
 
@@ -234,7 +244,7 @@ class LowRank(nn.Module):
         return x + self.up(self.down(x))
 
 
-@register_blueprint("norm", ranks=(3,))
+@register_blueprint("norm", ranks=(3,), causal=True)
 class SequenceNorm(nn.Module):
     """LayerNorm added through a per-feature scale that starts at zero."""
 

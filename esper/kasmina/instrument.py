@@ -10,6 +10,7 @@ from torch import nn
 
 from esper.graph import find_injection_points, load_spec, select_points, spec_for, trace
 from esper.graph.analysis import InjectionPoint
+from esper.kasmina.causality import output_tensors, probe_causality
 from esper.kasmina.model import MorphogeneticModel
 from esper.leyline import TraceError
 
@@ -26,6 +27,10 @@ def instrument(
     The result shares the host's weights, has exactly its parameters and buffers, and
     computes exactly what it computes until a seed germinates. A real forward pass over
     `example_inputs` checks that before the model is returned.
+
+    Whether the host is causal along its sequence axis is probed (esper.kasmina.causality)
+    unless the spec says (`causal: true|false`); the answer is in `mm.spec` and
+    `mm.plane.causal`, and on a causal host only causal-safe seeds may grow.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"instrument needs an nn.Module, got {type(model).__name__}")
@@ -49,7 +54,10 @@ def instrument(
             hint="check that the model's blocks are nn.Modules and its activations are batch first",
         )
     chosen = select_points(points, max_slots=max_slots, spec=spec)
-    mm = MorphogeneticModel(model, chosen, result.kind, result.graph if result.kind == "fx" else None, spec_for(chosen, points))
+    if spec.get("causal") is None:
+        spec = {**spec, "causal": probe_causality(model, args)}
+    resolved = spec_for(chosen, points, causal=spec["causal"])
+    mm = MorphogeneticModel(model, chosen, result.kind, result.graph if result.kind == "fx" else None, resolved)
     mm.candidates = points
     mm.example_inputs = args
     if not _same_outputs(model, mm, args):
@@ -100,23 +108,13 @@ def _lead_shape(out):
     return None
 
 
-def _tensors(out) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [t for v in out.values() for t in _tensors(v)]
-    if isinstance(out, (tuple, list)):
-        return [t for v in out for t in _tensors(v)]
-    return []
-
-
 def _same_outputs(host: nn.Module, mm: MorphogeneticModel, args: tuple) -> bool:
     was = host.training
     try:
         host.eval()
         mm.eval()
         with torch.no_grad():
-            a, b = _tensors(host(*args)), _tensors(mm(*args))
+            a, b = output_tensors(host(*args)), output_tensors(mm(*args))
     finally:
         host.train(was)
         mm.train(was)

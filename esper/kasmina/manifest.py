@@ -121,7 +121,7 @@ def _check_slots(f: _Fields, slots) -> None:
         field = f"slots.{slot_id}"
         f.need(isinstance(slot_id, str), field, "must be named by a string")
         state = f.mapping(state, field, ("stage", "blueprint", "blend", "events"), optional=("steps",))
-        f.need(state["stage"] in SeedStage.__members__, f"{field}.stage", f"must be a seed stage, not {_show(state['stage'])}")
+        f.need(isinstance(state["stage"], str) and state["stage"] in SeedStage.__members__, f"{field}.stage", f"must be a seed stage, not {_show(state['stage'])}")
         f.text(state["blueprint"], f"{field}.blueprint", optional=True)
         f.text(state["blend"], f"{field}.blend", optional=True)
         events = state["events"]

@@ -49,7 +49,7 @@ class MorphogeneticModel(nn.Module):
             self.register_parameter(name, p)
         for name, b in host._buffers.items():
             self.register_buffer(name, b, persistent=name not in host._non_persistent_buffers_set)
-        self.plane = KasminaPlane([(p.id, p.shape) for p in points], graph_host=self)
+        self.plane = KasminaPlane([(p.id, p.shape) for p in points], causal=bool(spec.get("causal")), graph_host=self)
         object.__setattr__(self, "_host", host)
         object.__setattr__(self, "_hooks", [])
         self.kind = kind

@@ -9,6 +9,10 @@ MorphogeneticModel) changes the forward pass. One edit crosses between them: a s
 reaches FOSSILIZED is handed to `graph_host.fold_fossil(slot_id)`, which folds it into
 the model's graph and opens a fresh dormant slot after it (`plane.add_slot`).
 
+On a causal host (`plane.causal`, probed at instrumentation) GERMINATE refuses a
+blueprint or blend that is not causal-safe, naming the safe ones, unless the edit says
+`allow_noncausal=True`.
+
 Time: `plane.step()` is one tick. Blend schedules (`steps=N` at germination), epochs in
 stage and cull cooldowns count ticks. Call it once per epoch (what `esper train` does)
 or once per optimizer step, and size `steps` to match.
@@ -25,8 +29,10 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from esper.kasmina.blending import blend_names
+from esper.kasmina.blueprints import blueprints_for
 from esper.kasmina.slot import SeedSlot
-from esper.leyline import Edit, Op, SeedStage, target_stage
+from esper.leyline import Edit, LifecycleError, Op, SeedStage, target_stage
 
 S = SeedStage
 DEFAULT_BLEND_STEPS = 5
@@ -49,8 +55,9 @@ class GraphHost(Protocol):
 
 
 class KasminaPlane(nn.Module):
-    def __init__(self, slots: list[tuple[str, tuple[int, ...]]], graph_host: GraphHost | None = None):
+    def __init__(self, slots: list[tuple[str, tuple[int, ...]]], causal: bool = False, graph_host: GraphHost | None = None):
         super().__init__()
+        self._causal = causal
         self._ids: list[str] = []
         self.edits: list[Edit] = []
         self.step_count = 0
@@ -93,9 +100,12 @@ class KasminaPlane(nn.Module):
         slot = self.slot(edit.slot)
         dst = target_stage(edit.slot, slot.stage, edit.op)
         if dst is S.GERMINATED:
+            blend = edit.blend or "linear"
+            if not edit.allow_noncausal:
+                self._refuse_noncausal(slot, edit.blueprint, blend)
             steps = DEFAULT_BLEND_STEPS if edit.steps is None else edit.steps
-            slot.germinate(edit.blueprint, edit.blend or "linear", steps, self._like())
-            logged = Edit(Op.GERMINATE, edit.slot, edit.blueprint, edit.blend or "linear", steps, self.step_count)
+            slot.germinate(edit.blueprint, blend, steps, self._like())
+            logged = Edit(Op.GERMINATE, edit.slot, edit.blueprint, blend, steps, self.step_count, edit.allow_noncausal)
             self._attach(slot)
         else:
             if dst is S.FOSSILIZED:
@@ -118,8 +128,33 @@ class KasminaPlane(nn.Module):
         self._detach(slot)
         self._log(Edit(Op.CULL, slot.slot_id, step=self.step_count))
 
-    def germinate(self, slot_id: str, blueprint: str, blend: str = "linear", steps: int = DEFAULT_BLEND_STEPS) -> Edit:
-        return self.apply(Edit(Op.GERMINATE, slot_id, blueprint, blend, steps))
+    def germinate(
+        self, slot_id: str, blueprint: str, blend: str = "linear", steps: int = DEFAULT_BLEND_STEPS, allow_noncausal: bool = False
+    ) -> Edit:
+        return self.apply(Edit(Op.GERMINATE, slot_id, blueprint, blend, steps, allow_noncausal=allow_noncausal))
+
+    @property
+    def causal(self) -> bool:
+        """Whether the host is causal along its sequence axis (fixed at instrumentation)."""
+        return self._causal
+
+    def _refuse_noncausal(self, slot: SeedSlot, blueprint: str, blend: str) -> None:
+        """On a causal host, refuse a known blueprint or blend that would let a position see later ones."""
+        if not self._causal:
+            return
+        rank = len(slot.shape)
+        safe, safe_blends = blueprints_for(rank, causal=True), blend_names(causal=True)
+        if blueprint in blueprints_for(rank) and blueprint not in safe:
+            what = f"blueprint '{blueprint}'"
+        elif blend in blend_names() and blend not in safe_blends:
+            what = f"blend '{blend}'"
+        else:
+            return
+        raise LifecycleError(
+            slot.slot_id, slot.stage, f"germinate {what}",
+            f"the host is causal and {what} lets a position see later ones; causal-safe here: blueprints "
+            f"{', '.join(safe) or 'none'}, blends {', '.join(safe_blends)}; pass allow_noncausal=True to grow it anyway",
+        )
 
     def advance(self, slot_id: str) -> Edit:
         return self.apply(Edit(Op.ADVANCE, slot_id))
@@ -249,4 +284,4 @@ class KasminaPlane(nn.Module):
         return [slot.telemetry().to_dict() for slot in self.slots.values()]
 
     def extra_repr(self) -> str:
-        return f"slots={len(self._ids)}, step={self.step_count}"
+        return f"slots={len(self._ids)}, step={self.step_count}, causal={self._causal}"

@@ -43,7 +43,7 @@ def apply_edits(mm: MorphogeneticModel, edits: list[Edit], until_step: int | Non
             if edit.op is Op.WAIT:
                 plane.apply(edit)
             else:
-                plane.apply(Edit(edit.op, edit.slot, edit.blueprint, edit.blend, edit.steps))
+                plane.apply(Edit(edit.op, edit.slot, edit.blueprint, edit.blend, edit.steps, allow_noncausal=edit.allow_noncausal))
         except (EsperError, KeyError, ValueError) as e:
             # KeyError's str() quotes its message; args[0] is the text itself
             reason = e.args[0] if isinstance(e, KeyError) and e.args else e

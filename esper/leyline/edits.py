@@ -23,6 +23,8 @@ class Edit:
 
     `steps` is the blend schedule length in plane ticks, `step` the training step the
     edit was applied at (filled in by the plane when it logs the edit).
+    `allow_noncausal` lets GERMINATE grow a blueprint or blend that is not causal-safe on
+    a causal host, which the plane otherwise refuses; it is logged, so replay agrees.
     """
 
     op: Op
@@ -31,6 +33,7 @@ class Edit:
     blend: str | None = None
     steps: int | None = None
     step: int | None = None
+    allow_noncausal: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "op", _op(self.op))
@@ -44,9 +47,11 @@ class Edit:
             raise EditError("GERMINATE needs a blueprint")
         object.__setattr__(self, "steps", _whole(self.steps, 1, "steps (the blend schedule's length in ticks)"))
         object.__setattr__(self, "step", _whole(self.step, 0, "step (the tick the edit was applied at)"))
+        if not isinstance(self.allow_noncausal, bool):
+            raise EditError(f"allow_noncausal must be true or false, not {self.allow_noncausal!r}")
 
     def to_dict(self) -> dict:
-        d = {k: v for k, v in asdict(self).items() if v is not None}
+        d = {k: v for k, v in asdict(self).items() if v is not None and v is not False}
         d["op"] = self.op.name
         return d
 

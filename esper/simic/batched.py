@@ -41,7 +41,6 @@ from collections.abc import Iterator, Sequence
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch.func import functional_call, vmap
 from torch.fx.passes.split_module import split_module
 
@@ -254,6 +253,7 @@ def train_together(envs, chunks: Sequence[Iterator]) -> list[tuple[float | None,
     device = envs[0].device
     loss_sum = torch.zeros(k, device=device)
     correct = torch.zeros(k, device=device, dtype=torch.long)
+    count = torch.zeros(k, device=device, dtype=torch.long)
     seen = 0
     for batches in zip(*chunks):
         x = torch.stack([b[0] for b in batches])
@@ -265,14 +265,15 @@ def train_together(envs, chunks: Sequence[Iterator]) -> list[tuple[float | None,
         opt.zero_grad(set_to_none=True)
         with envs[0].trainer.autocast():
             out = hosts(x)
-        losses = F.cross_entropy(out.float().flatten(0, 1), y.flatten(), reduction="none").view(k, -1).mean(1)
-        losses.sum().backward()
+            scores = [env.task.score(out[i], y[i]) for i, env in enumerate(envs)]
+        sum(s.loss for s in scores).backward()
         guard_together(envs)
         opt.step()
         for env in envs:
             env.optimizer.step()
-        loss_sum += losses.detach() * y.shape[1]
-        correct += (out.detach().argmax(-1) == y).sum(1)
+        loss_sum += torch.stack([s.loss.detach() * s.count for s in scores])
+        correct += torch.stack([s.correct for s in scores])
+        count += torch.stack([torch.as_tensor(s.count, device=device) for s in scores])
         seen += y.shape[1]
     if any(next(chunk, None) is not None for chunk in chunks):
         raise RuntimeError("environments trained together must have chunks of the same length")
@@ -280,7 +281,7 @@ def train_together(envs, chunks: Sequence[Iterator]) -> list[tuple[float | None,
     _unstack_optimizer(opt, envs, hosts)
     if not seen:
         return [(None, None, 0)] * k
-    losses, accs = (loss_sum / seen).tolist(), (correct.double() / seen).tolist()
+    losses, accs = (loss_sum.double() / count).tolist(), (correct.double() / count).tolist()
     return [(loss, acc, seen) for loss, acc in zip(losses, accs)]
 
 

@@ -1,4 +1,6 @@
-"""The data the training code sees: normalized train/val/test tensors, batched on their own device."""
+"""The data the training code sees: normalized train/val/test tensors, batched on their own device.
+
+Images come from esper.simic.datasets, token sequences from esper.simic.sequences."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from esper.simic.datasets import ARCHIVE_SUFFIXES, DataError, RawImages, cifar10, image_archive, image_folder, synthetic
+from esper.simic.sequences import SEQUENCE_SPECS, is_sequence_spec, load_sequences
 
 __all__ = ["DataError", "DataSplits", "TensorData", "crop_flip", "load_data"]
 
@@ -17,13 +20,14 @@ __all__ = ["DataError", "DataSplits", "TensorData", "crop_flip", "load_data"]
 FOLDER_TEST_FRACTION = 0.2
 _ACCEPTED = (
     "'synthetic', 'cifar10', an ImageFolder directory (with train/ and test/ or just class folders), "
-    f"or an archive of one ({', '.join(ARCHIVE_SUFFIXES)})"
+    f"an archive of one ({', '.join(ARCHIVE_SUFFIXES)}), or a sequence task: {SEQUENCE_SPECS}"
 )
 
 
 @dataclass
 class TensorData:
-    """Images (N×3×H×W float) and labels (N int64) held whole, batched by indexing on their device."""
+    """Examples and targets held whole, batched by indexing on their device: images
+    (N×3×H×W float) and labels (N int64), or token ids (N×T int64) and next tokens (N×T)."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -46,6 +50,9 @@ class TensorData:
         shuffle draws a fresh order from generator (which must live on the data's device);
         augment applies a random 4-pixel-padded crop and horizontal flip to each image.
         """
+        if augment and self.x.dim() != 4:
+            raise DataError(f"augment crops and flips images (N×3×H×W); these examples are {tuple(self.x.shape[1:])} "
+                            "token sequences: train them without augment")
         device = self.x.device
         n = len(self)
         order = torch.randperm(n, device=device, generator=generator) if shuffle else torch.arange(n, device=device)
@@ -75,7 +82,8 @@ def crop_flip(x: torch.Tensor, pad: int = 4, generator: torch.Generator | None =
 
 @dataclass
 class DataSplits:
-    """A dataset ready to train on: train and val (carved from train, seeded) and test, for reports only."""
+    """A dataset ready to train on: train and val (carved from train, seeded) and test, for
+    reports only. For sequences num_classes is the vocabulary size, classes the token names."""
 
     train: TensorData
     val: TensorData
@@ -83,6 +91,7 @@ class DataSplits:
     num_classes: int
     classes: list[str]
     name: str
+    unit: str = "image"  # what one prediction is about: an image, or a character, byte or token
 
 
 def _stratified_pick(y: torch.Tensor, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,18 +133,25 @@ def load_data(
     limit: int | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    context: int = 64,
 ) -> DataSplits:
-    """Load a dataset by spec ('synthetic', 'cifar10', or an ImageFolder directory or archive).
+    """Load a dataset by spec ('synthetic', 'cifar10', an ImageFolder directory or archive,
+    or a sequence task: 'text:PATH', 'bytes:PATH', 'seq-synthetic').
 
     root holds downloads and decoded caches. limit caps the training pool (before the
-    validation share is carved out) and shrinks the test split in proportion. seed fixes
-    the synthetic images, the subsets and the splits. Images are normalized with the
-    train split's per-channel mean and std and placed on device.
+    validation share is carved out) and shrinks the test split in proportion; for text, it
+    caps the training windows. seed fixes the synthetic data, the subsets and the splits.
+    Images are normalized with the train split's per-channel mean and std and placed on
+    device. context is a sequence task's length in tokens.
     """
     if not 0 <= val_fraction < 1:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if limit is not None and limit < 1:
         raise DataError(f"limit must be a positive number of examples, got {limit}")
+    if is_sequence_spec(spec):
+        seq = load_sequences(spec, context=context, val_fraction=val_fraction, seed=seed, limit=limit)
+        train, val, test = (TensorData(x.to(device), y.to(device)) for x, y in (seq.parts[k] for k in ("train", "val", "test")))
+        return DataSplits(train, val, test, len(seq.classes), seq.classes, seq.name, seq.unit)
     raw, name = _raw(spec, Path(root).expanduser(), download, seed, limit, progress)
     g = torch.Generator().manual_seed(seed)
     parts = dict(raw.parts)

@@ -46,6 +46,7 @@ from esper.simic.features import TrainingSignals, build_observation, probe_accur
 from esper.simic.host_training import EnvConfig, HostTrainer
 from esper.simic.report import timeline_row
 from esper.simic.rewards import RewardBreakdown, RewardConfig, RewardState, compute_reward
+from esper.simic.tasks import task_for
 
 S = SeedStage
 
@@ -89,7 +90,8 @@ def vocabulary(blueprints: list[str] | None = None, blends: list[str] | None = N
 
 class GrowthEnv:
     """One environment. `host_factory()` must return a fresh host on every call; `data`
-    has `.train`, `.val` (TensorData) and `.num_classes` (esper.simic.data.DataSplits)."""
+    has `.train`, `.val` (TensorData) and `.num_classes` (esper.simic.data.DataSplits).
+    The targets choose the task (esper.simic.tasks): class ids, or next tokens."""
 
     def __init__(
         self,
@@ -108,7 +110,7 @@ class GrowthEnv:
         self.cfg = cfg or EnvConfig()
         self.reward_cfg = reward or RewardConfig()
         self.blueprints, self.blends = vocabulary(blueprints, blends)
-        self.ranks = blueprint_ranks()
+        self.task = task_for(data.train.y)
         self.device = torch.device(device)
         example = example_input if example_input is not None else data.train.x[:2]
         self.example = example.to(self.device)
@@ -147,19 +149,12 @@ class GrowthEnv:
             host = self.host_factory().to(self.device)
             self.mm = instrument(host, (self.example,), max_slots=cfg.max_slots)
             with torch.no_grad():
-                out = self.mm(self.example)
-            classes = out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() == 2 else None
-            if classes != self.data.num_classes:
-                raise ValueError(
-                    f"the host outputs {tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__} "
-                    f"for a batch, but the data has {self.data.num_classes} classes: a classifier with "
-                    f"{self.data.num_classes} outputs is needed"
-                )
+                self.task.check_output(self.mm(self.example), self.example, self.data)
             self._fossilize_static()
             if cfg.channels_last:
                 self.mm.to(memory_format=torch.channels_last)
             self._train_batches = max(1, math.ceil(len(self.data.train) / cfg.batch_size))
-            self.trainer = HostTrainer(self.mm, cfg, self.device, self._train_batches)
+            self.trainer = HostTrainer(self.mm, cfg, self.device, self._train_batches, self.task)
             n = min(cfg.contribution_samples, len(self.data.val))
             self._probe = (self.trainer.place(self.data.val.x[:n]), self.data.val.y[:n].to(self.device))
             self._data_gen = torch.Generator(device=self.data.train.x.device).manual_seed(seed)
@@ -189,11 +184,14 @@ class GrowthEnv:
         logged = self.apply(edit)
         with self._own_rng():
             start = time.perf_counter()
-            loss_sum, correct, seen = torch.zeros((), device=self.device), 0, 0
+            loss_sum, correct, count, seen = torch.zeros((), device=self.device), 0, 0, 0
             for x, y in self.chunk():
-                batch_loss, batch_correct = self.trainer.train_step(x, y)
-                loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(y)
-            train_loss, train_acc = (float(loss_sum) / seen, int(correct) / seen) if seen else (None, None)
+                batch_loss, batch_correct, batch_count = self.trainer.train_step(x, y)
+                loss_sum, correct, count = loss_sum + batch_loss, correct + batch_correct, count + batch_count
+                seen += len(y)
+            totals = torch.stack([torch.as_tensor(v, device=self.device).double() for v in (loss_sum, correct, count)])
+            loss_sum, correct, count = totals.tolist()  # the chunk's one read of the device
+            train_loss, train_acc = (loss_sum / count, correct / count) if count else (None, None)
             seconds = time.perf_counter() - start
         return self.finish(logged, train_loss, train_acc, seen, seconds)
 
@@ -342,4 +340,6 @@ class GrowthEnv:
             val_loss_history=list(h["val_loss"]),
             val_acc_history=list(h["val_acc"]),
         )
-        return build_observation(telemetry, signals, self.contributions, self.blueprints, self.ranks, self.blends)
+        causal = self.plane.causal  # on a causal host only causal-safe seeds are offered
+        return build_observation(telemetry, signals, self.contributions, self.blueprints, blueprint_ranks(causal),
+                                 self.blends, usable_blends=blend_names(causal))

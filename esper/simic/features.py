@@ -9,8 +9,8 @@ loss, which reads as the largest loss (a diverged run should look bad, not unkno
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -36,6 +36,7 @@ from esper.leyline.observations import (
     STAGE_FEATURES,
     WIDTH_SCALE,
 )
+from esper.simic.tasks import task_for
 
 
 @dataclass(kw_only=True)
@@ -177,10 +178,14 @@ def build_observation(
     blueprints: list[str],
     blueprint_ranks: dict[str, set[int]],
     blends: list[str],
+    usable_blends: Collection[str] | None = None,
 ) -> Observation:
     """One environment's Observation. `telemetry` lists the slots in host order;
     `contributions` maps slot -> measured contribution (missing: not measured);
-    `blueprint_ranks` maps each blueprint to the activation ranks it applies to."""
+    `blueprint_ranks` maps each blueprint to the activation ranks it may grow at and
+    `usable_blends` names the blends that may be chosen (default: all of `blends`). On a
+    causal host those are `blueprint_ranks(causal=True)` and `blend_names(causal=True)`
+    (esper.kasmina), so the masks of every policy offer causal-safe seeds only."""
     if not telemetry:
         raise ValueError("the host has no seed slots")
     if not 0 < len(blueprints) <= MAX_BLUEPRINTS or not 0 < len(blends) <= MAX_BLENDS:
@@ -205,7 +210,9 @@ def build_observation(
             op_mask[i, Op.GERMINATE] = False
             blueprint_mask[i, 0] = True  # placeholder, never used: GERMINATE is masked here
     blend_mask = torch.zeros(MAX_BLENDS, dtype=torch.bool)
-    blend_mask[: len(blends)] = True
+    blend_mask[: len(blends)] = torch.tensor([usable_blends is None or b in usable_blends for b in blends])
+    if not blend_mask.any():
+        raise ValueError(f"none of the policy's blends {blends} may be used here (usable: {sorted(usable_blends)})")
 
     return Observation(
         global_features=global_features(signals, stages),
@@ -218,13 +225,16 @@ def build_observation(
 
 
 def probe_accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    """Fraction of `x` whose argmax output is `y`, in batches, without gradients."""
-    correct = 0
+    """Fraction of the predictions on `x` that are right (class ids or next tokens, as `y`
+    says: esper.simic.tasks), in batches, without gradients."""
+    task = task_for(y)
+    correct = count = 0
     with torch.no_grad():
         for start in range(0, len(y), batch_size):
-            out = model(x[start : start + batch_size])
-            correct += int((out.argmax(-1) == y[start : start + batch_size]).sum())
-    return correct / max(len(y), 1)
+            score = task.score(model(x[start : start + batch_size]), y[start : start + batch_size])
+            correct += int(score.correct)
+            count += score.count
+    return correct / max(count, 1)
 
 
 def seed_contributions(

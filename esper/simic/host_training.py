@@ -1,8 +1,11 @@
 """HostTrainer: one instrumented model's optimizer, learning-rate schedule, training steps and evaluation.
 
-    trainer = HostTrainer(mm, cfg, device, batches_per_epoch)
-    loss_sum, correct = trainer.train_step(x, y)   # device tensors: nothing is read back
-    loss, acc = trainer.evaluate(split)            # one read per split
+    trainer = HostTrainer(mm, cfg, device, batches_per_epoch, task)
+    loss_sum, correct, count = trainer.train_step(x, y)   # device tensors: nothing is read back
+    loss, acc = trainer.evaluate(split)                   # one read per split
+
+`task` (esper.simic.tasks) scores a batch: class ids, or next tokens; loss and accuracy
+are per prediction.
 
 Every GrowthEnv owns one; the batched runner (`esper.simic.batched`) steps the seeds
 of K of them and trains their stacked hosts with an optimizer of the same kind and
@@ -21,7 +24,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 
 @dataclass
@@ -85,8 +87,9 @@ def lr_factor(cfg: EnvConfig, progress: float) -> float:
 
 
 class HostTrainer:
-    def __init__(self, mm, cfg: EnvConfig, device: torch.device, batches_per_epoch: int):
+    def __init__(self, mm, cfg: EnvConfig, device: torch.device, batches_per_epoch: int, task):
         self.mm = mm
+        self.task = task
         self.cfg = cfg
         self.device = device
         self.total_steps = batches_per_epoch * cfg.epochs
@@ -114,32 +117,30 @@ class HostTrainer:
             base = group.setdefault("esper_base_lr", group["lr"])
             group["lr"] = base * factor
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step on (x, y); returns the batch's summed loss and correct count
-        as device tensors. plane.guard() culls seeds with non-finite gradients first."""
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int | torch.Tensor]:
+        """One optimizer step on (x, y); returns the batch's summed loss, correct count and
+        count of predictions, on the device. plane.guard() culls seeds with non-finite
+        gradients first."""
         self.schedule_lr()
         self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
-            out = self.mm(x)
-        loss = F.cross_entropy(out.float(), y)
-        loss.backward()
+        with self.autocast():  # the loss too: autocast computes cross-entropy in fp32
+            score = self.task.score(self.mm(x), y)
+        score.loss.backward()
         self.guard_culls += self.mm.plane.guard()
         self.optimizer.step()
-        return loss.detach() * len(y), (out.detach().argmax(-1) == y).sum()
+        return score.loss.detach() * score.count, score.correct, score.count
 
     @torch.no_grad()
     def evaluate(self, split) -> tuple[float, float]:
-        """Loss and accuracy (a fraction) of the current model on a TensorData split."""
+        """Loss and accuracy (a fraction) per prediction of the current model on a TensorData split."""
         was_training = self.mm.training
         self.mm.eval()
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        totals = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss sum, correct, predictions
         for x, y in split.batches(self.cfg.eval_batch_size, shuffle=False):
             x, y = self.place(x), y.to(self.device, non_blocking=True)
             with self.autocast():
-                out = self.mm(x).float()
-            loss_sum += F.cross_entropy(out, y, reduction="sum")
-            correct += (out.argmax(-1) == y).sum()
+                score = self.task.score(self.mm(x), y)
+            totals += torch.stack([score.loss.double() * score.count, score.correct.double(), torch.as_tensor(score.count, dtype=torch.float64, device=self.device)])
         self.mm.train(was_training)
-        seen = max(len(split), 1)
-        return float(loss_sum) / seen, int(correct) / seen
+        loss_sum, correct, seen = totals.tolist()
+        return loss_sum / max(seen, 1), correct / max(seen, 1)

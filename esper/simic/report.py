@@ -4,6 +4,8 @@ Reads DIR/metrics.jsonl (plus summary.json and config.yaml when present) and wri
 DIR/report.md linking the plots it made:
 
     esper grow runs      accuracy.png (train/val accuracy, edits marked, host alone if measured),
+                         loss.png (train/val loss; for next-token tasks also in bits per
+                         character or byte, or as perplexity),
                          slots.png (each slot's stage over time, alpha drawn inside its row),
                          params.png, rewards.png (reward components per decision)
     esper train runs     episodes.png (return, final accuracy, fossils per episode),
@@ -28,6 +30,14 @@ STAGE_COLORS = {
     "CULLED": "#de2d26",
 }
 OP_COLORS = {"WAIT": "#bdbdbd", "GERMINATE": "#6baed6", "ADVANCE": "#fd8d3c", "CULL": "#de2d26", "FOSSILIZE": "#31a354"}
+
+
+def loss_in_units(loss: float, unit: str) -> str:
+    """A next-token loss L (nats per prediction) as it is usually read: L / ln 2 bits per
+    character (or byte), or perplexity e^L for other tokens."""
+    if unit in ("character", "byte"):
+        return f"{loss / math.log(2):.3f} bits per {unit}"
+    return f"perplexity {math.exp(min(loss, 700.0)):.2f}"
 
 
 def _num(v) -> float:
@@ -122,6 +132,7 @@ def _grow_plots(run_dir: Path, epochs: list[dict], summary: dict) -> list[tuple[
     ax.set_title("Accuracy (vertical lines: edits applied before that epoch's training)")
     ax.legend(fontsize=8)
     out.append(("Accuracy", _save(fig, run_dir / "accuracy.png")))
+    out.append(("Loss", _loss_plot(plt, run_dir / "loss.png", grown, baseline, summary)))
 
     timeline = summary.get("timeline") or [{}] + [r["slots"] for r in grown]
     out.append(("Seed slots", plot_timeline(timeline, run_dir / "slots.png", "Seed slots: stage and alpha", per_epoch)))
@@ -154,6 +165,29 @@ def _grow_plots(run_dir: Path, epochs: list[dict], summary: dict) -> list[tuple[
     return out
 
 
+def _loss_plot(plt, path: Path, grown: list[dict], baseline: list[dict], summary: dict) -> str:
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.plot([r["epoch"] for r in grown], [_num(r.get("train_loss")) for r in grown], label="train (grown)", color="#3182bd",
+            linestyle=":")
+    ax.plot([r["epoch"] for r in grown], [_num(r.get("val_loss")) for r in grown], label="validation (grown)", color="#3182bd",
+            marker="o")
+    if baseline:
+        ax.plot([r["epoch"] for r in baseline], [_num(r.get("val_loss")) for r in baseline], label="validation (host alone)",
+                color="#636363", marker="s", linestyle="--")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (nats per prediction)")
+    unit = summary.get("unit", "token")
+    if summary.get("task") == "next_token" and unit in ("character", "byte"):
+        ax.secondary_yaxis("right", functions=(lambda v: v / math.log(2), lambda v: v * math.log(2))).set_ylabel(f"bits per {unit}")
+    elif summary.get("task") == "next_token":
+        ax.secondary_yaxis("right", functions=(np.exp, np.log)).set_ylabel("perplexity")
+    ax.set_title("Next-token loss" if summary.get("task") == "next_token" else "Loss")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def _grow_table(summary: dict) -> list[str]:
     lines = ["| | grown | host alone |", "| --- | --- | --- |"]
     base = summary.get("baseline", {})
@@ -163,6 +197,13 @@ def _grow_table(summary: dict) -> list[str]:
 
     lines.append(f"| final validation accuracy | {fmt(summary.get('val_acc'))} | {fmt(base.get('val_acc'))} |")
     lines.append(f"| test accuracy | {fmt(summary.get('test_acc'))} | {fmt(base.get('test_acc'))} |")
+    if summary.get("task") == "next_token":
+        unit = summary.get("unit", "token")
+
+        def loss(s):
+            return "n/a" if s.get("test_loss") is None else f"{s['test_loss']:.3f} ({loss_in_units(s['test_loss'], unit)})"
+
+        lines.append(f"| test loss per {unit} | {loss(summary)} | {loss(base)} |")
     lines.append(f"| parameters | {summary.get('params', 'n/a'):,} | {base.get('params', summary.get('host_params', 0)):,} |")
     lines.append(f"| wall time (s) | {fmt(summary.get('wall_seconds'))} | {fmt(base.get('wall_seconds'))} |")
     lines.append("")

@@ -1,6 +1,7 @@
 """Rewards: the one place that says what Tamiyo is paid for.
 
-For the transition s -> s' made by one edit (accuracies are fractions in [0, 1]):
+For the transition s -> s' made by one edit (accuracies are fractions in [0, 1]; on a
+next-token task they are next-token accuracies, see esper.simic.tasks):
 
     r = acc_scale * (val_acc' - val_acc)                                task
       - germination_cost * [edit is GERMINATE]                          churn: paid up front ...

@@ -62,11 +62,12 @@ class TrainConfig:
     """Every setting of a training run; saved resolved as config.yaml in the run directory."""
 
     host: str = "examples/host_cnn.py"  # a model file (build_model(), `model`, or one nn.Module class)
-    data: str = "synthetic"  # 'synthetic', 'cifar10', or an ImageFolder directory / archive
+    data: str = "synthetic"  # 'synthetic', 'cifar10', an ImageFolder directory / archive, 'text:PATH', 'seq-synthetic'
     data_root: str = "~/.cache/esper"
     download: bool = False
     limit: int | None = None  # training images before the validation share (None: the whole set)
     val_fraction: float = 0.1
+    context: int = 64  # tokens per sequence, for sequence data
     episodes: int = 16  # PPO episodes in all, run K at a time
     envs: int = 4  # K environments in lockstep
     runner: str = "auto"  # how VectorEnv trains the K hosts: sequential, batched, or auto (batched on CUDA)

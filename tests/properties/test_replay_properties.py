@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import esper
+from esper.kasmina.blending import blend_names
 from esper.kasmina.blueprints import blueprints_for
 from esper.leyline import Edit, LifecycleError, Op, edits_from_yaml, edits_to_yaml, legal_ops
 from tests.helpers import HostCNN, TinyGPT
@@ -23,10 +24,12 @@ def _structure(mm):
 
 @st.composite
 def edit_programs(draw):
-    """A list of (op index, slot index, blueprint index, blend, ticks after) choices."""
+    """A list of (op index, slot index, blueprint index, blend, ticks after, override) choices;
+    override: the edit may grow a seed that is not causal-safe (a logged allow_noncausal)."""
     return draw(
         st.lists(
-            st.tuples(st.integers(0, 4), st.integers(0, 8), st.integers(0, 3), st.sampled_from(["linear", "sigmoid", "gated"]), st.integers(0, 2)),
+            st.tuples(st.integers(0, 4), st.integers(0, 8), st.integers(0, 3), st.sampled_from(["linear", "sigmoid", "gated"]),
+                      st.integers(0, 2), st.booleans()),
             min_size=1,
             max_size=25,
         )
@@ -44,14 +47,17 @@ def _host(kind):
 def test_legal_edit_sequences_replay_to_the_same_graph(kind, program):
     host, x = _host(kind)
     mm = esper.instrument(host, (x,))
-    for op_i, slot_i, bp_i, blend, ticks in program:
+    for op_i, slot_i, bp_i, blend, ticks, override in program:
         ids = list(mm.plane.slots)
         slot_id = ids[slot_i % len(ids)]
         slot = mm.plane.slots[slot_id]
         legal = legal_ops(slot.stage)
         op = legal[op_i % len(legal)]
-        bps = blueprints_for(len(slot.shape))
-        mm.plane.apply(Edit(op, slot_id, bps[bp_i % len(bps)], blend, steps=2))
+        safe_only = mm.plane.causal and not override
+        bps = blueprints_for(len(slot.shape), causal=safe_only)
+        if safe_only and blend not in blend_names(causal=True):
+            blend = "linear"
+        mm.plane.apply(Edit(op, slot_id, bps[bp_i % len(bps)], blend, steps=2, allow_noncausal=override))
         for _ in range(ticks):
             mm.plane.step()
     log = edits_from_yaml(edits_to_yaml(mm.plane.edits))

@@ -166,3 +166,21 @@ def test_auto_batches_only_on_cuda(toy):
     venv = VectorEnv(make_envs(toy, k=2), runner="auto")
     venv.reset([0, 1])
     assert venv.batched is (venv.envs[0].device.type == "cuda")
+
+
+def test_a_transformer_on_a_sequence_task_batches_too():
+    from esper.simic.data import load_data
+    from tests.helpers import TinyGPT
+
+    data = load_data("seq-synthetic", limit=128, progress=False)
+    cfg = EnvConfig(epochs=2, batch_size=32, blend_steps=1)
+    runs = {}
+    for runner in ("sequential", "batched"):
+        envs = [GrowthEnv(reinitialized_copies(TinyGPT()), data, cfg, device=DEVICE) for _ in range(2)]
+        venv = VectorEnv(envs, runner=runner)
+        slot = venv.reset([1, 2])[0].slot_ids[-1]
+        steps = [venv.step([Edit(G, slot, "mlp", "linear", 1), Edit(W)]), venv.step([Edit(A, slot), Edit(W)])]
+        runs[runner] = ([r.info["train_loss"] for rs in steps for r in rs], [e.plane.edits for e in envs])
+    assert venv.batched
+    (seq_losses, seq_edits), (bat_losses, bat_edits) = runs["sequential"], runs["batched"]
+    assert bat_losses == pytest.approx(seq_losses, rel=LOSS_RTOL) and bat_edits == seq_edits

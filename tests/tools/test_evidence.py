@@ -60,6 +60,9 @@ def test_arms_are_paired_with_their_reference_by_seed_and_judged():
 
 def test_smoke_scale_runs_the_whole_protocol_and_resumes(tmp_path, capsys):
     out, work = tmp_path / "docs", tmp_path / "work"
+    out.mkdir()
+    kept = f"{doc.TEXT_SECTION}\n\n## TinyGPT on text\n\nwritten by tools/evidence_text.py\n"
+    (out / "evidence-smoke.md").write_text(f"# an older run\n\n{kept}")
     args = ["--scale", "smoke", "--out", str(out), "--work", str(work), "--data-root", str(tmp_path / "cache"), "--threads", "1", "--jobs", "2"]
     assert evidence.main(args) == 0
     result = json.loads((out / "evidence-smoke.json").read_text())
@@ -71,6 +74,7 @@ def test_smoke_scale_runs_the_whole_protocol_and_resumes(tmp_path, capsys):
     assert result["regime"]["env"]["fossils"] == {}  # arms other than static grow from nothing
     md = (out / "evidence-smoke.md").read_text()
     assert "| heuristic |" in md and "## Verdicts" in md and (out / "evidence-smoke-pareto.png").stat().st_size > 0
+    assert "an older run" not in md and md.endswith("\n" + kept)  # the text benchmark's section survives a rewrite
     assert (work / "tamiyo" / "tamiyo.pt").exists() and (work / "tamiyo-synthetic" / "tamiyo.pt").exists()
 
     logged = (work / "runs.jsonl").read_text().count("\n")
