@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from host_cnn import HostCNN  # noqa: E402
 
 from esper import instrument  # noqa: E402
-from esper.leyline import SeedStage  # noqa: E402
+from esper.leyline import SeedStage, Vocabulary  # noqa: E402
 from esper.simic.baselines import WaitPolicy  # noqa: E402
 from esper.simic.data import DataSplits, TensorData, load_data  # noqa: E402
 from esper.simic.env import EnvConfig, GrowthEnv  # noqa: E402
@@ -55,7 +55,7 @@ from esper.simic.metrics import read_jsonl  # noqa: E402
 from esper.simic.rewards import RewardConfig  # noqa: E402
 from esper.simic.training import TrainConfig, Trainer, episode_seed, load_policy  # noqa: E402
 from esper.simic.vectorized import VectorEnv, decide_with, run_episodes  # noqa: E402
-from esper.tamiyo import RandomPolicy  # noqa: E402
+from esper.tamiyo import HeuristicPolicy, RandomPolicy  # noqa: E402
 
 CIFAR_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 BLUEPRINTS = ["attention", "conv_enhance", "depthwise", "norm"]  # every blueprint of a conv slot
@@ -231,13 +231,13 @@ class Benchmark:
     def protocol(self) -> dict:
         start = time.perf_counter()
         best, preferred = self._phase("headroom", self.headroom)
-        heuristic = self.train_config(preferred, self.scale.data, 0).heuristic.build(BLUEPRINTS, BLENDS, self.scale.env.blend_steps)
+        heuristic = HeuristicPolicy(Vocabulary(BLUEPRINTS, BLENDS, self.scale.env.blend_steps), self.train_config(preferred, self.scale.data, 0).heuristic)
 
         def baselines():
             for seed in self.eval_seeds:
                 self.run("host", seed, WaitPolicy())
                 self.run("static", seed, WaitPolicy(), env_cfg=self.static_env(best))
-                self.run("random", seed, RandomPolicy(BLUEPRINTS, BLENDS, self.scale.env.blend_steps, seed=seed))
+                self.run("random", seed, RandomPolicy(Vocabulary(BLUEPRINTS, BLENDS, self.scale.env.blend_steps), seed=seed))
                 self.run("heuristic", seed, heuristic)
                 self.run("host-deep", seed, WaitPolicy(), host=self.deep)
 

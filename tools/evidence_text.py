@@ -40,12 +40,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evidence_doc import TEXT_SECTION, mean, paired, std  # noqa: E402
 from tiny_gpt import TinyGPT  # noqa: E402
 
-from esper.simic.baselines import HeuristicConfig, WaitPolicy  # noqa: E402
+from esper.leyline import Vocabulary  # noqa: E402
+from esper.simic.baselines import WaitPolicy  # noqa: E402
 from esper.simic.data import load_data  # noqa: E402
 from esper.simic.env import EnvConfig, GrowthEnv  # noqa: E402
 from esper.simic.metrics import clean, read_jsonl  # noqa: E402
 from esper.simic.rewards import RewardConfig  # noqa: E402
 from esper.simic.vectorized import VectorEnv, decide_with, run_episodes  # noqa: E402
+from esper.tamiyo import HeuristicConfig, HeuristicPolicy  # noqa: E402
 
 # The docstrings of torch.Tensor's methods (143 kB of English, code and reStructuredText):
 # fixed for a given torch version, and big enough that TinyGPT does not just memorise it.
@@ -124,7 +126,7 @@ class TextBenchmark:
         # deepest first, and only a clearly harmful one is culled.
         heuristic = HeuristicConfig(blueprint_preference=[preferred] + [b for b in BLUEPRINTS if b != preferred],
                                     max_active=4, tolerance=0.1, decline=0.1)
-        policy = heuristic.build(BLUEPRINTS, BLENDS, self.regime.env.blend_steps)
+        policy = HeuristicPolicy(Vocabulary(BLUEPRINTS, BLENDS, self.regime.env.blend_steps), heuristic)
         for seed in range(self.regime.seeds):
             self.run("host", seed, WaitPolicy())
             self.run("heuristic", seed, policy)

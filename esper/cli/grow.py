@@ -54,8 +54,8 @@ def _policy_and_config(args):
         raise UsageError(f"--policy {args.policy}: {e}") from e
     if args.config:
         raise UsageError("--config cannot be combined with a trained policy: its settings come from the policy file")
-    if args.blend_steps is not None and args.blend_steps != policy.blend_steps:
-        raise UsageError(f"this policy was trained with --blend-steps {policy.blend_steps}")
+    if args.blend_steps is not None and args.blend_steps != policy.vocab.blend_steps:
+        raise UsageError(f"this policy was trained with --blend-steps {policy.vocab.blend_steps}")
     return policy, trained
 
 
@@ -67,7 +67,7 @@ def run(args) -> int:
     from esper.simic.report import loss_in_units, make_report
     from esper.simic.baselines import WaitPolicy
     from esper.simic.vectorized import VectorEnv, decide_with, place_data, run_episodes
-    from esper.tamiyo import RandomPolicy
+    from esper.tamiyo import HeuristicPolicy, RandomPolicy
 
     policy, trained = _policy_and_config(args)
     if trained is None and not args.host and not args.config:
@@ -80,9 +80,9 @@ def run(args) -> int:
     out = check_out_dir(args.out)
     if policy is None:
         if args.policy == "heuristic":
-            policy = cfg.heuristic.build(cfg.blueprints, cfg.blends, cfg.env.blend_steps)
+            policy = HeuristicPolicy(cfg.vocabulary, cfg.heuristic)
         elif args.policy == "random":
-            policy = RandomPolicy(cfg.blueprints, cfg.blends, cfg.env.blend_steps, seed=cfg.seed)
+            policy = RandomPolicy(cfg.vocabulary, seed=cfg.seed)
         else:
             policy = WaitPolicy()
 

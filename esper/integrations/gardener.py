@@ -33,14 +33,14 @@ from esper.integrations.schedules import SeedGroups
 from esper.kasmina.blending import blend_names
 from esper.kasmina.blueprints import blueprint_ranks
 from esper.kasmina.model import MorphogeneticModel
-from esper.leyline import Edit, Observation, SeedStage, edits_to_yaml
-from esper.simic.baselines import HeuristicConfig, WaitPolicy
-from esper.simic.env import EnvConfig, vocabulary
+from esper.leyline import Edit, Observation, SeedStage, Vocabulary, edits_to_yaml
+from esper.simic.baselines import WaitPolicy
+from esper.simic.env import EnvConfig, registered_names
 from esper.simic.features import TrainingSignals, build_observation, probe_accuracy, seed_contributions
 from esper.simic.metrics import JSONL_NAME, clean, write_jsonl_atomic
 from esper.simic.report import make_report, timeline_row
 from esper.simic.training import load_policy
-from esper.tamiyo import RandomPolicy
+from esper.tamiyo import HeuristicPolicy, RandomPolicy
 
 BUILT_IN = ("heuristic", "random", "wait")
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
@@ -57,8 +57,8 @@ def find_instrumented(module: torch.nn.Module) -> MorphogeneticModel:
     return found[0]
 
 
-def _policy(policy, blueprints, blends, blend_steps: int, seed: int | None):
-    """(policy, blueprints, blends, blend_steps) for a built-in name, a tamiyo.pt path or an object."""
+def _policy(policy, blueprints, blends, blend_steps: int, seed: int | None) -> tuple[object, Vocabulary]:
+    """(policy, its vocabulary) for a built-in name, a tamiyo.pt path or an object."""
     if isinstance(policy, (str, Path)) and str(policy) not in BUILT_IN:
         path = Path(policy)
         if not path.is_file():
@@ -66,18 +66,17 @@ def _policy(policy, blueprints, blends, blend_steps: int, seed: int | None):
         if blueprints is not None or blends is not None:
             raise ValueError("a trained policy brings its own blueprints and blends")
         trained, _ = load_policy(path)  # weights only: never unpickles code
-        return trained, list(trained.blueprints), list(trained.blends), trained.blend_steps
-    names = vocabulary(blueprints, blends)
+        return trained, trained.vocab
+    vocab = Vocabulary(*registered_names(blueprints, blends), blend_steps)
     if policy == "heuristic":
-        return HeuristicConfig().build(*names, blend_steps), *names, blend_steps
+        return HeuristicPolicy(vocab), vocab
     if policy == "random":
-        return RandomPolicy(*names, blend_steps, seed=seed), *names, blend_steps
+        return RandomPolicy(vocab, seed=seed), vocab
     if policy == "wait":
-        return WaitPolicy(), *names, blend_steps
+        return WaitPolicy(), vocab
     if not callable(getattr(policy, "decide", None)):
         raise TypeError(f"a policy needs decide(observations) -> edits; got {type(policy).__name__}")
-    own = getattr(policy, "blueprints", None), getattr(policy, "blends", None)
-    return policy, list(own[0] or names[0]), list(own[1] or names[1]), getattr(policy, "blend_steps", blend_steps)
+    return policy, getattr(policy, "vocab", None) or vocab
 
 
 def _number(value) -> float:
@@ -128,7 +127,7 @@ class Gardener:
         self.plane = model.plane
         self.epochs = epochs
         self.policy_name = str(policy) if isinstance(policy, (str, Path)) else type(policy).__name__
-        self.policy, self.blueprints, self.blends, self.blend_steps = _policy(policy, blueprints, blends, blend_steps, seed)
+        self.policy, self.vocab = _policy(policy, blueprints, blends, blend_steps, seed)
         causal = self.plane.causal  # on a causal host only causal-safe seeds are offered
         self.ranks, self.usable_blends = blueprint_ranks(causal), blend_names(causal)
         self.score = self._scorer(probe)
@@ -171,7 +170,7 @@ class Gardener:
 
     def _observe(self, signals: TrainingSignals) -> Observation:
         telemetry = [slot.telemetry() for slot in self.plane.slots.values()]
-        return build_observation(telemetry, signals, self.contributions, self.blueprints, self.ranks, self.blends,
+        return build_observation(telemetry, signals, self.contributions, self.vocab.blueprints, self.ranks, self.vocab.blends,
                                  usable_blends=self.usable_blends)
 
     def step(self, train_loss=None, train_acc=None, val_loss=None, val_acc=None) -> Edit:

@@ -1,4 +1,4 @@
-"""Leyline: the shared contracts (seed stages, the one transition table, edits, telemetry, errors)."""
+"""Leyline: the shared contracts (seed stages, the one transition table, edits, telemetry, observations, the policy vocabulary, errors)."""
 
 from esper.leyline.errors import (
     CheckpointError,
@@ -74,3 +74,7 @@ __all__ += [
     "ObservationBatch",
     "batch_observations",
 ]
+
+from esper.leyline.vocabulary import Vocabulary  # noqa: E402
+
+__all__ += ["Vocabulary"]

@@ -77,8 +77,9 @@ def reinitialized_copies(template: nn.Module) -> Callable[[], nn.Module]:
     return build
 
 
-def vocabulary(blueprints: list[str] | None = None, blends: list[str] | None = None) -> tuple[list[str], list[str]]:
-    """The blueprint and blend name lists a policy's head indices refer to (default: all registered)."""
+def registered_names(blueprints: list[str] | None = None, blends: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """The blueprint and blend names of a vocabulary, checked against the registries
+    (default: every registered one)."""
     blueprints = list(blueprints or blueprint_names())
     blends = list(blends or blend_names())
     known_bp, known_bl = set(blueprint_names()), set(blend_names())
@@ -109,7 +110,7 @@ class GrowthEnv:
         self.data = data
         self.cfg = cfg or EnvConfig()
         self.reward_cfg = reward or RewardConfig()
-        self.blueprints, self.blends = vocabulary(blueprints, blends)
+        self.blueprints, self.blends = registered_names(blueprints, blends)
         self.task = task_for(data.train.y)
         self.device = torch.device(device)
         example = example_input if example_input is not None else data.train.x[:2]

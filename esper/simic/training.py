@@ -31,15 +31,16 @@ from typing import Callable
 
 import torch
 
-from esper.leyline import MAX_BLENDS, MAX_BLUEPRINTS, CheckpointError, Op, RunError
+from esper.leyline import MAX_BLENDS, MAX_BLUEPRINTS, CheckpointError, Op, RunError, Vocabulary
 from esper.simic import config as config_io
-from esper.simic.baselines import HeuristicConfig
-from esper.simic.env import EnvConfig, GrowthEnv, reinitialized_copies, vocabulary
+from esper.simic.env import EnvConfig, GrowthEnv, registered_names, reinitialized_copies
 from esper.simic.metrics import JSONL_NAME, MetricsWriter, truncate_jsonl
 from esper.simic.rewards import RewardConfig
 from esper.simic.vectorized import RUNNERS, Rollout, VectorEnv, choose_with_actions, run_episodes, sample_with
 from esper.simic.warm_start import discounted_returns
 from esper.tamiyo import (
+    HeuristicConfig,
+    HeuristicPolicy,
     ImitationConfig,
     PPOConfig,
     RolloutBuffer,
@@ -93,9 +94,14 @@ class TrainConfig:
         if self.runner not in RUNNERS:
             raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, got {self.runner!r}")
 
+    @property
+    def vocabulary(self) -> Vocabulary:
+        """What the policy's head indices name (after `resolved`, every registered name if none given)."""
+        return Vocabulary(self.blueprints, self.blends, self.env.blend_steps)
+
     def resolved(self) -> "TrainConfig":
         """Fill the vocabulary in and tie the reward's shaping discount to PPO's gamma."""
-        blueprints, blends = vocabulary(self.blueprints, self.blends)
+        blueprints, blends = registered_names(self.blueprints, self.blends)
         if len(blueprints) > MAX_BLUEPRINTS or len(blends) > MAX_BLENDS:
             raise ValueError(f"at most {MAX_BLUEPRINTS} blueprints and {MAX_BLENDS} blends")
         reward = dataclasses.replace(self.reward, gamma=self.ppo.gamma)
@@ -142,9 +148,7 @@ def save_policy(policy: TamiyoPolicy, path: Path, cfg: TrainConfig, episodes: in
             "format": "esper-tamiyo",
             "version": 1,
             "policy": policy.state_dict(),
-            "blueprints": list(policy.blueprints),
-            "blends": list(policy.blends),
-            "blend_steps": policy.blend_steps,
+            **policy.vocab.to_dict(),
             "hidden": cfg.hidden,
             "config": config_io.to_dict(cfg),
             "episodes": episodes,
@@ -165,7 +169,7 @@ def load_policy(path) -> tuple[TamiyoPolicy, TrainConfig]:
     if not isinstance(blob, dict) or blob.get("format") not in ("esper-tamiyo", "esper-train-checkpoint"):
         raise ValueError(f"{path} is not a Tamiyo policy file: `esper train` writes runs/NAME/tamiyo.pt")
     cfg = config_io.from_dict(TrainConfig, blob["config"])
-    policy = TamiyoPolicy(cfg.blueprints, cfg.blends, cfg.env.blend_steps, hidden=cfg.hidden)
+    policy = TamiyoPolicy(cfg.vocabulary, hidden=cfg.hidden)
     policy.load_state_dict(blob["policy"])
     return policy.eval(), cfg
 
@@ -209,7 +213,7 @@ class Trainer:
         ]
         torch.manual_seed(self.cfg.seed)
         random.seed(self.cfg.seed)
-        self.policy = TamiyoPolicy(self.cfg.blueprints, self.cfg.blends, self.cfg.env.blend_steps, hidden=self.cfg.hidden)
+        self.policy = TamiyoPolicy(self.cfg.vocabulary, hidden=self.cfg.hidden)
         self.optimizer = make_optimizer(self.policy, self.cfg.ppo)
         self.episodes_done = self.updates_done = self.warm_done = 0
         self.warm_finished = self.cfg.warm_start == 0
@@ -341,7 +345,7 @@ class Trainer:
         start = time.perf_counter()
         while self.warm_done < cfg.warm_start:
             k = min(cfg.envs, cfg.warm_start - self.warm_done)
-            teacher = cfg.heuristic.build(cfg.blueprints, cfg.blends, cfg.env.blend_steps)
+            teacher = HeuristicPolicy(cfg.vocabulary, cfg.heuristic)
             seeds = self._seeds("warm", self.warm_done, k)
             rollout = run_episodes(VectorEnv(self.envs[:k], self.cfg.runner), seeds, choose_with_actions(teacher))
             for decision in rollout.decisions:

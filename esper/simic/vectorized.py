@@ -31,7 +31,7 @@ import torch
 from esper.leyline import Edit, Observation, batch_observations
 from esper.simic.batched import batching_problem, step_together
 from esper.simic.env import GrowthEnv, StepResult
-from esper.tamiyo import ActionSample, TamiyoPolicy, to_edit
+from esper.tamiyo import ActionSample, TamiyoPolicy
 
 Chooser = Callable[[list[Observation]], tuple[list[Edit], Any]]
 RUNNERS = ("sequential", "batched", "auto")
@@ -162,7 +162,7 @@ def choose_with_actions(policy) -> Chooser:
 
     def choose(observations):
         actions = policy.choose(observations)
-        edits = [to_edit(a, o, policy.blueprints, policy.blends, policy.blend_steps) for a, o in zip(actions, observations)]
+        edits = [policy.vocab.to_edit(a, o) for a, o in zip(actions, observations)]
         return edits, actions
 
     return choose
@@ -173,11 +173,7 @@ def sample_with(policy: TamiyoPolicy, deterministic: bool = False) -> Chooser:
 
     def choose(observations) -> tuple[list[Edit], ActionSample]:
         sample = policy.act(batch_observations(observations), deterministic=deterministic)
-        edits = [
-            to_edit(sample.row(i), obs, policy.blueprints, policy.blends, policy.blend_steps)
-            for i, obs in enumerate(observations)
-        ]
-        return edits, sample
+        return [policy.vocab.to_edit(sample.row(i), obs) for i, obs in enumerate(observations)], sample
 
     return choose
 

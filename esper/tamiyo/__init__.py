@@ -1,7 +1,7 @@
 """Tamiyo: the growth policies (masked factored PPO network, heuristic, random): observations in, Edits out."""
 
-from esper.tamiyo.actions import HEADS, Action, ActionMasks, Policy, masks_for, to_edit
-from esper.tamiyo.heuristic import HeuristicPolicy
+from esper.tamiyo.actions import HEADS, Action, ActionMasks, Policy, masks_for
+from esper.tamiyo.heuristic import HeuristicConfig, HeuristicPolicy
 from esper.tamiyo.imitation import ImitationConfig, agreement, behaviour_clone, fit_value
 from esper.tamiyo.policy import ActionSample, TamiyoPolicy
 from esper.tamiyo.ppo import (
@@ -20,6 +20,7 @@ __all__ = [
     "Action",
     "ActionMasks",
     "ActionSample",
+    "HeuristicConfig",
     "HeuristicPolicy",
     "ImitationConfig",
     "PPOConfig",
@@ -36,5 +37,4 @@ __all__ = [
     "make_optimizer",
     "masks_for",
     "ppo_update",
-    "to_edit",
 ]

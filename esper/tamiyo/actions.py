@@ -15,7 +15,7 @@ gradient. Every policy (network, heuristic, random) uses these same masks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol, Sequence
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -94,17 +94,6 @@ def masks_for(batch: ObservationBatch, actions: Tensor) -> ActionMasks:
         blueprint=blueprint_choices(batch, op, slot),
         blend=blend_choices(batch, op),
     )
-
-
-def to_edit(action: Action, obs: Observation, blueprints: Sequence[str], blends: Sequence[str], steps: int) -> Edit:
-    """Turn index choices into the Edit the plane applies."""
-    op = Op(int(action.op))
-    if op is Op.WAIT:
-        return Edit(Op.WAIT)
-    slot = obs.slot_ids[int(action.slot)]
-    if op is Op.GERMINATE:
-        return Edit(op, slot, blueprint=blueprints[int(action.blueprint)], blend=blends[int(action.blend)], steps=steps)
-    return Edit(op, slot)
 
 
 class Policy(Protocol):

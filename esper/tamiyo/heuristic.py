@@ -7,7 +7,8 @@ Rules, first match wins, one action per environment and step:
   3. a GERMINATED seed is advanced at once, a TRAINING one after `train_epochs` epochs;
   4. when validation accuracy has plateaued (less than `plateau` gained over 3 epochs),
      fewer than `max_active` seeds are live and the episode is not too far along, the
-     earliest slot that may germinate gets the first applicable preferred blueprint;
+     deepest slot that may germinate (or the earliest, with germinate_at "first") gets
+     the first applicable preferred blueprint;
   5. otherwise WAIT.
 It reads only the observation (scaled features, decoded with the leyline scales), so it
 runs wherever the network policy runs.
@@ -15,51 +16,51 @@ runs wherever the network policy runs.
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass, field
 
-from esper.leyline import ACTIVE_STAGES, Edit, Observation, Op, SeedStage
+from esper.leyline import ACTIVE_STAGES, Edit, Observation, Op, SeedStage, Vocabulary
 from esper.leyline.observations import ACC_SCALE, EPOCH_SCALE
-from esper.tamiyo.actions import Action, to_edit
+from esper.tamiyo.actions import Action
+
+
+@dataclass
+class HeuristicConfig:
+    """The heuristic's settings (saved in a run's config.yaml), in ticks. With the
+    defaults a seed germinates as soon as three ticks of history exist and fossilizes
+    about 2 + train_epochs + blend_steps ticks later, which fits an 8-tick episode."""
+
+    # Tried in this order, among those in the policy's vocabulary that the slot accepts.
+    blueprint_preference: list[str] = field(default_factory=lambda: ["depthwise", "lora", "attention", "conv_enhance", "mlp"])
+    plateau: float = 1.0  # accuracy gained over 3 ticks below which the host counts as stalled (1.0: always)
+    train_epochs: int = 1
+    max_active: int = 1
+    latest_germination: float = 0.5  # fraction of the episode
+    decline: float = 0.05  # validation probes of a few hundred images move by a few points
+    # A seed just blended in has had little time to help, and a probe of a few hundred
+    # images is noisy: a blended seed contributing more than -tolerance is fossilized.
+    tolerance: float = 0.0
+    # Where to germinate: "first", the earliest free slot; "last", the deepest, where a
+    # seed of a host trained from scratch changes the most in a short episode.
+    germinate_at: str = "last"
+
+    def __post_init__(self):
+        if self.germinate_at not in ("first", "last"):
+            raise ValueError(f"germinate_at must be 'first' or 'last', got {self.germinate_at!r}")
 
 
 class HeuristicPolicy:
     """Rule-based growth policy with the common `decide` surface; `choose` gives the
     same decisions as index actions (for imitation)."""
 
-    def __init__(
-        self,
-        blueprints: Sequence[str],
-        blends: Sequence[str],
-        blend_steps: int,
-        blueprint_preference: Sequence[str] = (),
-        plateau: float = 0.005,
-        train_epochs: int = 3,
-        max_active: int = 1,
-        latest_germination: float = 0.75,
-        decline: float = 0.01,
-        tolerance: float = 0.0,
-    ):
-        self.blueprints, self.blends, self.blend_steps = list(blueprints), list(blends), blend_steps
-        unknown = set(blueprint_preference) - set(self.blueprints)
-        if unknown:
-            raise ValueError(f"preferred blueprints {sorted(unknown)} are not in {self.blueprints}")
-        preferred = [self.blueprints.index(name) for name in blueprint_preference]
-        self.blueprint_order = preferred + [i for i in range(len(self.blueprints)) if i not in preferred]
-        self.plateau = plateau  # accuracy fraction gained over 3 epochs
-        self.train_epochs = train_epochs
-        self.max_active = max_active
-        self.latest_germination = latest_germination  # fraction of the episode
-        self.decline = decline  # accuracy fraction below the seed's best contribution
-        # A seed just blended in has had little time to help, and a probe of a few hundred
-        # images is noisy: tolerance keeps seeds that are not clearly harmful.
-        self.tolerance = tolerance
+    def __init__(self, vocab: Vocabulary, cfg: HeuristicConfig | None = None):
+        self.vocab = vocab
+        self.cfg = cfg or HeuristicConfig()
+        preferred = [vocab.blueprints.index(name) for name in self.cfg.blueprint_preference if name in vocab.blueprints]
+        self.blueprint_order = preferred + [i for i in range(len(vocab.blueprints)) if i not in preferred]
         self._best: dict[tuple[int, str], float] = {}  # (env, slot) -> best contribution while blending
 
     def decide(self, observations: list[Observation]) -> list[Edit]:
-        return [
-            to_edit(action, obs, self.blueprints, self.blends, self.blend_steps)
-            for action, obs in zip(self.choose(observations), observations)
-        ]
+        return [self.vocab.to_edit(action, obs) for action, obs in zip(self.choose(observations), observations)]
 
     def choose(self, observations: list[Observation]) -> list[Action]:
         return [self._choose(env, obs) for env, obs in enumerate(observations)]
@@ -81,25 +82,25 @@ class HeuristicPolicy:
                 continue
             best = self._best[key] = max(self._best.get(key, contribution[n]), contribution[n])
             done_blending = alpha[n] >= 1.0
-            if contribution[n] < best - self.decline or (done_blending and contribution[n] <= -self.tolerance):
+            if contribution[n] < best - self.cfg.decline or (done_blending and contribution[n] <= -self.cfg.tolerance):
                 return Action(Op.CULL, n)
             if done_blending and legal[n, Op.FOSSILIZE]:
                 return Action(Op.FOSSILIZE, n)
 
         for n, stage in enumerate(stages):
-            ready = stage is SeedStage.GERMINATED or (stage is SeedStage.TRAINING and epochs[n] >= self.train_epochs)
+            ready = stage is SeedStage.GERMINATED or (stage is SeedStage.TRAINING and epochs[n] >= self.cfg.train_epochs)
             if ready and legal[n, Op.ADVANCE]:
                 return Action(Op.ADVANCE, n)
 
         live = sum(stage in ACTIVE_STAGES for stage in stages)
         plateaued = (
             obs.global_feature("delta_3_known") > 0.5
-            and obs.global_feature("val_acc_delta_3") / ACC_SCALE < self.plateau
+            and obs.global_feature("val_acc_delta_3") / ACC_SCALE < self.cfg.plateau
         )
-        if live < self.max_active and plateaued and obs.global_feature("progress") <= self.latest_germination:
-            for n in range(obs.num_slots):
-                if legal[n, Op.GERMINATE]:
-                    blueprint = next(i for i in self.blueprint_order if obs.blueprint_mask[n, i])
-                    blend = int(obs.blend_mask.int().argmax())  # the first available blend
-                    return Action(Op.GERMINATE, n, blueprint, blend)
+        if live < self.cfg.max_active and plateaued and obs.global_feature("progress") <= self.cfg.latest_germination:
+            free = [n for n in range(obs.num_slots) if legal[n, Op.GERMINATE]]
+            for n in free[-1:] if self.cfg.germinate_at == "last" else free:
+                blueprint = next(i for i in self.blueprint_order if obs.blueprint_mask[n, i])
+                blend = int(obs.blend_mask.int().argmax())  # the first available blend
+                return Action(Op.GERMINATE, n, blueprint, blend)
         return Action(Op.WAIT)

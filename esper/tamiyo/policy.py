@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +31,7 @@ from esper.leyline import (
     Edit,
     Observation,
     ObservationBatch,
+    Vocabulary,
     batch_observations,
 )
 from esper.tamiyo.actions import (
@@ -42,7 +43,6 @@ from esper.tamiyo.actions import (
     check_mask,
     op_choices,
     slot_choices,
-    to_edit,
 )
 
 # Finite, so a masked logit never turns into NaN through inf - inf; far enough below any
@@ -78,22 +78,15 @@ def _mlp(n_in: int, hidden: int, n_out: int, out_gain: float) -> nn.Sequential:
 
 
 class TamiyoPolicy(nn.Module):
-    """The network policy. `blueprints` and `blends` name the head indices (at most
-    MAX_BLUEPRINTS / MAX_BLENDS, in the order the observations use); they are saved in
-    the state dict, and loading weights trained with other lists raises."""
+    """The network policy. `vocab` names the head indices (at most MAX_BLUEPRINTS /
+    MAX_BLENDS, in the order the observations use); it is saved in the state dict, and
+    loading weights trained with another vocabulary raises."""
 
-    def __init__(
-        self,
-        blueprints: Sequence[str],
-        blends: Sequence[str],
-        blend_steps: int,
-        hidden: int = 128,
-        attention_heads: int = 4,
-    ):
+    def __init__(self, vocab: Vocabulary, hidden: int = 128, attention_heads: int = 4):
         super().__init__()
-        if not 0 < len(blueprints) <= MAX_BLUEPRINTS or not 0 < len(blends) <= MAX_BLENDS:
+        if len(vocab.blueprints) > MAX_BLUEPRINTS or len(vocab.blends) > MAX_BLENDS:
             raise ValueError(f"need 1..{MAX_BLUEPRINTS} blueprints and 1..{MAX_BLENDS} blends")
-        self.blueprints, self.blends, self.blend_steps = tuple(blueprints), tuple(blends), blend_steps
+        self.vocab = vocab
         h = hidden
         self.slot_encoder = nn.Sequential(_layer(NUM_SLOT_FEATURES, h), nn.Tanh(), _layer(h, h), nn.Tanh())
         self.attention = nn.MultiheadAttention(h, attention_heads, batch_first=True)
@@ -109,7 +102,7 @@ class TamiyoPolicy(nn.Module):
         self.value_head = _mlp(h, h, 1, 1.0)
 
     def get_extra_state(self) -> dict:
-        return {"blueprints": list(self.blueprints), "blends": list(self.blends), "blend_steps": self.blend_steps}
+        return self.vocab.to_dict()
 
     def set_extra_state(self, state: dict) -> None:
         mine = self.get_extra_state()
@@ -208,7 +201,4 @@ class TamiyoPolicy(nn.Module):
     def decide(self, observations: list[Observation], deterministic: bool = True) -> list[Edit]:
         """The common policy surface: one Edit per environment (greedy by default)."""
         sample = self.act(batch_observations(observations), deterministic=deterministic)
-        return [
-            to_edit(sample.row(i), obs, self.blueprints, self.blends, self.blend_steps)
-            for i, obs in enumerate(observations)
-        ]
+        return [self.vocab.to_edit(sample.row(i), obs) for i, obs in enumerate(observations)]

@@ -3,7 +3,7 @@
 A training loop does, per iteration:
 
     buffer = RolloutBuffer(num_envs)
-    for each step: sample = policy.act(batch_observations(obs)); edits = [to_edit(sample.row(i), ...)]
+    for each step: sample = policy.act(batch_observations(obs)); edits = [policy.vocab.to_edit(sample.row(i), o) ...]
                    ...apply edits, get rewards and dones...; buffer.add(obs, sample, rewards, dones)
     buffer.compute_returns(last_value, cfg.gamma, cfg.gae_lambda)
     metrics = ppo_update(policy, optimizer, buffer, cfg)

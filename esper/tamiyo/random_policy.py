@@ -7,18 +7,16 @@ multiplies out over blueprints and blends).
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 from torch import Tensor
 
-from esper.leyline import Edit, Observation, batch_observations
-from esper.tamiyo.actions import Action, blend_choices, blueprint_choices, op_choices, slot_choices, to_edit
+from esper.leyline import Edit, Observation, Vocabulary, batch_observations
+from esper.tamiyo.actions import Action, blend_choices, blueprint_choices, op_choices, slot_choices
 
 
 class RandomPolicy:
-    def __init__(self, blueprints: Sequence[str], blends: Sequence[str], blend_steps: int, seed: int | None = None):
-        self.blueprints, self.blends, self.blend_steps = list(blueprints), list(blends), blend_steps
+    def __init__(self, vocab: Vocabulary, seed: int | None = None):
+        self.vocab = vocab
         self.generator = torch.Generator()
         if seed is None:
             self.generator.seed()
@@ -37,7 +35,4 @@ class RandomPolicy:
         return [Action(*map(int, row)) for row in torch.stack([op, slot, blueprint, blend], -1)]
 
     def decide(self, observations: list[Observation]) -> list[Edit]:
-        return [
-            to_edit(action, obs, self.blueprints, self.blends, self.blend_steps)
-            for action, obs in zip(self.choose(observations), observations)
-        ]
+        return [self.vocab.to_edit(action, obs) for action, obs in zip(self.choose(observations), observations)]

@@ -159,10 +159,10 @@ class RunsCode:
 
 def test_a_trained_policy_loads_by_path_without_unpickling_code(tmp_path):
     cfg = TrainConfig(hidden=16).resolved()
-    save_policy(TamiyoPolicy(cfg.blueprints, cfg.blends, cfg.env.blend_steps, hidden=16), tmp_path / "tamiyo.pt", cfg, episodes=0)
+    save_policy(TamiyoPolicy(cfg.vocabulary, hidden=16), tmp_path / "tamiyo.pt", cfg, episodes=0)
     mm, opt, _ = tiny()
     gardener = esper.Gardener(mm, str(tmp_path / "tamiyo.pt"), optimizer=opt, epochs=2)
-    assert isinstance(gardener.policy, TamiyoPolicy) and gardener.blueprints == cfg.blueprints
+    assert isinstance(gardener.policy, TamiyoPolicy) and list(gardener.vocab.blueprints) == cfg.blueprints
     assert gardener.step(val_acc=0.5) == mm.plane.edits[-1]
     marker = tmp_path / "ran"
     torch.save(RunsCode(marker), tmp_path / "evil.pt")

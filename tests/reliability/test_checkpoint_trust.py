@@ -143,7 +143,7 @@ def test_a_trained_policy_never_runs_the_model_file_it_names(tmp_path, capsys):
     from esper.tamiyo import TamiyoPolicy
 
     cfg = TrainConfig(host=str(factory_file(tmp_path)), limit=60, hidden=8).resolved()
-    policy = TamiyoPolicy(cfg.blueprints, cfg.blends, cfg.env.blend_steps, hidden=cfg.hidden)
+    policy = TamiyoPolicy(cfg.vocabulary, hidden=cfg.hidden)
     save_policy(policy, tmp_path / "tamiyo.pt", cfg, episodes=0)
     assert main(["grow", "--policy", str(tmp_path / "tamiyo.pt"), "--out", str(tmp_path / "g"), "--no-progress"]) == 2
     err = capsys.readouterr().err

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 import esper
-from esper.leyline import Edit, Op, SeedStage
-from esper.simic.baselines import HeuristicConfig, WaitPolicy
+from esper.leyline import Edit, Op, SeedStage, Vocabulary
+from esper.simic.baselines import WaitPolicy
 from esper.simic.env import EnvConfig, GrowthEnv, reinitialized_copies
 from esper.simic.rewards import RewardBreakdown
 from esper.simic.vectorized import VectorEnv, decide_with, run_episodes
+from esper.tamiyo import HeuristicConfig, HeuristicPolicy
 from tests.simic.toys import TinyCNN, toy_data
 
 S = SeedStage
@@ -170,7 +171,7 @@ def test_heuristic_fossilizes_a_seed_on_the_synthetic_task(synthetic_small):
 
     cfg = EnvConfig(epochs=8, batch_size=64)
     env = GrowthEnv(reinitialized_copies(HostCNN()), synthetic_small, cfg)
-    heuristic = HeuristicConfig(tolerance=1.0, decline=1.0).build(env.blueprints, env.blends, cfg.blend_steps)
+    heuristic = HeuristicPolicy(Vocabulary(env.blueprints, env.blends, cfg.blend_steps), HeuristicConfig(tolerance=1.0, decline=1.0))
     rollout = play(env, heuristic, seed=0)
     summary = rollout.summaries[0]
     assert summary["germinated"] == 1

@@ -18,10 +18,11 @@ from esper.leyline import (
     Op,
     SeedStage,
     SlotTelemetry,
+    Vocabulary,
     legal_ops,
 )
 from esper.simic.features import TrainingSignals, build_observation
-from esper.tamiyo import HeuristicPolicy
+from esper.tamiyo import HeuristicConfig, HeuristicPolicy
 
 BLUEPRINTS = ["noop", "conv", "attention", "lora"]
 RANKS = {"noop": {2, 3, 4}, "conv": {4}, "attention": {3, 4}, "lora": {3}}
@@ -173,7 +174,8 @@ def test_bad_inputs_are_refused():
 
 def test_heuristic_reads_built_observations():
     """The feature scales and the heuristic's decoding agree."""
-    heuristic = HeuristicPolicy(BLUEPRINTS, BLENDS, 5, blueprint_preference=["conv"])
+    heuristic = HeuristicPolicy(Vocabulary(BLUEPRINTS, BLENDS, 5), HeuristicConfig(
+        blueprint_preference=["conv"], plateau=0.005, train_epochs=3, germinate_at="first"))
     plateau = signals(val_acc=0.601, val_acc_history=[0.600, 0.600, 0.600])
     improving = signals(val_acc=0.65, val_acc_history=[0.5, 0.55, 0.6])
     dormant = [slot("a", SeedStage.DORMANT), slot("b", SeedStage.DORMANT)]

@@ -10,14 +10,13 @@ import torch
 
 from esper.kasmina.blending import blend_names
 from esper.kasmina.blueprints import blueprint_names
-from esper.leyline import Edit, Op, batch_observations
-from esper.simic.baselines import HeuristicConfig
+from esper.leyline import Edit, Op, Vocabulary, batch_observations
 from esper.simic.data import load_data
 from esper.simic.env import EnvConfig, GrowthEnv, reinitialized_copies
 from esper.simic.features import probe_accuracy
 from esper.simic.training import TrainConfig, Trainer
 from esper.simic.vectorized import VectorEnv, decide_with, run_episodes
-from esper.tamiyo import ImitationConfig, PPOConfig, RandomPolicy, TamiyoPolicy
+from esper.tamiyo import HeuristicConfig, HeuristicPolicy, ImitationConfig, PPOConfig, RandomPolicy, TamiyoPolicy
 from tests.helpers import TinyGPT
 from tests.simic.toys import TinyCNN, toy_data
 
@@ -42,7 +41,7 @@ def test_a_causal_host_is_offered_causal_safe_seeds_only(recall):
     assert offered == {"causal_attention", "lora", "mlp", "norm"}
     assert [b for b, ok in zip(env.blends, obs.blend_mask.tolist()) if ok] == blend_names(causal=True)
     # a random policy explores every legal choice: none is refused by the plane, none could see the future
-    rollout = run_episodes(VectorEnv([env]), [0], decide_with(RandomPolicy(env.blueprints, env.blends, 1, seed=0)))
+    rollout = run_episodes(VectorEnv([env]), [0], decide_with(RandomPolicy(Vocabulary(env.blueprints, env.blends, 1), seed=0)))
     grown = [e for e in env.plane.edits if e.op is Op.GERMINATE]
     assert not {e.blueprint for e in grown} & UNSAFE_BLUEPRINTS and all(e.blend != "gated" for e in grown)
     summary = rollout.summaries[0]
@@ -51,7 +50,7 @@ def test_a_causal_host_is_offered_causal_safe_seeds_only(recall):
 
 def test_the_heuristic_grows_a_transformer_on_next_token_accuracy(recall):
     env = gpt_env(recall, epochs=8)
-    policy = HeuristicConfig(blueprint_preference=["attention", "mlp"]).build(env.blueprints, env.blends, 1)
+    policy = HeuristicPolicy(Vocabulary(env.blueprints, env.blends, 1), HeuristicConfig(blueprint_preference=["attention", "mlp"]))
     rollout = run_episodes(VectorEnv([env]), [0], decide_with(policy))
     germinated = [e for e in env.plane.edits if e.op is Op.GERMINATE]
     assert germinated and all(e.blueprint == "mlp" for e in germinated)  # its first choice is masked here
@@ -67,13 +66,13 @@ def test_one_policy_network_acts_on_cnn_and_transformer_hosts_in_one_batch(recal
     gpt = gpt_env(recall, max_slots=3)
     observations = [cnn.reset(0), gpt.reset(0)]
     assert observations[0].num_slots != observations[1].num_slots
-    policy = TamiyoPolicy(blueprint_names(), blend_names(), 2, hidden=16)
+    policy = TamiyoPolicy(Vocabulary(blueprint_names(), blend_names(), 2), hidden=16)
     torch.manual_seed(0)
     sample = policy.act(batch_observations(observations * 64))  # 64 samples of each
     for row in range(1, 128, 2):
         op, _, blueprint, blend = sample.row(row)
         if op == Op.GERMINATE:
-            assert policy.blueprints[blueprint] not in UNSAFE_BLUEPRINTS and policy.blends[blend] != "gated"
+            assert policy.vocab.blueprints[blueprint] not in UNSAFE_BLUEPRINTS and policy.vocab.blends[blend] != "gated"
     assert {sample.row(r).op for r in range(0, 128, 2)} >= {Op.WAIT, Op.GERMINATE}
 
 

@@ -82,7 +82,7 @@ def test_a_run_writes_metrics_checkpoint_policy_and_tensorboard(tmp_path, toy):
     assert state["episodes_done"] == 2 and state["updates_done"] == 1
     assert {"policy", "optimizer", "rng", "history"} <= set(state)
     policy, cfg = load_policy(run / "tamiyo.pt")
-    assert cfg.hidden == 16 and policy.blend_steps == 2
+    assert cfg.hidden == 16 and policy.vocab.blend_steps == 2
 
 
 def test_resume_after_a_kill_loses_and_repeats_nothing(tmp_path, toy):

@@ -16,6 +16,7 @@ from esper.leyline import (
     Observation,
     Op,
     SeedStage,
+    Vocabulary,
     legal_ops,
 )
 from esper.leyline.observations import STAGE_FEATURES
@@ -24,6 +25,7 @@ BLUEPRINTS = ["noop", "conv", "attention", "lora"]
 BLENDS = ["linear", "sigmoid", "gated"]
 BLUEPRINT_RANKS = {"noop": {2, 3, 4}, "conv": {4}, "attention": {3, 4}, "lora": {3}}
 STEPS = 5
+VOCAB = Vocabulary(BLUEPRINTS, BLENDS, STEPS)
 
 
 def make_observation(

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from esper.leyline import Edit, Op, SeedStage
-from esper.tamiyo import Action, HeuristicPolicy, RandomPolicy, TamiyoPolicy, agreement, behaviour_clone
+from esper.tamiyo import Action, HeuristicConfig, HeuristicPolicy, RandomPolicy, TamiyoPolicy, agreement, behaviour_clone
 from esper.tamiyo.imitation import ImitationConfig
-from tests.tamiyo.factory import BLENDS, BLUEPRINTS, STEPS, make_observation
+from tests.tamiyo.factory import STEPS, VOCAB, make_observation
 
 S = SeedStage
 PLATEAU = {"delta_3_known": 1.0, "val_acc_delta_3": 0.02, "progress": 0.3}  # +0.2 points in 3 epochs
@@ -21,8 +21,14 @@ def blending(alpha: float, contribution: float, known: float = 1.0) -> dict:
     return {"alpha": [alpha], "contribution": [contribution * 10], "contribution_known": [known]}
 
 
+# Rules tuned for epochs rather than short episodes: a real plateau, three epochs of
+# training, the earliest free slot (HeuristicConfig's defaults are for 8-tick episodes).
+EPOCH_RULES = dict(blueprint_preference=[], plateau=0.005, train_epochs=3, latest_germination=0.75, decline=0.01,
+                   germinate_at="first")
+
+
 def heuristic(**kwargs) -> HeuristicPolicy:
-    return HeuristicPolicy(BLUEPRINTS, BLENDS, STEPS, **kwargs)
+    return HeuristicPolicy(VOCAB, HeuristicConfig(**{**EPOCH_RULES, **kwargs}))
 
 
 def choose(policy: HeuristicPolicy, obs) -> Action:
@@ -76,11 +82,11 @@ def test_heuristic_fossilizes_helpers_and_culls_the_rest():
 
 def test_random_policy_is_uniform_over_legal_ops_and_seeded():
     obs = make_observation([S.DORMANT, S.TRAINING])  # WAIT, GERMINATE, ADVANCE, CULL
-    actions = RandomPolicy(BLUEPRINTS, BLENDS, STEPS, seed=0).choose([obs] * 4000)
+    actions = RandomPolicy(VOCAB, seed=0).choose([obs] * 4000)
     counts = torch.bincount(torch.tensor([a.op for a in actions]), minlength=5)
     assert counts[Op.FOSSILIZE] == 0
     assert ((counts[:4] / 4000 - 0.25).abs() < 0.03).all(), counts
-    again = RandomPolicy(BLUEPRINTS, BLENDS, STEPS, seed=0).choose([obs] * 4000)
+    again = RandomPolicy(VOCAB, seed=0).choose([obs] * 4000)
     assert actions == again
 
 
@@ -102,7 +108,7 @@ def test_behaviour_cloning_copies_the_heuristic():
     assert len({a.op for a in actions}) == 5  # every op is demonstrated
 
     torch.manual_seed(0)
-    policy = TamiyoPolicy(BLUEPRINTS, BLENDS, STEPS, hidden=64)
+    policy = TamiyoPolicy(VOCAB, hidden=64)
     before = agreement(policy, observations, actions)
     losses = behaviour_clone(policy, observations, actions, ImitationConfig(epochs=40, learning_rate=3e-3))
     assert losses[-1] < losses[0] / 3
@@ -112,7 +118,7 @@ def test_behaviour_cloning_copies_the_heuristic():
 
 
 def test_behaviour_cloning_rejects_illegal_teacher_actions():
-    policy = TamiyoPolicy(BLUEPRINTS, BLENDS, STEPS, hidden=16)
+    policy = TamiyoPolicy(VOCAB, hidden=16)
     with pytest.raises(ValueError, match="illegal"):
         behaviour_clone(policy, [make_observation([S.DORMANT])], [Action(Op.FOSSILIZE, 0)])
 

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from esper.leyline import Edit, Observation, Op, SeedStage, batch_observations, legal_ops
+from esper.leyline import Edit, Observation, Op, SeedStage, Vocabulary, batch_observations, legal_ops
 from esper.tamiyo import (
     HEADS,
     Action,
@@ -16,12 +16,11 @@ from esper.tamiyo import (
     RolloutBuffer,
     TamiyoPolicy,
     masks_for,
-    to_edit,
 )
-from tests.tamiyo.factory import BLENDS, BLUEPRINTS, STEPS, make_observation, observations
+from tests.tamiyo.factory import BLENDS, BLUEPRINTS, STEPS, VOCAB, make_observation, observations
 
 torch.manual_seed(0)
-POLICY = TamiyoPolicy(BLUEPRINTS, BLENDS, STEPS, hidden=32)
+POLICY = TamiyoPolicy(VOCAB, hidden=32)
 S = SeedStage
 
 
@@ -50,10 +49,10 @@ def test_masks_never_fully_masked_and_sampled_actions_are_legal(obs_list):
     assert torch.isfinite(sample.log_prob).all() and torch.isfinite(sample.value).all()
     for i, obs in enumerate(obs_list):
         assert_legal(obs, sample.row(i))
-        edit = to_edit(sample.row(i), obs, BLUEPRINTS, BLENDS, STEPS)
+        edit = VOCAB.to_edit(sample.row(i), obs)
         if edit.op is not Op.WAIT:
             assert edit.op in legal_ops(obs.stages()[obs.slot_ids.index(edit.slot)])
-    for policy in (RandomPolicy(BLUEPRINTS, BLENDS, STEPS, seed=1), HeuristicPolicy(BLUEPRINTS, BLENDS, STEPS)):
+    for policy in (RandomPolicy(VOCAB, seed=1), HeuristicPolicy(VOCAB)):
         for obs, action in zip(obs_list, policy.choose(obs_list)):
             assert_legal(obs, action)
 
@@ -133,15 +132,15 @@ def test_same_weights_act_on_any_slot_count():
 
 def test_to_edit_names_slot_blueprint_and_blend():
     obs = make_observation([S.DORMANT, S.TRAINING])
-    assert to_edit(Action(Op.WAIT), obs, BLUEPRINTS, BLENDS, STEPS) == Edit(Op.WAIT)
-    assert to_edit(Action(Op.ADVANCE, 1), obs, BLUEPRINTS, BLENDS, STEPS) == Edit(Op.ADVANCE, "s1")
-    germinate = to_edit(Action(Op.GERMINATE, 0, 2, 1), obs, BLUEPRINTS, BLENDS, STEPS)
+    assert VOCAB.to_edit(Action(Op.WAIT), obs) == Edit(Op.WAIT)
+    assert VOCAB.to_edit(Action(Op.ADVANCE, 1), obs) == Edit(Op.ADVANCE, "s1")
+    germinate = VOCAB.to_edit(Action(Op.GERMINATE, 0, 2, 1), obs)
     assert germinate == Edit(Op.GERMINATE, "s0", blueprint="attention", blend="sigmoid", steps=STEPS)
 
 
 def test_weights_remember_their_vocabulary():
-    other = TamiyoPolicy(["noop", "conv"], BLENDS, STEPS, hidden=32)
+    other = TamiyoPolicy(Vocabulary(["noop", "conv"], BLENDS, STEPS), hidden=32)
     with pytest.raises(ValueError, match="vocabulary"):
         other.load_state_dict(POLICY.state_dict(), strict=False)
-    same = TamiyoPolicy(BLUEPRINTS, BLENDS, STEPS, hidden=32)
+    same = TamiyoPolicy(VOCAB, hidden=32)
     same.load_state_dict(POLICY.state_dict())

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from esper.leyline import NUM_OPS, Op, SeedStage, batch_observations
+from esper.leyline import NUM_OPS, Op, SeedStage, Vocabulary, batch_observations
 from esper.tamiyo import (
     HEADS,
     PPOConfig,
@@ -19,7 +19,7 @@ from esper.tamiyo import (
     masks_for,
     ppo_update,
 )
-from tests.tamiyo.factory import BLENDS, BLUEPRINTS, STEPS, make_observation
+from tests.tamiyo.factory import STEPS, VOCAB, make_observation
 
 
 def test_gae_matches_a_hand_computation():
@@ -54,7 +54,7 @@ def test_ppo_learns_a_bandit():
         make_observation([SeedStage.DORMANT, SeedStage.DORMANT], seed=s, blueprints=["noop"], blends=["linear"])
         for s in range(16)
     ]
-    policy = TamiyoPolicy(["noop"], ["linear"], STEPS, hidden=32)
+    policy = TamiyoPolicy(Vocabulary(["noop"], ["linear"], STEPS), hidden=32)
     cfg = PPOConfig(learning_rate=3e-3, minibatch_size=32, update_epochs=4, target_kl=None)
     optimizer = make_optimizer(policy, cfg)
     before = _bandit_probability(policy, obs_list[0])
@@ -87,7 +87,7 @@ def test_ppo_learns_a_bandit():
 def test_update_stops_early_on_kl():
     torch.manual_seed(1)
     obs_list = [make_observation([SeedStage.DORMANT, SeedStage.TRAINING, SeedStage.BLENDING], seed=s) for s in range(32)]
-    policy = TamiyoPolicy(BLUEPRINTS, BLENDS, STEPS, hidden=32)
+    policy = TamiyoPolicy(VOCAB, hidden=32)
     cfg = PPOConfig(learning_rate=1e-2, minibatch_size=8, update_epochs=4, target_kl=1e-6)
     buffer = RolloutBuffer(len(obs_list))
     sample = policy.act(batch_observations(obs_list))
@@ -142,7 +142,7 @@ def _one_step(advantages=None, seed=0, **overrides):
     """One PPO step over one full batch; returns the policy, the optimizer and the gradient."""
     torch.manual_seed(seed)
     obs_list = [make_observation([SeedStage.DORMANT, SeedStage.TRAINING, SeedStage.BLENDING], seed=s) for s in range(16)]
-    policy = TamiyoPolicy(BLUEPRINTS, BLENDS, STEPS, hidden=32)
+    policy = TamiyoPolicy(VOCAB, hidden=32)
     settings = dict(minibatch_size=16, update_epochs=1, target_kl=None, value_coef=0.0, entropy_floor_coef=0.0,
                     entropy_coef={h: 0.0 for h in HEADS}, max_grad_norm=1e9)
     cfg = PPOConfig(**{**settings, **overrides})
