@@ -154,15 +154,15 @@ class Benchmark:
         s = rollout.summaries[0]
         test_loss, test_acc = env.evaluate(self._on_device(self.data.test))
         fossils = {i: sl.blueprint for i, sl in env.plane.slots.items() if sl.stage is SeedStage.FOSSILIZED}
-        record = {"arm": arm, "seed": seed, "test_acc": test_acc, "test_loss": test_loss, "val_acc": s["val_acc"],
-                  "train_acc": s["train_acc"], "params": s["params"], "host_params": s["host_params"],
-                  "params_added": s["params"] - s["host_params"], "seconds": time.perf_counter() - start,
-                  "fossils": fossils, "germinated": s["germinated"], "culled": s["culled"], "return": s["return"],
+        record = {"arm": arm, "seed": seed, "test_acc": test_acc, "test_loss": test_loss, "val_acc": s.val_acc,
+                  "train_acc": s.train_acc, "params": s.params, "host_params": s.host_params,
+                  "params_added": s.params - s.host_params, "seconds": time.perf_counter() - start,
+                  "fossils": fossils, "germinated": s.germinated, "culled": s.culled, "return": s.episode_return,
                   "edits": [e.to_dict() for e in env.plane.edits]}
         self.runs[(arm, seed)] = record
         with open(self.log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        print(f"  {arm:>18} seed {seed}: test {test_acc:.4f} val {s['val_acc']:.4f} params +{record['params_added']:,} "
+        print(f"  {arm:>18} seed {seed}: test {test_acc:.4f} val {s.val_acc:.4f} params +{record['params_added']:,} "
               f"fossils {fossils or '-'} ({record['seconds']:.0f}s)", flush=True)
         return record
 

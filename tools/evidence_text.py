@@ -95,9 +95,9 @@ class TextBenchmark:
         summary = run_episodes(VectorEnv([env]), [seed], decide_with(policy)).summaries[0]
         test_loss, test_acc = env.evaluate(self.data.test)
         record = {"arm": arm, "seed": seed, "test_bits": test_loss / LN2, "test_acc": test_acc,
-                  "val_bits": summary["val_loss"] / LN2, "val_acc": summary["val_acc"],
-                  "params_added": summary["params"] - summary["host_params"], "host_params": summary["host_params"],
-                  "seconds": time.perf_counter() - start, "fossils": summary["fossil_blueprints"],
+                  "val_bits": summary.val_loss / LN2, "val_acc": summary.val_acc,
+                  "params_added": summary.params - summary.host_params, "host_params": summary.host_params,
+                  "seconds": time.perf_counter() - start, "fossils": summary.fossil_blueprints,
                   "edits": [e.to_dict() for e in env.plane.edits]}
         self.runs[(arm, seed)] = record
         with open(self.log_path, "a") as f:

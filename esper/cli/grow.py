@@ -120,7 +120,7 @@ def run(args) -> int:
         finally:
             if bar is not None:
                 bar.close()
-        summary = rollout.summaries[0]
+        summary = rollout.summaries[0].to_dict()
         summary["test_loss"], summary["test_acc"] = env.evaluate(data.test)
         summary["wall_seconds"] = time.perf_counter() - start
         summary["throughput"] = rollout.throughput

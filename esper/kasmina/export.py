@@ -18,13 +18,12 @@ from torch import nn
 
 from esper.graph.rewrite import strip_dormant
 from esper.kasmina.model import MorphogeneticModel
-from esper.leyline import ExportError, SeedStage
-
-PENDING = (SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING)
+from esper.leyline import ACTIVE_STAGES, ExportError, SeedStage
 
 
 def pending_slots(mm: MorphogeneticModel) -> list[str]:
-    return [i for i, s in mm.plane.slots.items() if s.stage in PENDING]
+    """Slots whose seed is live: neither fossilized nor gone, so export must decide."""
+    return [i for i, s in mm.plane.slots.items() if s.stage in ACTIVE_STAGES]
 
 
 def finalize(mm: MorphogeneticModel, how: str) -> MorphogeneticModel:

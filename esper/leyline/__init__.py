@@ -1,4 +1,4 @@
-"""Leyline: the shared contracts (seed stages, the one transition table, edits, telemetry, observations, the policy vocabulary, errors)."""
+"""Leyline: the shared contracts (seed stages, the one transition table, edits, telemetry, observations, the policy vocabulary, episode summaries, errors)."""
 
 from esper.leyline.errors import (
     CheckpointError,
@@ -75,6 +75,7 @@ __all__ += [
     "batch_observations",
 ]
 
+from esper.leyline.episodes import EpisodeSummary  # noqa: E402
 from esper.leyline.vocabulary import Vocabulary  # noqa: E402
 
-__all__ += ["Vocabulary"]
+__all__ += ["EpisodeSummary", "Vocabulary"]

@@ -41,7 +41,7 @@ from torch import nn
 from esper.kasmina.blending import blend_names
 from esper.kasmina.blueprints import blueprint_names, blueprint_ranks
 from esper.kasmina.instrument import instrument
-from esper.leyline import Edit, Observation, Op, SeedStage
+from esper.leyline import ACTIVE_STAGES, Edit, EpisodeSummary, Observation, Op, SeedStage
 from esper.simic.features import TrainingSignals, build_observation, probe_accuracy, seed_contributions
 from esper.simic.host_training import EnvConfig, HostTrainer
 from esper.simic.report import timeline_row
@@ -263,33 +263,32 @@ class GrowthEnv:
         }
         return StepResult(self._observe(telemetry), reward, self.done, info)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> EpisodeSummary:
         """The episode in numbers (call after the last step)."""
         components = {k: sum(r.as_dict()[k] for r in self.rewards) for k in RewardBreakdown.__dataclass_fields__}
         stages = [s.stage for s in self.plane.slots.values()]
         fossils = [s.blueprint for s in self.plane.slots.values() if s.stage is S.FOSSILIZED]
         auto_culls = sum("non-finite" in e for s in self.plane.slots.values() for e in s.events)
-        return {
-            "return": sum(r.total for r in self.rewards),
-            "reward": components,
-            "initial_val_acc": self.initial_val_acc,
-            "val_acc": self.now["val_acc"],
-            "val_loss": self.now["val_loss"],
-            "best_val_acc": max(self.history["val_acc"] + [self.now["val_acc"]]),
-            "train_acc": self.now["train_acc"],
-            "ops": {op.name: self.ops.get(op.name, 0) for op in Op},
-            "germinated": self.ops.get("GERMINATE", 0),
-            "fossilized": len(fossils),
-            "fossil_blueprints": fossils,
-            "culled": self.ops.get("CULL", 0) + auto_culls,
-            "live_at_end": sum(st in (S.GERMINATED, S.TRAINING, S.BLENDING) for st in stages),
-            "params": self.total_params(),
-            "host_params": self.host_params,
-            "param_ratio": self.total_params() / self.host_params - 1.0,
-            "images": self.images,
-            "train_seconds": self.train_seconds,
-            "timeline": self.timeline,
-        }
+        return EpisodeSummary(
+            episode_return=sum(r.total for r in self.rewards),
+            reward=components,
+            initial_val_acc=self.initial_val_acc,
+            val_acc=self.now["val_acc"],
+            val_loss=self.now["val_loss"],
+            best_val_acc=max(self.history["val_acc"] + [self.now["val_acc"]]),
+            train_acc=self.now["train_acc"],
+            ops={op.name: self.ops.get(op.name, 0) for op in Op},
+            germinated=self.ops.get("GERMINATE", 0),
+            fossilized=len(fossils),
+            fossil_blueprints=fossils,
+            culled=self.ops.get("CULL", 0) + auto_culls,
+            live_at_end=sum(st in ACTIVE_STAGES for st in stages),
+            params=self.total_params(),
+            host_params=self.host_params,
+            images=self.images,
+            train_seconds=self.train_seconds,
+            timeline=self.timeline,
+        )
 
     # ---- pieces ----------------------------------------------------------------------------
     def _fossilize_static(self) -> None:

@@ -330,13 +330,13 @@ class Trainer:
     def _log_episodes(self, rollout: Rollout, phase: str, start: int, seeds: list[int]) -> None:
         for i, summary in enumerate(rollout.summaries):
             record = {"phase": phase, "episode": start + i, "env": i, "seed": seeds[i], "update": self.updates_done,
-                      **summary, "throughput": rollout.throughput}
+                      **summary.to_dict(), "throughput": rollout.throughput}
             self.metrics.write("episode", record, step=self.global_step + i)
         if self._bar is not None:
             s = rollout.summaries
             self._bar.update(len(s))
-            self._bar.set_postfix(R=f"{_mean(x['return'] for x in s):.2f}", acc=f"{_mean(x['val_acc'] for x in s):.3f}",
-                                  foss=f"{_mean(x['fossilized'] for x in s):.2f}",
+            self._bar.set_postfix(R=f"{_mean(x.episode_return for x in s):.2f}", acc=f"{_mean(x.val_acc for x in s):.3f}",
+                                  foss=f"{_mean(x.fossilized for x in s):.2f}",
                                   img_s=f"{rollout.throughput['images_per_second']:.0f}")
 
     def _warm_start(self) -> None:
@@ -393,13 +393,13 @@ class Trainer:
             "blueprints": _named(metrics["blueprint_counts"], cfg.blueprints),
             "blends": _named(metrics["blend_counts"], cfg.blends),
             "wait_fraction": ops[Op.WAIT] / max(sum(ops), 1),
-            "return_mean": _mean(x["return"] for x in s),
-            "reward": {c: _mean(x["reward"][c] for x in s) for c in s[0]["reward"]},
-            "val_acc_mean": _mean(x["val_acc"] for x in s),
-            "fossilized_per_episode": _mean(x["fossilized"] for x in s),
-            "germinated_per_episode": _mean(x["germinated"] for x in s),
-            "culled_per_episode": _mean(x["culled"] for x in s),
-            "param_ratio_mean": _mean(x["param_ratio"] for x in s),
+            "return_mean": _mean(x.episode_return for x in s),
+            "reward": {c: _mean(x.reward[c] for x in s) for c in s[0].reward},
+            "val_acc_mean": _mean(x.val_acc for x in s),
+            "fossilized_per_episode": _mean(x.fossilized for x in s),
+            "germinated_per_episode": _mean(x.germinated for x in s),
+            "culled_per_episode": _mean(x.culled for x in s),
+            "param_ratio_mean": _mean(x.param_ratio for x in s),
             "throughput": rollout.throughput,
             "warnings": warnings,
         }

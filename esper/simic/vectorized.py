@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from esper.leyline import Edit, Observation, batch_observations
+from esper.leyline import Edit, EpisodeSummary, Observation, batch_observations
 from esper.simic.batched import batching_problem, step_together
 from esper.simic.env import GrowthEnv, StepResult
 from esper.tamiyo import ActionSample, TamiyoPolicy
@@ -105,7 +105,7 @@ class Decision:
 @dataclass
 class Rollout:
     decisions: list[Decision]
-    summaries: list[dict]  # one per environment, GrowthEnv.summary()
+    summaries: list[EpisodeSummary]  # one per environment
     throughput: dict[str, float] = field(default_factory=dict)
 
 

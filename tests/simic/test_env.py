@@ -91,10 +91,10 @@ def test_rewards_come_with_their_components():
     assert infos[-1]["reward"]["param_cost"] < 0  # the fossil's parameters, charged once at the end
     assert all(i["reward"]["terminal_acc"] == 0 for i in infos[:-1])
     summary = rollout.summaries[0]
-    assert summary["return"] == pytest.approx(sum(i["reward"]["total"] for i in infos))
-    assert summary["fossilized"] == 1 and summary["germinated"] == 2 and summary["culled"] == 1
-    assert summary["params"] > summary["host_params"]
-    assert len(summary["timeline"]) == 7 and summary["timeline"][0]["block2"][0] == "DORMANT"
+    assert summary.episode_return == pytest.approx(sum(i["reward"]["total"] for i in infos))
+    assert summary.fossilized == 1 and summary.germinated == 2 and summary.culled == 1
+    assert summary.params > summary.host_params
+    assert len(summary.timeline) == 7 and summary.timeline[0]["block2"][0] == "DORMANT"
 
 
 def test_blending_seeds_get_a_measured_contribution():
@@ -174,10 +174,10 @@ def test_heuristic_fossilizes_a_seed_on_the_synthetic_task(synthetic_small):
     heuristic = HeuristicPolicy(Vocabulary(env.blueprints, env.blends, cfg.blend_steps), HeuristicConfig(tolerance=1.0, decline=1.0))
     rollout = play(env, heuristic, seed=0)
     summary = rollout.summaries[0]
-    assert summary["germinated"] == 1
-    assert summary["fossilized"] == 1, [d.results[0].info["edit"] for d in rollout.decisions]
-    assert summary["params"] > summary["host_params"]
-    assert summary["fossil_blueprints"] == ["depthwise"]  # the first preference that fits a conv slot
+    assert summary.germinated == 1
+    assert summary.fossilized == 1, [d.results[0].info["edit"] for d in rollout.decisions]
+    assert summary.params > summary.host_params
+    assert summary.fossil_blueprints == ["depthwise"]  # the first preference that fits a conv slot
     assert env.plane.slots["block3"].stage is S.FOSSILIZED  # the deepest slot
 
 

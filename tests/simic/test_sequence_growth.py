@@ -45,7 +45,7 @@ def test_a_causal_host_is_offered_causal_safe_seeds_only(recall):
     grown = [e for e in env.plane.edits if e.op is Op.GERMINATE]
     assert not {e.blueprint for e in grown} & UNSAFE_BLUEPRINTS and all(e.blend != "gated" for e in grown)
     summary = rollout.summaries[0]
-    assert 0.0 <= summary["val_acc"] <= 1.0 and summary["val_loss"] > 0
+    assert 0.0 <= summary.val_acc <= 1.0 and summary.val_loss > 0
 
 
 def test_the_heuristic_grows_a_transformer_on_next_token_accuracy(recall):
@@ -55,7 +55,7 @@ def test_the_heuristic_grows_a_transformer_on_next_token_accuracy(recall):
     germinated = [e for e in env.plane.edits if e.op is Op.GERMINATE]
     assert germinated and all(e.blueprint == "mlp" for e in germinated)  # its first choice is masked here
     loss, acc = env.evaluate(recall.val)
-    assert acc == pytest.approx(rollout.summaries[0]["val_acc"])
+    assert acc == pytest.approx(rollout.summaries[0].val_acc)
     # accuracy counts the scored answers only: four per sequence
     assert acc == pytest.approx(probe_accuracy(env.mm.eval(), recall.val.x, recall.val.y))
     assert round(acc * 4 * len(recall.val)) == pytest.approx(acc * 4 * len(recall.val))

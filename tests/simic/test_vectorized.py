@@ -76,8 +76,8 @@ def test_heuristic_drives_every_environment_through_a_whole_seed_life(toy):
     heuristic = HeuristicPolicy(Vocabulary(envs[0].blueprints, envs[0].blends, 2), HeuristicConfig(tolerance=1.0, decline=1.0))
     rollout = run_episodes(VectorEnv(envs), [0, 1], decide_with(heuristic))
     assert all(len(d.edits) == 2 for d in rollout.decisions)
-    assert torch.isfinite(torch.tensor([s["return"] for s in rollout.summaries])).all()
+    assert torch.isfinite(torch.tensor([s.episode_return for s in rollout.summaries])).all()
     for env, summary in zip(envs, rollout.summaries):
         ops = [e.op for e in env.plane.edits if e.op is not Op.WAIT]
         assert ops == [Op.GERMINATE, Op.ADVANCE, Op.ADVANCE, Op.FOSSILIZE], env.plane.edits
-        assert summary["fossilized"] == 1 and summary["params"] > summary["host_params"]
+        assert summary.fossilized == 1 and summary.params > summary.host_params

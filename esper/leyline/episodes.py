@@ -1,0 +1,39 @@
+"""EpisodeSummary: one growth episode in numbers, as every runner, log and report reads it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class EpisodeSummary:
+    episode_return: float  # the sum of the step rewards ("return" in the records)
+    reward: dict[str, float]  # the return by reward component
+    initial_val_acc: float  # validation accuracy before any training
+    val_acc: float  # at the end of the episode
+    val_loss: float
+    best_val_acc: float
+    train_acc: float
+    ops: dict[str, int]  # edits applied, by op name
+    germinated: int
+    fossilized: int  # seeds fossilized at the end
+    fossil_blueprints: list[str]
+    culled: int  # by the policy or for non-finite values
+    live_at_end: int  # seeds germinated, training or blending when the episode ended
+    params: int
+    host_params: int
+    images: int  # training examples seen
+    train_seconds: float
+    timeline: list[dict] = field(default_factory=list)  # every slot's stage after each step
+
+    @property
+    def param_ratio(self) -> float:
+        """Parameters added, as a fraction of the host's."""
+        return self.params / self.host_params - 1.0
+
+    def to_dict(self) -> dict:
+        """The record written to metrics.jsonl and summary.json."""
+        record = asdict(self)
+        record["return"] = record.pop("episode_return")
+        record["param_ratio"] = self.param_ratio
+        return record
