@@ -1,10 +1,11 @@
-"""Files of a run directory: their names, atomic saves, and the check that a new run
-overwrites nothing."""
+"""Files of a run directory: their names, the one atomic write every saved file goes
+through, and the check that a new run overwrites nothing."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import torch
 
@@ -15,14 +16,21 @@ POLICY = "tamiyo.pt"
 CONFIG = "config.yaml"
 
 
-def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same directory, fsync, then rename over `path`."""
-    tmp = path.with_name(path.name + ".tmp")
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """`write(file)` into a temporary file beside `path`, fsync, then rename it over `path`:
+    a crash or a concurrent reader sees the old file or the new one, never half of one."""
+    # The process id keeps two writers of one path (two runs filling one dataset cache) apart.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
-        torch.save(obj, f)
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def save_atomic(obj, path: Path) -> None:
+    """torch.save through `write_atomic`."""
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def check_fresh_run(out: Path, resume: bool) -> None:
