@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import esper
-from esper.simic.metrics import read_jsonl
+from esper.runs.metrics import read_jsonl
 from tests.helpers import ROOT
 
 

@@ -14,8 +14,11 @@ ALLOWED = {
     "kernels": set(),
     "kasmina": {"leyline", "graph", "kernels"},
     "tamiyo": {"leyline"},
-    "simic": {"leyline", "kasmina", "tamiyo"},
-    "integrations": {"leyline", "kasmina", "tamiyo", "simic"},  # only esper/__init__ (lazily) and cli import it
+    "runs": {"leyline"},
+    "data": {"leyline", "runs"},  # runs.files only: dataset caches are written with its atomic save
+    "simic": {"leyline", "kasmina", "tamiyo", "data", "runs"},
+    "integrations": {"leyline", "kasmina", "tamiyo", "data", "runs", "simic"},  # only esper/__init__ (lazily) and cli import it
+    "cli": {"leyline", "graph", "kernels", "kasmina", "tamiyo", "data", "runs", "simic", "integrations"},
 }
 
 

@@ -7,8 +7,8 @@ import sys
 
 import yaml
 
-from esper.simic import config as config_io
-from esper.simic.metrics import read_jsonl
+from esper.runs import config as config_io
+from esper.runs.metrics import read_jsonl
 from esper.simic.training import load_config
 from tests.helpers import ROOT
 

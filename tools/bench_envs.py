@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 from host_cnn import HostCNN  # noqa: E402
 
+from esper.data.splits import DataSplits, TensorData  # noqa: E402
 from esper.leyline import Edit, Op  # noqa: E402
-from esper.simic.data import DataSplits, TensorData  # noqa: E402
 from esper.simic.env import EnvConfig, GrowthEnv, reinitialized_copies  # noqa: E402
 from esper.simic.vectorized import VectorEnv  # noqa: E402
 

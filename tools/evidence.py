@@ -47,11 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from host_cnn import HostCNN  # noqa: E402
 
 from esper import instrument  # noqa: E402
+from esper.data.splits import DataSplits, TensorData, load_data  # noqa: E402
 from esper.leyline import SeedStage, Vocabulary  # noqa: E402
+from esper.runs.metrics import read_jsonl  # noqa: E402
 from esper.simic.baselines import WaitPolicy  # noqa: E402
-from esper.simic.data import DataSplits, TensorData, load_data  # noqa: E402
 from esper.simic.env import EnvConfig, GrowthEnv  # noqa: E402
-from esper.simic.metrics import read_jsonl  # noqa: E402
 from esper.simic.rewards import RewardConfig  # noqa: E402
 from esper.simic.training import TrainConfig, Trainer, episode_seed, load_policy  # noqa: E402
 from esper.simic.vectorized import VectorEnv, decide_with, run_episodes  # noqa: E402

@@ -13,9 +13,9 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from esper.simic.config import to_dict
-from esper.simic.metrics import clean
-from esper.simic.report import make_report
+from esper.runs.config import to_dict
+from esper.runs.metrics import clean
+from esper.runs.report import make_report
 
 # Student t quantiles t(0.975, df) for df = 1..30; beyond, the normal 1.96 is close enough.
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -115,9 +115,9 @@ def verdicts(arms: dict, pairs: dict) -> list[tuple[str, bool | None, str]]:
 
 
 def _pareto(runs: dict, path: Path) -> None:
-    from esper.simic.report import _pyplot, _save
+    from esper.runs.report import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for i, arm in enumerate(ARM_ORDER):
         pts = [(r["params_added"], r["test_acc"]) for (a, _), r in runs.items() if a == arm]
@@ -127,7 +127,7 @@ def _pareto(runs: dict, path: Path) -> None:
     ax.set_ylabel("test accuracy")
     ax.set_title("Every run: test accuracy against added parameters")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _slot_table(arms: dict) -> list[str]:

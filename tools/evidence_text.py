@@ -40,11 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evidence_doc import TEXT_SECTION, mean, paired, std  # noqa: E402
 from tiny_gpt import TinyGPT  # noqa: E402
 
+from esper.data.splits import load_data  # noqa: E402
 from esper.leyline import Vocabulary  # noqa: E402
+from esper.runs.metrics import clean, read_jsonl  # noqa: E402
 from esper.simic.baselines import WaitPolicy  # noqa: E402
-from esper.simic.data import load_data  # noqa: E402
 from esper.simic.env import EnvConfig, GrowthEnv  # noqa: E402
-from esper.simic.metrics import clean, read_jsonl  # noqa: E402
 from esper.simic.rewards import RewardConfig  # noqa: E402
 from esper.simic.vectorized import VectorEnv, decide_with, run_episodes  # noqa: E402
 from esper.tamiyo import HeuristicConfig, HeuristicPolicy  # noqa: E402

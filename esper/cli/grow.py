@@ -61,11 +61,11 @@ def _policy_and_config(args):
 
 def run(args) -> int:
     import esper
-    from esper.simic import config as config_io
-    from esper.simic import metrics as metrics_io
-    from esper.simic.env import GrowthEnv
-    from esper.simic.report import loss_in_units, make_report
+    from esper.runs import config as config_io
+    from esper.runs import metrics as metrics_io
+    from esper.runs.report import loss_in_units, make_report
     from esper.simic.baselines import WaitPolicy
+    from esper.simic.env import GrowthEnv
     from esper.simic.vectorized import VectorEnv, decide_with, place_data, run_episodes
     from esper.tamiyo import HeuristicPolicy, RandomPolicy
 

@@ -12,7 +12,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from esper.simic.report import make_report
+    from esper.runs.report import make_report
 
     path = Path(args.dir)
     if not path.is_dir():

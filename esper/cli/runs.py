@@ -12,7 +12,7 @@ import torch
 
 from esper.cli.main import UsageError
 from esper.leyline import EsperError
-from esper.simic import config as config_io
+from esper.runs import config as config_io
 from esper.simic.training import TrainConfig, load_config
 
 # Without --limit, the synthetic tasks are cut to this many training examples, so that the
@@ -104,7 +104,7 @@ def check_device(name: str) -> torch.device:
 
 
 def load_dataset(cfg: TrainConfig, progress: bool = True):
-    from esper.simic.data import load_data
+    from esper.data.splits import load_data
 
     try:
         return load_data(

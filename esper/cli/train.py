@@ -32,7 +32,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from esper.simic.training import CHECKPOINT, CONFIG, POLICY, Trainer, check_fresh_run, load_config
+    from esper.runs.files import CHECKPOINT, CONFIG, POLICY, check_fresh_run
+    from esper.simic.training import Trainer, load_config
     from esper.simic.vectorized import place_data
 
     out = check_out_dir(args.out)

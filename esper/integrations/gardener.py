@@ -34,11 +34,11 @@ from esper.kasmina.blending import blend_names
 from esper.kasmina.blueprints import blueprint_ranks
 from esper.kasmina.model import MorphogeneticModel
 from esper.leyline import Edit, Observation, SeedStage, Vocabulary, edits_to_yaml
+from esper.runs.metrics import JSONL_NAME, clean, write_jsonl_atomic
+from esper.runs.report import make_report, timeline_row
 from esper.simic.baselines import WaitPolicy
 from esper.simic.env import EnvConfig, registered_names
 from esper.simic.features import TrainingSignals, build_observation, probe_accuracy, seed_contributions
-from esper.simic.metrics import JSONL_NAME, clean, write_jsonl_atomic
-from esper.simic.report import make_report, timeline_row
 from esper.simic.training import load_policy
 from esper.tamiyo import HeuristicPolicy, RandomPolicy
 

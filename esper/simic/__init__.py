@@ -1,1 +1,1 @@
-"""Simic: the RL training around Tamiyo (environments, features, rewards, the vectorized runner, the PPO loop, datasets)."""
+"""Simic: the RL training around Tamiyo (environments, features, rewards, the vectorized runner, the PPO loop)."""

@@ -42,9 +42,9 @@ from esper.kasmina.blending import blend_names
 from esper.kasmina.blueprints import blueprint_names, blueprint_ranks
 from esper.kasmina.instrument import instrument
 from esper.leyline import ACTIVE_STAGES, Edit, EpisodeSummary, Observation, Op, SeedStage
+from esper.runs.report import timeline_row
 from esper.simic.features import TrainingSignals, build_observation, probe_accuracy, seed_contributions
 from esper.simic.host_training import EnvConfig, HostTrainer
-from esper.simic.report import timeline_row
 from esper.simic.rewards import RewardBreakdown, RewardConfig, RewardState, compute_reward
 from esper.simic.tasks import task_for
 
@@ -91,7 +91,7 @@ def registered_names(blueprints: list[str] | None = None, blends: list[str] | No
 
 class GrowthEnv:
     """One environment. `host_factory()` must return a fresh host on every call; `data`
-    has `.train`, `.val` (TensorData) and `.num_classes` (esper.simic.data.DataSplits).
+    has `.train`, `.val` (TensorData) and `.num_classes` (esper.data.splits.DataSplits).
     The targets choose the task (esper.simic.tasks): class ids, or next tokens."""
 
     def __init__(

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-IGNORE = -100  # a target position that is not scored (F.cross_entropy's ignore_index)
+from esper.data.sequences import IGNORE
 
 
 def logits_of(out) -> torch.Tensor:

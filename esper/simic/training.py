@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -31,10 +30,11 @@ from typing import Callable
 
 import torch
 
-from esper.leyline import MAX_BLENDS, MAX_BLUEPRINTS, CheckpointError, Op, RunError, Vocabulary
-from esper.simic import config as config_io
+from esper.leyline import MAX_BLENDS, MAX_BLUEPRINTS, CheckpointError, Op, Vocabulary
+from esper.runs import config as config_io
+from esper.runs.files import CHECKPOINT, CONFIG, POLICY, check_fresh_run, save_atomic
+from esper.runs.metrics import JSONL_NAME, MetricsWriter, truncate_jsonl
 from esper.simic.env import EnvConfig, GrowthEnv, registered_names, reinitialized_copies
-from esper.simic.metrics import JSONL_NAME, MetricsWriter, truncate_jsonl
 from esper.simic.rewards import RewardConfig
 from esper.simic.vectorized import RUNNERS, Rollout, VectorEnv, choose_with_actions, run_episodes, sample_with
 from esper.simic.warm_start import discounted_returns
@@ -52,11 +52,6 @@ from esper.tamiyo import (
     make_optimizer,
     ppo_update,
 )
-
-CHECKPOINT = "checkpoint.pt"
-POLICY = "tamiyo.pt"
-CONFIG = "config.yaml"
-
 
 @dataclass
 class TrainConfig:
@@ -120,28 +115,6 @@ def episode_seed(run_seed: int, phase: str, index: int) -> int:
 
 
 # ---- files ---------------------------------------------------------------------------------------
-def check_fresh_run(out: Path, resume: bool) -> None:
-    """A run starts only in an empty or new directory, unless it resumes the checkpoint
-    there: nothing a run did not read a checkpoint for is ever overwritten or shortened."""
-    if resume and (out / CHECKPOINT).is_file():
-        return
-    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    if held:
-        way = "pass --resume to continue it" if (out / CHECKPOINT).is_file() else f"it has no {CHECKPOINT} to resume from"
-        shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
-        raise RunError(f"{out} already holds a run ({shown}): {way}, or choose another --out; nothing was changed")
-
-
-def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same directory, fsync, then rename over `path`."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_policy(policy: TamiyoPolicy, path: Path, cfg: TrainConfig, episodes: int) -> None:
     save_atomic(
         {

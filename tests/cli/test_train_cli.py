@@ -10,8 +10,8 @@ import yaml
 
 import esper
 from esper.cli.main import main
-from esper.simic.data import load_data
-from esper.simic.metrics import read_jsonl
+from esper.data.splits import load_data
+from esper.runs.metrics import read_jsonl
 
 HOST = """
 import torch

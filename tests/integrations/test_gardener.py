@@ -24,7 +24,7 @@ EPOCHS = 8
 @pytest.fixture(scope="module")
 def grown(tmp_path_factory):
     """The README's loop on the synthetic task: a small CNN, AdamW, the heuristic, 8 epochs."""
-    from esper.simic.data import load_data
+    from esper.data.splits import load_data
 
     data = load_data("synthetic", limit=1200, progress=False)
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ from PIL import Image
 import esper
 from esper.cli.main import main
 from esper.leyline import EditError, Op
-from esper.simic import config as config_io
+from esper.runs import config as config_io
 from esper.simic.training import TrainConfig
 from tests.helpers import ROOT, HostCNN
 from tests.reliability.checkpoints import grown

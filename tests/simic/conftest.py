@@ -10,6 +10,6 @@ def toy():
 
 @pytest.fixture(scope="session")
 def synthetic_small():
-    from esper.simic.data import load_data
+    from esper.data.splits import load_data
 
     return load_data("synthetic", limit=600, progress=False)

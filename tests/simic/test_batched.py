@@ -169,7 +169,7 @@ def test_auto_batches_only_on_cuda(toy):
 
 
 def test_a_transformer_on_a_sequence_task_batches_too():
-    from esper.simic.data import load_data
+    from esper.data.splits import load_data
     from tests.helpers import TinyGPT
 
     data = load_data("seq-synthetic", limit=128, progress=False)

@@ -8,10 +8,10 @@ import copy
 import pytest
 import torch
 
+from esper.data.splits import load_data
 from esper.kasmina.blending import blend_names
 from esper.kasmina.blueprints import blueprint_names
 from esper.leyline import Edit, Op, Vocabulary, batch_observations
-from esper.simic.data import load_data
 from esper.simic.env import EnvConfig, GrowthEnv, reinitialized_copies
 from esper.simic.features import probe_accuracy
 from esper.simic.training import TrainConfig, Trainer

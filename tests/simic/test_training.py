@@ -8,9 +8,9 @@ import pytest
 import torch
 import yaml
 
-from esper.simic import config as config_io
+from esper.runs import config as config_io
+from esper.runs.metrics import read_jsonl
 from esper.simic.env import EnvConfig
-from esper.simic.metrics import read_jsonl
 from esper.simic.training import TrainConfig, Trainer, load_config, load_policy
 from esper.tamiyo import ImitationConfig, PPOConfig
 from tests.simic.toys import TinyCNN

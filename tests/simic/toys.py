@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from esper.simic.data import DataSplits, TensorData
+from esper.data.splits import DataSplits, TensorData
 
 
 class TinyCNN(nn.Module):

@@ -19,7 +19,7 @@ import json
 import math
 from pathlib import Path
 
-from esper.simic.metrics import JSONL_NAME, read_jsonl
+from esper.runs.metrics import JSONL_NAME, read_jsonl
 
 STAGE_COLORS = {
     "DORMANT": "#eeeeee",
@@ -44,7 +44,8 @@ def _num(v) -> float:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, which needs no display."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,10 +54,11 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> str:
+def save_figure(fig, path: Path) -> str:
+    """Write `fig` to `path` and close it; returns the file name a report links to."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path.name
 
 
@@ -68,7 +70,7 @@ def timeline_row(plane) -> dict[str, list]:
 
 def plot_timeline(timeline: list[dict], path: Path, title: str, ticks_per_epoch: int = 1) -> str:
     """Stage of every slot over time as colored bars; alpha as a black line inside each row."""
-    plt = _pyplot()
+    plt = pyplot()
     slots: list[str] = []
     for row in timeline:
         for slot in row:
@@ -96,12 +98,12 @@ def plot_timeline(timeline: list[dict], path: Path, title: str, ticks_per_epoch:
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in STAGE_COLORS.values()]
     ax.legend(handles + [plt.Line2D([], [], color="black")], list(STAGE_COLORS) + ["alpha"], fontsize=7,
               loc="upper left", bbox_to_anchor=(1.01, 1))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---- esper grow ---------------------------------------------------------------------------------
 def _grow_plots(run_dir: Path, epochs: list[dict], summary: dict) -> list[tuple[str, str]]:
-    plt = _pyplot()
+    plt = pyplot()
     grown = [r for r in epochs if r.get("run", "grown") == "grown"]
     baseline = [r for r in epochs if r.get("run") == "baseline"]
     out = []
@@ -131,7 +133,7 @@ def _grow_plots(run_dir: Path, epochs: list[dict], summary: dict) -> list[tuple[
     ax.set_ylabel("accuracy")
     ax.set_title("Accuracy (vertical lines: edits applied before that epoch's training)")
     ax.legend(fontsize=8)
-    out.append(("Accuracy", _save(fig, run_dir / "accuracy.png")))
+    out.append(("Accuracy", save_figure(fig, run_dir / "accuracy.png")))
     out.append(("Loss", _loss_plot(plt, run_dir / "loss.png", grown, baseline, summary)))
 
     timeline = summary.get("timeline") or [{}] + [r["slots"] for r in grown]
@@ -144,7 +146,7 @@ def _grow_plots(run_dir: Path, epochs: list[dict], summary: dict) -> list[tuple[
     ax.set_ylabel("parameters")
     ax.set_title("Parameters over time")
     ax.legend(fontsize=8)
-    out.append(("Parameters", _save(fig, run_dir / "params.png")))
+    out.append(("Parameters", save_figure(fig, run_dir / "params.png")))
 
     if "reward" not in grown[0]:  # a Gardener in someone's loop earns no reward
         return out
@@ -161,7 +163,7 @@ def _grow_plots(run_dir: Path, epochs: list[dict], summary: dict) -> list[tuple[
     ax.set_xlabel("epoch")
     ax.set_title("Reward components per decision")
     ax.legend(fontsize=7, ncol=4)
-    out.append(("Rewards", _save(fig, run_dir / "rewards.png")))
+    out.append(("Rewards", save_figure(fig, run_dir / "rewards.png")))
     return out
 
 
@@ -185,7 +187,7 @@ def _loss_plot(plt, path: Path, grown: list[dict], baseline: list[dict], summary
         ax.secondary_yaxis("right", functions=(np.exp, np.log)).set_ylabel("perplexity")
     ax.set_title("Next-token loss" if summary.get("task") == "next_token" else "Loss")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _grow_table(summary: dict) -> list[str]:
@@ -225,7 +227,7 @@ def _grow_table(summary: dict) -> list[str]:
 
 # ---- esper train --------------------------------------------------------------------------------------
 def _train_plots(run_dir: Path, episodes: list[dict], updates: list[dict], ticks_per_epoch: int = 1) -> list[tuple[str, str]]:
-    plt = _pyplot()
+    plt = pyplot()
     out = []
     fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
     for phase, color in (("warm_start", "#fd8d3c"), ("ppo", "#3182bd")):
@@ -243,7 +245,7 @@ def _train_plots(run_dir: Path, episodes: list[dict], updates: list[dict], ticks
     axes[2].set_ylabel("seeds fossilized")
     axes[2].set_xlabel("episode")
     axes[0].set_title("Episodes")
-    out.append(("Episodes", _save(fig, run_dir / "episodes.png")))
+    out.append(("Episodes", save_figure(fig, run_dir / "episodes.png")))
 
     if updates:
         u = [r["update"] for r in updates]
@@ -266,7 +268,7 @@ def _train_plots(run_dir: Path, episodes: list[dict], updates: list[dict], ticks
         axes[1, 1].legend(fontsize=7)
         for ax in axes[1]:
             ax.set_xlabel("PPO update")
-        out.append(("PPO health", _save(fig, run_dir / "heads.png")))
+        out.append(("PPO health", save_figure(fig, run_dir / "heads.png")))
 
         fig, ax = plt.subplots(figsize=(8, 3.5))
         ops = list(updates[0]["actions"])
@@ -278,7 +280,7 @@ def _train_plots(run_dir: Path, episodes: list[dict], updates: list[dict], ticks
         ax.set_ylabel("share of actions")
         ax.set_title("Actions per update (all WAIT = collapse)")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-        out.append(("Actions", _save(fig, run_dir / "actions.png")))
+        out.append(("Actions", save_figure(fig, run_dir / "actions.png")))
 
     last = next((r for r in reversed(episodes) if r.get("timeline")), None)
     if last is not None:

@@ -24,6 +24,7 @@ from torchvision.datasets import CIFAR10
 from tqdm import tqdm
 
 from esper.leyline import DataError
+from esper.runs.files import save_atomic
 
 IMAGE_SIZE = 32
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -189,10 +190,8 @@ def synthetic(seed: int, n_train: int = 10_000, n_test: int = 2_000) -> RawImage
 
 def _save(raw: RawImages, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save({"parts": raw.parts, "classes": raw.classes}, tmp)
     # Atomic, so a crash or a concurrent loader never sees half a cache.
-    os.replace(tmp, path)
+    save_atomic({"parts": raw.parts, "classes": raw.classes}, path)
 
 
 def _load(path: Path) -> RawImages:

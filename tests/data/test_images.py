@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-import esper.simic.datasets as datasets
-from esper.simic.data import DataError, TensorData, crop_flip, load_data
+import esper.data.images as images
+from esper.data.splits import DataError, TensorData, crop_flip, load_data
 
 CIFAR_JPG = Path("/work/shared/data/cifar10-jpg.tar.gz")
 CLASS_COLOURS = {"cat": (220, 30, 30), "dog": (30, 220, 30), "eel": (30, 30, 220)}
@@ -126,7 +126,7 @@ def test_image_folder_directory_loads_and_reuses_its_cache(tree, tmp_path, monke
     def refuse(path):
         raise AssertionError(f"decoded {path} again")
 
-    monkeypatch.setattr(datasets, "decode_file", refuse)
+    monkeypatch.setattr(images, "decode_file", refuse)
     again = load_data(str(tree), root=cache, val_fraction=0.25, progress=False)
     assert torch.equal(first.train.x, again.train.x) and torch.equal(first.test.y, again.test.y)
 
@@ -157,8 +157,8 @@ def test_image_folder_archive_matches_directory(tree, tmp_path, monkeypatch, suf
     def refuse(*args):
         raise AssertionError("unpacked or decoded again")
 
-    monkeypatch.setattr(datasets, "decode_file", refuse)
-    monkeypatch.setattr(datasets, "_unpack", refuse)
+    monkeypatch.setattr(images, "decode_file", refuse)
+    monkeypatch.setattr(images, "_unpack", refuse)
     again = load_data(str(archive), root=cache, val_fraction=0.25, progress=False)
     assert torch.equal(packed.val.x, again.val.x)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from esper.simic.metrics import MetricsWriter, clean, flatten, read_jsonl, truncate_jsonl
+from esper.runs.metrics import MetricsWriter, clean, flatten, read_jsonl, truncate_jsonl
 
 
 def test_records_are_json_safe():

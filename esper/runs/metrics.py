@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+from esper.runs.files import write_atomic
 
 JSONL_NAME = "metrics.jsonl"
 
@@ -75,14 +76,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def write_jsonl_atomic(path: str | Path, records: Iterable[dict]) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        for record in records:
-            f.write(json.dumps(clean(record)) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    text = "".join(json.dumps(clean(record)) + "\n" for record in records)
+    write_atomic(Path(path), lambda f: f.write(text.encode()))
 
 
 def truncate_jsonl(path: str | Path, keep: Callable[[dict], bool]) -> int:

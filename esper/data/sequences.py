@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from esper.leyline import DataError
-from esper.simic.tasks import IGNORE
 
+IGNORE = -100  # a target position that is not scored (F.cross_entropy's ignore_index)
 SEQUENCE_SPECS = "'text:PATH' (characters), 'bytes:PATH' (bytes) or 'seq-synthetic'"
 RECALL_KEYS = RECALL_VALUES = 32
 

@@ -1,6 +1,6 @@
 """The data the training code sees: normalized train/val/test tensors, batched on their own device.
 
-Images come from esper.simic.datasets, token sequences from esper.simic.sequences."""
+Images come from esper.data.images, token sequences from esper.data.sequences."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from esper.simic.datasets import ARCHIVE_SUFFIXES, DataError, RawImages, cifar10, image_archive, image_folder, synthetic
-from esper.simic.sequences import SEQUENCE_SPECS, is_sequence_spec, load_sequences
+from esper.data.images import ARCHIVE_SUFFIXES, DataError, RawImages, cifar10, image_archive, image_folder, synthetic
+from esper.data.sequences import SEQUENCE_SPECS, is_sequence_spec, load_sequences
 
 __all__ = ["DataError", "DataSplits", "TensorData", "crop_flip", "load_data"]
 

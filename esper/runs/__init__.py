@@ -1,0 +1,1 @@
+"""Runs: what a run directory holds (config files, metrics.jsonl and TensorBoard, checkpoint files, reports and plots)."""
