@@ -16,6 +16,7 @@ from pathlib import Path
 from esper.runs.config import to_dict
 from esper.runs.metrics import clean
 from esper.runs.report import make_report
+from esper.tamiyo import mean_or_nan
 
 # Student t quantiles t(0.975, df) for df = 1..30; beyond, the normal 1.96 is close enough.
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -41,23 +42,18 @@ def t975(df: int) -> float:
     return _T975[df - 1] if 1 <= df <= len(_T975) else 1.96
 
 
-def mean(xs) -> float:
-    xs = list(xs)
-    return sum(xs) / len(xs) if xs else math.nan
-
-
 def std(xs) -> float:
     xs = list(xs)
     if len(xs) < 2:
         return 0.0
-    m = mean(xs)
+    m = mean_or_nan(xs)
     return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
 def paired(diffs: list[float]) -> dict:
     """Mean of paired differences and its 95% t interval (a single pair has no interval)."""
     n = len(diffs)
-    m = mean(diffs)
+    m = mean_or_nan(diffs)
     half = t975(n - 1) * std(diffs) / math.sqrt(n) if n > 1 else math.nan
     return {"mean_diff": m, "ci95": [m - half, m + half], "n": n}
 
@@ -93,21 +89,21 @@ def verdicts(arms: dict, pairs: dict) -> list[tuple[str, bool | None, str]]:
     out.append(("A growth policy beats the host alone (paired 95% interval above zero)", bool(winners) if growth else None,
                 ", ".join(winners) or "none"))
     if "tamiyo" in arms and "heuristic" in arms:
-        t, h = mean(arms["tamiyo"]["test_acc"]), mean(arms["heuristic"]["test_acc"])
-        tp, hp = mean(arms["tamiyo"]["params_added"]), mean(arms["heuristic"]["params_added"])
+        t, h = mean_or_nan(arms["tamiyo"]["test_acc"]), mean_or_nan(arms["heuristic"]["test_acc"])
+        tp, hp = mean_or_nan(arms["tamiyo"]["params_added"]), mean_or_nan(arms["heuristic"]["params_added"])
         ok = t > h or (abs(t - h) < 0.002 and tp < hp)
         out.append(("Tamiyo beats the heuristic (mean test accuracy, or a tie with fewer parameters)", ok,
                     f"tamiyo {t:.4f} (+{tp:,.0f} params) vs heuristic {h:.4f} (+{hp:,.0f})"))
     if "static" in pairs:
-        gain, added = pairs["static"]["mean_diff"], mean(arms["static"]["params_added"])
+        gain, added = pairs["static"]["mean_diff"], mean_or_nan(arms["static"]["params_added"])
         best = None
         for a in growth:
             share = pairs[a]["mean_diff"] / gain if gain > 0 else math.nan
-            cost = mean(arms[a]["params_added"]) / added if added > 0 else math.nan
+            cost = mean_or_nan(arms[a]["params_added"]) / added if added > 0 else math.nan
             if share >= 0.7 and cost <= 0.5:
                 best = f"{a}: {share:.0%} of static's gain with {cost:.0%} of its added parameters"
         shares = "; ".join(
-            f"{a} {pairs[a]['mean_diff'] / gain:.0%} of the gain, {mean(arms[a]['params_added']) / added:.0%} of the parameters"
+            f"{a} {pairs[a]['mean_diff'] / gain:.0%} of the gain, {mean_or_nan(arms[a]['params_added']) / added:.0%} of the parameters"
             for a in growth) if gain > 0 and added > 0 else "static shows no gain"
         out.append(("A growth policy reaches 70% of static's gain with at most 50% of its added parameters", best is not None,
                     best or shares))
@@ -199,8 +195,8 @@ def write_evidence(bench, outcome: dict) -> tuple[Path, Path]:
     for arm in [a for a in ARM_ORDER if a in arms]:
         a, p = arms[arm], pairs.get(arm)
         diff = f"{p['mean_diff'] * 100:+.2f} pts [{p['ci95'][0] * 100:+.2f}, {p['ci95'][1] * 100:+.2f}] vs {p['reference']}" if p else "—"
-        lines.append(f"| {arm} | {ARM_NOTES[arm]} | {mean(a['test_acc']):.4f} ± {std(a['test_acc']):.4f} | {diff} | "
-                     f"{mean(a['params_added']):,.0f} | {mean(a['seconds']):.0f} |")
+        lines.append(f"| {arm} | {ARM_NOTES[arm]} | {mean_or_nan(a['test_acc']):.4f} ± {std(a['test_acc']):.4f} | {diff} | "
+                     f"{mean_or_nan(a['params_added']):,.0f} | {mean_or_nan(a['seconds']):.0f} |")
     lines += ["", "## Verdicts", ""]
     for q, ok, detail in verdicts(arms, pairs):
         lines.append(f"- **{'met' if ok else 'not met' if ok is not None else 'not measured'}**: {q}. {detail}.")

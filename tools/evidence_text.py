@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from evidence_doc import TEXT_SECTION, mean, paired, std  # noqa: E402
+from evidence_doc import TEXT_SECTION, paired, std  # noqa: E402
 from tiny_gpt import TinyGPT  # noqa: E402
 
 from esper.data.splits import load_data  # noqa: E402
@@ -47,7 +47,7 @@ from esper.simic.baselines import WaitPolicy  # noqa: E402
 from esper.simic.env import EnvConfig, GrowthEnv  # noqa: E402
 from esper.simic.rewards import RewardConfig  # noqa: E402
 from esper.simic.vectorized import VectorEnv, decide_with, run_episodes  # noqa: E402
-from esper.tamiyo import HeuristicConfig, HeuristicPolicy  # noqa: E402
+from esper.tamiyo import HeuristicConfig, HeuristicPolicy, mean_or_nan  # noqa: E402
 
 # The docstrings of torch.Tensor's methods (143 kB of English, code and reStructuredText):
 # fixed for a given torch version, and big enough that TinyGPT does not just memorise it.
@@ -179,11 +179,11 @@ def section(bench: TextBenchmark, outcome: dict, arms: dict, command: str) -> st
             continue
         bits, acc = a["bits_vs_host"], a["acc_vs_host"]
         lines.append(
-            f"| {arm} | {mean(a['test_bits']):.4f} ± {std(a['test_bits']):.4f} | "
+            f"| {arm} | {mean_or_nan(a['test_bits']):.4f} ± {std(a['test_bits']):.4f} | "
             + (f"{bits['mean_diff']:+.4f} [{bits['ci95'][0]:+.4f}, {bits['ci95'][1]:+.4f}]" if bits else "")
-            + f" | {mean(a['test_acc']):.4f} ± {std(a['test_acc']):.4f} | "
+            + f" | {mean_or_nan(a['test_acc']):.4f} ± {std(a['test_acc']):.4f} | "
             + (f"{acc['mean_diff'] * 100:+.2f} pts [{acc['ci95'][0] * 100:+.2f}, {acc['ci95'][1] * 100:+.2f}]" if acc else "")
-            + f" | {mean(a['params_added']):,.0f} | {mean(a['seconds']):.0f} |")
+            + f" | {mean_or_nan(a['params_added']):,.0f} | {mean_or_nan(a['seconds']):.0f} |")
     grown = [f for fossils in arms["heuristic"]["fossils"] for f in fossils]
     lines += ["", "Headroom on seed 0 (validation bits per character): "
               + ", ".join(f"{k[0].split(':')[1]} {v['val_bits']:.4f} (+{v['params_added']:,})" for k, v in bench.runs.items()
@@ -191,11 +191,11 @@ def section(bench: TextBenchmark, outcome: dict, arms: dict, command: str) -> st
               f"The heuristic fossilized {len(grown)} seeds over {arms['heuristic']['seeds']} runs"
               + (f" ({', '.join(sorted(set(grown)))})." if grown else "."), ""]
     lines += [f"- **{arm}**: {verdict(arms[arm]['bits_vs_host'])}" for arm in ("heuristic", "static") if arms[arm]["seeds"] > 1]
-    gain, added = arms["static"]["bits_vs_host"]["mean_diff"], mean(arms["static"]["params_added"])
+    gain, added = arms["static"]["bits_vs_host"]["mean_diff"], mean_or_nan(arms["static"]["params_added"])
     if gain < 0 and added > 0:
         share = arms["heuristic"]["bits_vs_host"]["mean_diff"] / gain + 0.0  # + 0.0: no "-0%"
         lines.append(f"- **heuristic against static**: {share:.0%} of the static model's gain in bits per character, "
-                     f"with {mean(arms['heuristic']['params_added']) / added:.0%} of its added parameters.")
+                     f"with {mean_or_nan(arms['heuristic']['params_added']) / added:.0%} of its added parameters.")
     return "\n".join(lines) + "\n"
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from esper.cli.main import UsageError
+from esper.leyline import UsageError
 from esper.cli.runs import add_common, build_config, check_device, check_host_fits, check_out_dir, load_dataset
 from esper.kasmina.hosts import load_model_file
 

@@ -10,13 +10,12 @@ import yaml
 
 import esper
 from esper.cli.loading import example_input
-from esper.cli.main import UsageError
 from esper.graph import load_spec
 from esper.kasmina.blending import blend_names
 from esper.kasmina.blueprints import blueprints_for, param_count
 from esper.kasmina.causality import has_sequence_axis
 from esper.kasmina.hosts import load_model_file
-from esper.leyline import InputError
+from esper.leyline import InputError, UsageError
 
 
 def add_arguments(p) -> None:

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from esper.cli.main import UsageError
+from esper.leyline import UsageError
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:

@@ -17,10 +17,6 @@ COMMANDS = {
 }
 
 
-class UsageError(Exception):
-    """A user mistake: printed as one line, exit code 2."""
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="esper", description="Grow neural networks while they train.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -32,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return modules[args.command].run(args) or 0
-    except (UsageError, EsperError) as e:  # esper's own errors are about what the user gave it
+    except EsperError as e:  # esper's own errors are about what the user gave it
         text = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
         print(f"esper {args.command}: error: {text}", file=sys.stderr)
         return 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from esper.cli.main import UsageError
+from esper.leyline import UsageError
 
 
 def add_arguments(p) -> None:

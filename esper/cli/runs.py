@@ -10,8 +10,7 @@ from pathlib import Path
 
 import torch
 
-from esper.cli.main import UsageError
-from esper.leyline import EsperError
+from esper.leyline import EsperError, UsageError
 from esper.runs import config as config_io
 from esper.simic.training import TrainConfig, load_config
 

@@ -179,8 +179,8 @@ class Gardener:
         Returns the edit as logged by the plane."""
         metrics = {k: _number(v) for k, v in zip(METRICS, (train_loss, train_acc, val_loss, val_acc))}
         signals = TrainingSignals(  # checks the metrics before anything changes
-            epoch=self.epoch + 1,
-            total_epochs=self.epochs,
+            decision=self.epoch + 1,
+            total_decisions=self.epochs,
             host_params=self.host_params,
             total_params=self.total_params(),
             **metrics,

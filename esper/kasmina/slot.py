@@ -185,7 +185,7 @@ class SeedSlot(nn.Module):
             slot=self.slot_id,
             stage=self.stage.name,
             shape=self.shape,
-            epochs_in_stage=self.ticks_in_stage,
+            ticks_in_stage=self.ticks_in_stage,
             alpha=self.alpha,
             params=self.param_count(),
             blueprint=self.blueprint,

@@ -12,6 +12,7 @@ from esper.leyline.errors import (
     RunError,
     SpecError,
     TraceError,
+    UsageError,
 )
 from esper.leyline.edits import Edit, Op, edits_from_yaml, edits_to_yaml
 from esper.leyline.stages import (
@@ -42,6 +43,7 @@ __all__ = [
     "SlotTelemetry",
     "SpecError",
     "TraceError",
+    "UsageError",
     "check_move",
     "edits_from_yaml",
     "edits_to_yaml",

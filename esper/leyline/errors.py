@@ -70,3 +70,7 @@ class DataError(EsperError, ValueError):
 
 class RunError(EsperError, ValueError):
     """A training run directory that cannot be started or resumed as asked."""
+
+
+class UsageError(EsperError):
+    """A command-line mistake: printed as one line, exit code 2."""

@@ -32,7 +32,7 @@ GRAD_DECADES = 3.0  # grad_ratio 1.0: the seed's gradient norm is 1000x the host
 FEATURE_CLIP = 3.0  # every scaled feature lies in [-3, 3]
 
 GLOBAL_FEATURES: tuple[str, ...] = (
-    "progress",  # epoch / total_epochs
+    "progress",  # decision / total_decisions
     "train_loss",  # log1p(loss)
     "val_loss",
     "train_acc",  # fraction
@@ -59,7 +59,7 @@ STAGE_FEATURES = tuple(f"stage_{s.name.lower()}" for s in SeedStage)
 SLOT_FEATURES: tuple[str, ...] = (
     *STAGE_FEATURES,  # one-hot SeedStage
     "alpha",  # blend progress 0..1
-    "epochs_in_stage",  # / EPOCH_SCALE
+    "ticks_in_stage",  # / EPOCH_SCALE
     "position",  # slot index / (N - 1): early 0 .. late 1
     "rank_2",  # activation rank one-hot (rank_4 also covers higher ranks)
     "rank_3",

@@ -13,7 +13,7 @@ class SlotTelemetry:
     slot: str
     stage: str  # a SeedStage name
     shape: tuple[int, ...]  # activation shape, batch first
-    epochs_in_stage: int  # plane ticks spent in the current stage
+    ticks_in_stage: int  # plane ticks spent in the current stage
     alpha: float  # blend progress, 0 (host only) .. 1 (seed fully in)
     params: int  # parameters the seed adds
     blueprint: str | None = None

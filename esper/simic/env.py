@@ -327,8 +327,8 @@ class GrowthEnv:
     def _observe(self, telemetry) -> Observation:
         h = self.history
         signals = TrainingSignals(
-            epoch=self.t,
-            total_epochs=self.cfg.decisions,
+            decision=self.t,
+            total_decisions=self.cfg.decisions,
             train_loss=self.now["train_loss"],
             train_acc=self.now["train_acc"],
             val_loss=self.now["val_loss"],

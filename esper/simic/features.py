@@ -42,11 +42,11 @@ from esper.simic.tasks import task_for
 @dataclass(kw_only=True)
 class TrainingSignals:
     """The host's training state at one decision point. Accuracies are fractions in
-    [0, 1]; each history lists earlier epochs' values, oldest first, without the
+    [0, 1]; each history lists the values at earlier decisions, oldest first, without the
     current one."""
 
-    epoch: int
-    total_epochs: int
+    decision: int  # decisions taken so far in the episode
+    total_decisions: int
     train_loss: float
     train_acc: float
     val_loss: float
@@ -59,8 +59,8 @@ class TrainingSignals:
     val_acc_history: list[float] = field(default_factory=list)
 
     def __post_init__(self):
-        if self.total_epochs <= 0 or self.host_params <= 0:
-            raise ValueError("total_epochs and host_params must be positive")
+        if self.total_decisions <= 0 or self.host_params <= 0:
+            raise ValueError("total_decisions and host_params must be positive")
         for name in ("train_acc", "val_acc"):
             value = getattr(self, name)
             if math.isfinite(value) and not 0.0 <= value <= 1.0:
@@ -104,7 +104,7 @@ def global_features(signals: TrainingSignals, stages: list[SeedStage]) -> torch.
     s = signals
     n = len(stages)
     f = {
-        "progress": _clip(s.epoch / s.total_epochs, 0.0, 1.0),
+        "progress": _clip(s.decision / s.total_decisions, 0.0, 1.0),
         "train_loss": _log_loss(s.train_loss),
         "val_loss": _log_loss(s.val_loss),
         "train_acc": _acc(s.train_acc),
@@ -146,7 +146,7 @@ def slot_features(
     f = dict.fromkeys(SLOT_FEATURES, 0.0)
     f[STAGE_FEATURES[stage]] = 1.0
     f["alpha"] = _clip(t.alpha, 0.0, 1.0) if _known(t.alpha) else 0.0
-    f["epochs_in_stage"] = _clip(t.epochs_in_stage / EPOCH_SCALE, 0.0)
+    f["ticks_in_stage"] = _clip(t.ticks_in_stage / EPOCH_SCALE, 0.0)
     f["position"] = position
     f["rank_2" if rank <= 2 else "rank_3" if rank == 3 else "rank_4"] = 1.0
     f["width"] = _clip(math.log2(max(width, 1)) / WIDTH_SCALE, 0.0)

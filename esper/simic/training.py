@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from esper.tamiyo import (
     fit_value,
     health_warnings,
     make_optimizer,
+    mean_or_nan,
     ppo_update,
 )
 
@@ -150,11 +150,6 @@ def load_policy(path) -> tuple[TamiyoPolicy, TrainConfig]:
 # ---- the loop ------------------------------------------------------------------------------------------
 def _named(counts: list[int], names) -> dict[str, int]:
     return {name: int(counts[i]) for i, name in enumerate(names) if i < len(counts)}
-
-
-def _mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values) if values else math.nan
 
 
 class Trainer:
@@ -308,8 +303,8 @@ class Trainer:
         if self._bar is not None:
             s = rollout.summaries
             self._bar.update(len(s))
-            self._bar.set_postfix(R=f"{_mean(x.episode_return for x in s):.2f}", acc=f"{_mean(x.val_acc for x in s):.3f}",
-                                  foss=f"{_mean(x.fossilized for x in s):.2f}",
+            self._bar.set_postfix(R=f"{mean_or_nan(x.episode_return for x in s):.2f}", acc=f"{mean_or_nan(x.val_acc for x in s):.3f}",
+                                  foss=f"{mean_or_nan(x.fossilized for x in s):.2f}",
                                   img_s=f"{rollout.throughput['images_per_second']:.0f}")
 
     def _warm_start(self) -> None:
@@ -366,13 +361,13 @@ class Trainer:
             "blueprints": _named(metrics["blueprint_counts"], cfg.blueprints),
             "blends": _named(metrics["blend_counts"], cfg.blends),
             "wait_fraction": ops[Op.WAIT] / max(sum(ops), 1),
-            "return_mean": _mean(x.episode_return for x in s),
-            "reward": {c: _mean(x.reward[c] for x in s) for c in s[0].reward},
-            "val_acc_mean": _mean(x.val_acc for x in s),
-            "fossilized_per_episode": _mean(x.fossilized for x in s),
-            "germinated_per_episode": _mean(x.germinated for x in s),
-            "culled_per_episode": _mean(x.culled for x in s),
-            "param_ratio_mean": _mean(x.param_ratio for x in s),
+            "return_mean": mean_or_nan(x.episode_return for x in s),
+            "reward": {c: mean_or_nan(x.reward[c] for x in s) for c in s[0].reward},
+            "val_acc_mean": mean_or_nan(x.val_acc for x in s),
+            "fossilized_per_episode": mean_or_nan(x.fossilized for x in s),
+            "germinated_per_episode": mean_or_nan(x.germinated for x in s),
+            "culled_per_episode": mean_or_nan(x.culled for x in s),
+            "param_ratio_mean": mean_or_nan(x.param_ratio for x in s),
             "throughput": rollout.throughput,
             "warnings": warnings,
         }

@@ -11,6 +11,7 @@ from esper.tamiyo.ppo import (
     explained_variance,
     health_warnings,
     make_optimizer,
+    mean_or_nan,
     ppo_update,
 )
 from esper.tamiyo.random_policy import RandomPolicy
@@ -36,5 +37,6 @@ __all__ = [
     "health_warnings",
     "make_optimizer",
     "masks_for",
+    "mean_or_nan",
     "ppo_update",
 ]

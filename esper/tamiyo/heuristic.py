@@ -68,7 +68,7 @@ class HeuristicPolicy:
     def _choose(self, env: int, obs: Observation) -> Action:
         stages = obs.stages()
         alpha = obs.slot_feature("alpha").tolist()
-        epochs = (obs.slot_feature("epochs_in_stage") * EPOCH_SCALE).round().int().tolist()
+        epochs = (obs.slot_feature("ticks_in_stage") * EPOCH_SCALE).round().int().tolist()
         contribution = (obs.slot_feature("contribution") / ACC_SCALE).tolist()
         known = (obs.slot_feature("contribution_known") > 0.5).tolist()
         legal = obs.op_mask

@@ -171,7 +171,9 @@ def explained_variance(predicted: Tensor, target: Tensor) -> float:
     return float(1 - (target - predicted).var(unbiased=False) / var)
 
 
-def _mean(values: list[float]) -> float:
+def mean_or_nan(values) -> float:
+    """The mean of an iterable of numbers; NaN (unknown, not zero) when it is empty."""
+    values = list(values)
     return sum(values) / len(values) if values else math.nan
 
 
@@ -235,7 +237,7 @@ def ppo_update(policy: TamiyoPolicy, optimizer: torch.optim.Optimizer, buffer: R
 
     actions = buffer.flat["actions"]
     germinate = actions[:, 0] == Op.GERMINATE
-    metrics = {name: _mean(values) for name, values in stats.items()}
+    metrics = {name: mean_or_nan(values) for name, values in stats.items()}
     metrics.update(
         minibatches=len(stats["policy_loss"]),
         kl_early_stop=kl_early_stop,

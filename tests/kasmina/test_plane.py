@@ -30,7 +30,7 @@ def test_telemetry_is_plain_data_with_input_statistics(mm):
     assert [t["slot"] for t in tele] == ["block1", "block2", "block3"]
     for t in tele:
         assert t["stage"] == "DORMANT" and t["alpha"] == 0.0 and t["params"] == 0
-        assert t["epochs_in_stage"] == 0
+        assert t["ticks_in_stage"] == 0
         assert isinstance(t["input_mean"], float) and t["input_std"] > 0
         assert t["grad_norm"] > 0
     relu_out = mm.block1(x)

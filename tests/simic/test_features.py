@@ -32,7 +32,7 @@ SHAPES = {2: (8, 64), 3: (8, 16, 64), 4: (8, 32, 16, 16), 5: (8, 4, 8, 8, 8)}
 
 def signals(**overrides) -> TrainingSignals:
     values = dict(
-        epoch=5, total_epochs=20, train_loss=1.0, train_acc=0.6, val_loss=1.1, val_acc=0.55,
+        decision=5, total_decisions=20, train_loss=1.0, train_acc=0.6, val_loss=1.1, val_acc=0.55,
         host_params=100_000, total_params=100_000,
     )  # fmt: skip
     values.update(overrides)
@@ -40,7 +40,7 @@ def signals(**overrides) -> TrainingSignals:
 
 
 def slot(name: str, stage: SeedStage, rank: int = 4, **kwargs) -> SlotTelemetry:
-    fields = dict(epochs_in_stage=0, alpha=0.0, params=0)
+    fields = dict(ticks_in_stage=0, alpha=0.0, params=0)
     fields.update(kwargs)
     return SlotTelemetry(name, stage.name, SHAPES[rank], **fields)
 
@@ -64,7 +64,7 @@ def telemetries(draw):
                 f"s{i}",
                 stage.name,
                 SHAPES[draw(st.sampled_from([2, 3, 4, 5]))],
-                epochs_in_stage=draw(st.integers(0, 10_000)),
+                ticks_in_stage=draw(st.integers(0, 10_000)),
                 alpha=draw(st.floats(allow_nan=True, allow_infinity=True)),
                 params=draw(st.integers(0, 10**9)),
                 blueprint=draw(st.sampled_from(BLUEPRINTS)) if has_seed else None,
@@ -113,7 +113,7 @@ def test_observation_is_finite_bounded_and_sized_for_any_slot_count(telemetry, a
 
 def test_global_features_values():
     sig = signals(
-        epoch=5, total_epochs=20, val_acc=0.72, val_acc_history=[0.50, 0.60, 0.70],
+        decision=5, total_decisions=20, val_acc=0.72, val_acc_history=[0.50, 0.60, 0.70],
         val_loss=0.8, val_loss_history=[1.0, 1.0, 1.0], total_params=110_000,
     )  # fmt: skip
     stages = [SeedStage.DORMANT, SeedStage.TRAINING, SeedStage.FOSSILIZED, SeedStage.DORMANT]
@@ -139,7 +139,7 @@ def test_slot_features_values():
     telemetry = [
         slot("early", SeedStage.DORMANT),
         slot(
-            "late", SeedStage.BLENDING, rank=3, epochs_in_stage=5, alpha=0.5, params=1_000,
+            "late", SeedStage.BLENDING, rank=3, ticks_in_stage=5, alpha=0.5, params=1_000,
             blueprint="lora", blend="sigmoid", input_mean=-1.0, input_std=2.0, grad_norm=1.0, seed_grad_norm=10.0,
         ),
     ]  # fmt: skip
@@ -151,7 +151,7 @@ def test_slot_features_values():
     assert col("stage_dormant") == [1, 0] and col("stage_blending") == [0, 1]
     assert col("position") == [0, 1]
     assert col("rank_4") == [1, 0] and col("rank_3") == [0, 1]
-    assert col("epochs_in_stage")[1] == pytest.approx(0.5)
+    assert col("ticks_in_stage")[1] == pytest.approx(0.5)
     assert col("alpha")[1] == 0.5
     assert col("contribution") == pytest.approx([0, 0.3]) and col("contribution_known") == [0, 1]
     assert col("grad_ratio")[1] == pytest.approx(1 / 3) and col("grad_known") == [0, 1]
@@ -183,8 +183,8 @@ def test_heuristic_reads_built_observations():
     assert heuristic.decide([observe(dormant, plateau)]) == [
         Edit(Op.GERMINATE, "a", blueprint="conv", blend="linear", steps=5)
     ]
-    ready = [slot("a", SeedStage.TRAINING, epochs_in_stage=3, blueprint="conv", blend="linear")]
+    ready = [slot("a", SeedStage.TRAINING, ticks_in_stage=3, blueprint="conv", blend="linear")]
     assert heuristic.decide([observe(ready, improving)]) == [Edit(Op.ADVANCE, "a")]
-    blended = [slot("a", SeedStage.BLENDING, epochs_in_stage=5, alpha=1.0, blueprint="conv", blend="linear")]
+    blended = [slot("a", SeedStage.BLENDING, ticks_in_stage=5, alpha=1.0, blueprint="conv", blend="linear")]
     assert heuristic.decide([observe(blended, improving, {"a": 0.01})]) == [Edit(Op.FOSSILIZE, "a")]
     assert heuristic.decide([observe(blended, improving, {"a": -0.01})]) == [Edit(Op.CULL, "a")]

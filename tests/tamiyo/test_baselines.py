@@ -60,9 +60,9 @@ def test_heuristic_waits_otherwise(stages, globals_):
 
 def test_heuristic_advances_through_training():
     assert choose(heuristic(), make_observation([S.GERMINATED], globals_=IMPROVING)) == Action(Op.ADVANCE, 0)
-    early = make_observation([S.TRAINING], globals_=IMPROVING, slots={"epochs_in_stage": [0.1]})
+    early = make_observation([S.TRAINING], globals_=IMPROVING, slots={"ticks_in_stage": [0.1]})
     assert choose(heuristic(train_epochs=3), early) == Action(Op.WAIT)
-    ready = make_observation([S.TRAINING], globals_=IMPROVING, slots={"epochs_in_stage": [0.3]})
+    ready = make_observation([S.TRAINING], globals_=IMPROVING, slots={"ticks_in_stage": [0.3]})
     assert choose(heuristic(train_epochs=3), ready) == Action(Op.ADVANCE, 0)
 
 
