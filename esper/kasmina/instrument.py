@@ -57,7 +57,9 @@ def instrument(
     if spec.get("causal") is None:
         spec = {**spec, "causal": probe_causality(model, args)}
     resolved = spec_for(chosen, points, causal=spec["causal"])
-    mm = MorphogeneticModel(model, chosen, result.kind, result.graph if result.kind == "fx" else None, resolved)
+    # A graph torch.export found is read for placement only: the slots go on as forward hooks.
+    weave = "fx" if result.kind == "fx" else "hooks"
+    mm = MorphogeneticModel(model, chosen, weave, result.graph if result.kind == "fx" else None, resolved)
     mm.candidates = points
     mm.example_inputs = args
     if not _same_outputs(model, mm, args):

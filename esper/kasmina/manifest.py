@@ -74,7 +74,9 @@ def read_manifest(path: str | Path) -> dict:
     host = f.mapping(manifest["host"], "host", ("class", "factory"))
     f.text(host["class"], "host.class")
     f.text(host["factory"], "host.factory", optional=True)
-    f.need(manifest["trace"] in ("fx", "export"), "trace", f"must be fx or export, not {_show(manifest['trace'])}")
+    if manifest["trace"] == "export":  # what checkpoints called the hook path before it was named so
+        manifest["trace"] = "hooks"
+    f.need(manifest["trace"] in ("fx", "hooks"), "trace", f"must be fx or hooks, not {_show(manifest['trace'])}")
     _check_examples(f, manifest["example_inputs"])
     try:
         check_spec(manifest["spec"], "a slot spec")

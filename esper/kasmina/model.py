@@ -7,8 +7,9 @@ slot dormant it computes exactly what the host computes.
 Two ways to weave the plane in:
   fx    the host's traced graph with a `call_module` to each slot (`graph/rewrite.py`);
         fossils are folded into that graph.
-  hooks forward hooks on the host's own modules, for hosts torch.fx cannot trace; the
-        hooks act only while the model (not the bare host) is being called.
+  hooks forward hooks on the host's own modules, for hosts torch.fx cannot trace (placed
+        on the graph torch.export finds); they act only while the model (not the bare
+        host) is being called.
 """
 
 from __future__ import annotations

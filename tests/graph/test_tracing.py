@@ -109,7 +109,7 @@ def test_mode_dependent_python_goes_to_hooks_and_keeps_both_modes():
     model = TrainOnlyNoise()
     x = torch.randn(2, 4, 8)
     mm = esper.instrument(model, (x,))
-    assert mm.kind == "export"
+    assert mm.kind == "hooks"
     mm.eval()
     assert torch.equal(mm(x), model.eval()(x))
     mm.train()
@@ -145,5 +145,5 @@ def test_huggingface_causal_lm_with_a_cache_instruments_through_export():
     ids = torch.randint(0, 50, (2, 9))
     with pytest.warns(UserWarning, match="use_cache = False"):
         mm = esper.instrument(model, (ids,))
-    assert mm.kind == "export" and list(mm.plane.slots) == ["h.0", "h.1", "h.2"]
+    assert mm.kind == "hooks" and list(mm.plane.slots) == ["h.0", "h.1", "h.2"]
     assert torch.equal(mm(ids).last_hidden_state, model(ids).last_hidden_state)

@@ -11,7 +11,7 @@ from tests.helpers import grads, outputs_equal, tiny_bert
 def _hooked():
     model, ids = tiny_bert()
     mm = esper.instrument(model, (ids,))
-    assert mm.kind == "export"  # slots hooked onto modules, not an fx graph: otherwise this file tests nothing new
+    assert mm.kind == "hooks"  # slots hooked onto modules, not an fx graph: otherwise this file tests nothing new
     return model, ids, mm
 
 
@@ -77,7 +77,7 @@ def test_save_and_load_give_the_same_outputs(tmp_path):
     ids, mm = _grown()
     esper.save(mm, tmp_path / "bert")
     loaded = esper.load(tmp_path / "bert", host=tiny_bert()[0]).eval()
-    assert loaded.kind == "export"
+    assert loaded.kind == "hooks"
     assert [(i, s.stage, s.alpha) for i, s in loaded.plane.slots.items()] == [(i, s.stage, s.alpha) for i, s in mm.plane.slots.items()]
     assert outputs_equal(loaded(ids), mm(ids))
     assert not torch.allclose(mm(ids).last_hidden_state, mm.host(ids).last_hidden_state, atol=1e-3)

@@ -201,7 +201,7 @@ MALFORMED = {
     "step count before the last edit": (_set(("step_count",), 0), "step_count"),
     "tensor file outside": (_set(("tensors", "file"), "../ck/tensors.safetensors"), "tensors.file"),
     "count wrong": (_set(("tensors", "count"), 3), "tensors.count"),
-    "trace kind": (_set(("trace",), "export"), "trace"),
+    "trace kind": (_set(("trace",), "hooks"), "trace"),
     "unknown field": (_set(("extra",), 1), "extra"),
     "a YAML tag": (lambda m: m.update(spec="TAGGED"), "not plain YAML"),
     "a tag PyYAML cannot build": (_set(("step_count",), "TAGGED"), "not plain YAML"),
