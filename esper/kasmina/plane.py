@@ -95,7 +95,7 @@ class KasminaPlane(nn.Module):
     def apply(self, edit: Edit) -> Edit:
         """Validate, perform and log one edit. Returns the logged edit."""
         if edit.op is Op.WAIT:
-            self.edits.append(Edit(Op.WAIT, edit.slot, step=self.step_count))
+            self.edits.append(Edit(Op.WAIT, edit.slot, tick=self.step_count))
             return self.edits[-1]
         slot = self.slot(edit.slot)
         dst = target_stage(edit.slot, slot.stage, edit.op)
@@ -117,7 +117,7 @@ class KasminaPlane(nn.Module):
                 slot.cull()
             else:
                 slot.enter(dst)
-            logged = Edit(edit.op, edit.slot, step=self.step_count)
+            logged = Edit(edit.op, edit.slot, tick=self.step_count)
         return self._log(logged)
 
     def _log(self, logged: Edit) -> Edit:
@@ -126,7 +126,7 @@ class KasminaPlane(nn.Module):
 
     def _log_auto_cull(self, slot: SeedSlot) -> None:
         self._detach(slot)
-        self._log(Edit(Op.CULL, slot.slot_id, step=self.step_count))
+        self._log(Edit(Op.CULL, slot.slot_id, tick=self.step_count))
 
     def germinate(
         self, slot_id: str, blueprint: str, blend: str = "linear", steps: int = DEFAULT_BLEND_STEPS, allow_noncausal: bool = False

@@ -36,10 +36,10 @@ def apply_edits(mm: MorphogeneticModel, edits: list[Edit], until_step: int | Non
     plane = mm.plane
     for i, edit in enumerate(edits):
         try:
-            if edit.step is not None:
-                if edit.step < plane.step_count:
-                    raise EditError(f"the log is out of order: this edit comes after step {plane.step_count}")
-                plane.step(edit.step - plane.step_count)
+            if edit.tick is not None:
+                if edit.tick < plane.step_count:
+                    raise EditError(f"the log is out of order: this edit comes after tick {plane.step_count}")
+                plane.step(edit.tick - plane.step_count)
             if edit.op is Op.WAIT:
                 plane.apply(edit)
             else:

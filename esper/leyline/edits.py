@@ -21,7 +21,7 @@ class Op(IntEnum):
 class Edit:
     """One decision: do `op` to `slot`. blueprint and blend only count for GERMINATE.
 
-    `steps` is the blend schedule length in plane ticks, `step` the training step the
+    `steps` is the blend schedule's length in plane ticks, `tick` the plane tick the
     edit was applied at (filled in by the plane when it logs the edit).
     `allow_noncausal` lets GERMINATE grow a blueprint or blend that is not causal-safe on
     a causal host, which the plane otherwise refuses; it is logged, so replay agrees.
@@ -32,7 +32,7 @@ class Edit:
     blueprint: str | None = None
     blend: str | None = None
     steps: int | None = None
-    step: int | None = None
+    tick: int | None = None
     allow_noncausal: bool = False
 
     def __post_init__(self):
@@ -46,7 +46,7 @@ class Edit:
         if self.op is Op.GERMINATE and not self.blueprint:
             raise EditError("GERMINATE needs a blueprint")
         object.__setattr__(self, "steps", _whole(self.steps, 1, "steps (the blend schedule's length in ticks)"))
-        object.__setattr__(self, "step", _whole(self.step, 0, "step (the tick the edit was applied at)"))
+        object.__setattr__(self, "tick", _whole(self.tick, 0, "tick (the plane tick the edit was applied at)"))
         if not isinstance(self.allow_noncausal, bool):
             raise EditError(f"allow_noncausal must be true or false, not {self.allow_noncausal!r}")
 
@@ -59,6 +59,8 @@ class Edit:
     def from_dict(cls, d: dict) -> "Edit":
         if not isinstance(d, dict):
             raise EditError(f"an edit must be a mapping, not {type(d).__name__}")
+        if "step" in d and "tick" not in d:  # what logs called the tick before it was named so
+            d = {("tick" if k == "step" else k): v for k, v in d.items()}
         unknown = [str(k) for k in d if k not in _FIELDS]
         if unknown or "op" not in d:
             raise EditError(f"an edit has the keys {', '.join(_FIELDS)} (op required), not {', '.join(map(str, d))}")

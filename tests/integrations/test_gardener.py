@@ -68,7 +68,7 @@ def test_the_heuristic_germinates_blends_and_fossilizes_a_seed_in_a_plain_loop(g
     moves = [(e.op, e.slot) for e in gardener.edits if e.op is not Op.WAIT]
     slot = moves[0][1]
     assert moves == [(Op.GERMINATE, slot), (Op.ADVANCE, slot), (Op.ADVANCE, slot), (Op.FOSSILIZE, slot)]
-    assert [e.step for e in gardener.edits] == list(range(1, EPOCHS + 1))  # one decision per epoch trained
+    assert [e.tick for e in gardener.edits] == list(range(1, EPOCHS + 1))  # one decision per epoch trained
     stages = [row[slot][0] for row in gardener.timeline]
     assert "TRAINING" in stages and "BLENDING" in stages
     assert mm.plane.slot(slot).stage is S.FOSSILIZED and f"{slot}+1" in mm.plane.slots
@@ -102,12 +102,12 @@ def test_each_step_observes_the_metrics_given_and_its_edit_opens_the_next_epoch(
     assert obs.global_feature("progress") == pytest.approx(0.25)
     assert obs.global_feature("val_acc") == pytest.approx(0.25) and obs.global_feature("train_acc") == 0
     assert obs.global_feature("delta_1_known") == 0
-    assert first == Edit(Op.GERMINATE, "block2", "depthwise", "linear", 2, step=1) and mm.plane.step_count == 1
+    assert first == Edit(Op.GERMINATE, "block2", "depthwise", "linear", 2, tick=1) and mm.plane.step_count == 1
     assert any("esper_slot" in group for group in opt.param_groups)  # the seed joined the user's optimizer
     gardener.step(train_loss=torch.tensor(1.0), val_loss=0.9, val_acc=torch.tensor(0.5))
     obs = policy.seen[1]
     assert obs.global_feature("delta_1_known") == 1 and obs.global_feature("val_acc_delta_1") > 0
-    assert obs.stages()[obs.slot_ids.index("block2")] is S.GERMINATED and mm.plane.edits[-1].step == 2
+    assert obs.stages()[obs.slot_ids.index("block2")] is S.GERMINATED and mm.plane.edits[-1].tick == 2
 
 
 def test_a_blending_seed_is_measured_on_the_probe_and_its_fossil_keeps_the_value():

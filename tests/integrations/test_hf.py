@@ -44,7 +44,7 @@ def test_the_trainer_grows_a_seed_deciding_at_each_evaluation(tmp_path, monkeypa
     hf.train()
     gardener = callback.gardener
     assert gardener.epochs == 4  # 8 steps, an evaluation every 2
-    assert [(e.op, e.step) for e in gardener.edits] == [(Op.GERMINATE, 1), (Op.ADVANCE, 2), (Op.ADVANCE, 3), (Op.WAIT, 4)]
+    assert [(e.op, e.tick) for e in gardener.edits] == [(Op.GERMINATE, 1), (Op.ADVANCE, 2), (Op.ADVANCE, 3), (Op.WAIT, 4)]
     evaluated = [r["eval_accuracy"] for r in hf.state.log_history if "eval_accuracy" in r]
     assert [o.global_feature("val_acc") for o in policy.seen] == pytest.approx(evaluated)
     assert all(o.global_feature("train_loss") > 0 for o in policy.seen)

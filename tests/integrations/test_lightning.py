@@ -63,7 +63,7 @@ def test_lightning_grows_a_seed_deciding_at_each_epoch_end(monkeypatch):
     trainer.fit(module, loader(data.train), loader(data.val))
     gardener = callback.gardener
     assert gardener.epochs == 4 and gardener.model is module.net
-    assert [(e.op, e.step) for e in gardener.edits] == [(Op.GERMINATE, 1), (Op.ADVANCE, 2), (Op.ADVANCE, 3), (Op.WAIT, 4)]
+    assert [(e.op, e.tick) for e in gardener.edits] == [(Op.GERMINATE, 1), (Op.ADVANCE, 2), (Op.ADVANCE, 3), (Op.WAIT, 4)]
     assert [o.global_feature("val_acc") for o in policy.seen] == pytest.approx(accuracies.values)
     # The seed trained in Lightning's optimizer at the rate its scheduler gave the host.
     groups = trainer.optimizers[0].param_groups

@@ -77,7 +77,7 @@ def test_nan_output_culls_the_seed_and_the_host_keeps_training():
     slot = mm.plane.slots["block1"]
     assert slot.stage is SeedStage.CULLED
     assert any("non-finite seed output" in e for e in mm.plane.telemetry()[0]["events"])
-    assert mm.plane.edits[-1] == esper.Edit(esper.Op.CULL, "block1", step=1)  # logged, so replay agrees
+    assert mm.plane.edits[-1] == esper.Edit(esper.Op.CULL, "block1", tick=1)  # logged, so replay agrees
     again = esper.replay(HostCNN(), (x,), mm.plane.edits, spec=mm.spec)
     assert again.plane.slots["block1"].stage is SeedStage.CULLED
 
@@ -146,4 +146,4 @@ def test_on_a_gpu_a_nan_output_is_swapped_out_on_the_device_and_culled_at_the_gu
     assert mm.plane.guard() == ["block1"]
     assert mm.plane.slots["block1"].stage is SeedStage.CULLED
     assert any("non-finite seed output" in e for e in mm.plane.telemetry()[0]["events"])
-    assert mm.plane.edits[-1] == esper.Edit(esper.Op.CULL, "block1", step=1)
+    assert mm.plane.edits[-1] == esper.Edit(esper.Op.CULL, "block1", tick=1)

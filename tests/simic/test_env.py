@@ -62,7 +62,7 @@ def test_episode_leaves_a_replayable_edit_log():
     # The same edits, applied through plane.apply at the ticks they were logged at, on a fresh host.
     fresh = esper.instrument(TinyCNN(), (torch.randn(2, 3, 16, 16),))
     for edit in plane.edits:
-        while fresh.plane.step_count < edit.step:
+        while fresh.plane.step_count < edit.tick:
             fresh.plane.step()
         fresh.plane.apply(Edit(edit.op, edit.slot, edit.blueprint, edit.blend, edit.steps))
     while fresh.plane.step_count < plane.step_count:
