@@ -259,7 +259,7 @@ def train_together(envs, chunks: Sequence[Iterator]) -> list[tuple[float | None,
         x = torch.stack([b[0] for b in batches])
         y = torch.stack([b[1] for b in batches])
         for env in envs:
-            env.trainer.schedule_lr()
+            env.trainer.schedule.adopt_new_groups()
             env.optimizer.zero_grad(set_to_none=True)
         opt.param_groups[0]["lr"] = envs[0].optimizer.param_groups[0]["lr"]
         opt.zero_grad(set_to_none=True)
@@ -271,6 +271,7 @@ def train_together(envs, chunks: Sequence[Iterator]) -> list[tuple[float | None,
         opt.step()
         for env in envs:
             env.optimizer.step()
+            env.trainer.schedule.step()
         loss_sum += torch.stack([s.loss.detach() * s.count for s in scores])
         correct += torch.stack([s.correct for s in scores])
         count += torch.stack([torch.as_tensor(s.count, device=device) for s in scores])

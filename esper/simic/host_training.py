@@ -86,16 +86,38 @@ def lr_factor(cfg: EnvConfig, progress: float) -> float:
     return cfg.lr_floor + (1 - cfg.lr_floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+class EpisodeSchedule(torch.optim.lr_scheduler.LRScheduler):
+    """`lr_factor` over the episode's optimizer steps, for every parameter group, those
+    that seeds add after the schedule was made included: each decays from the rate it
+    joined with (its `initial_lr`, torch's own key). Step it after each optimizer step."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: EnvConfig, total_steps: int):
+        self.cfg, self.total_steps = cfg, total_steps
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        factor = lr_factor(self.cfg, self.last_epoch / self.total_steps)
+        return [group.setdefault("initial_lr", group["lr"]) * factor for group in self.optimizer.param_groups]
+
+    def adopt_new_groups(self) -> None:
+        """Give groups added since the last step (germinated seeds) the current point of
+        the schedule, before the optimizer uses them."""
+        factor = lr_factor(self.cfg, self.last_epoch / self.total_steps)
+        for group in self.optimizer.param_groups:
+            if "initial_lr" not in group:
+                group["initial_lr"] = group["lr"]
+                group["lr"] = group["initial_lr"] * factor
+
+
 class HostTrainer:
     def __init__(self, mm, cfg: EnvConfig, device: torch.device, batches_per_epoch: int, task):
         self.mm = mm
         self.task = task
         self.cfg = cfg
         self.device = device
-        self.total_steps = batches_per_epoch * cfg.epochs
-        self.steps_done = 0
         self.optimizer = make_optimizer(list(mm.parameters()), cfg)
         mm.plane.attach_optimizer(self.optimizer, **({"lr": cfg.seed_lr} if cfg.seed_lr else {}))
+        self.schedule = EpisodeSchedule(self.optimizer, cfg, batches_per_epoch * cfg.epochs)
         self.guard_culls: list[str] = []
 
     def autocast(self):
@@ -107,27 +129,18 @@ class HostTrainer:
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last and x.dim() == 4 else x
 
-    def schedule_lr(self) -> None:
-        """Set this step's learning rate on every group, seed groups included, relative to
-        the rate each group joined with. (A torch LRScheduler would not see the groups
-        that seeds add after it was made.)"""
-        factor = lr_factor(self.cfg, self.steps_done / self.total_steps)
-        self.steps_done += 1
-        for group in self.optimizer.param_groups:
-            base = group.setdefault("esper_base_lr", group["lr"])
-            group["lr"] = base * factor
-
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int | torch.Tensor]:
         """One optimizer step on (x, y); returns the batch's summed loss, correct count and
         count of predictions, on the device. plane.guard() culls seeds with non-finite
         gradients first."""
-        self.schedule_lr()
+        self.schedule.adopt_new_groups()
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():  # the loss too: autocast computes cross-entropy in fp32
             score = self.task.score(self.mm(x), y)
         score.loss.backward()
         self.guard_culls += self.mm.plane.guard()
         self.optimizer.step()
+        self.schedule.step()
         return score.loss.detach() * score.count, score.correct, score.count
 
     @torch.no_grad()
