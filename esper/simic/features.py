@@ -171,6 +171,34 @@ def slot_features(
     return torch.tensor([f[name] for name in SLOT_FEATURES], dtype=torch.float32)
 
 
+def action_masks(
+    stages: list[SeedStage],
+    ranks: list[int],
+    blueprints: list[str],
+    blueprint_ranks: dict[str, set[int]],
+    blends: list[str],
+    usable_blends=None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(op_mask [N, NUM_OPS], blueprint_mask [N, MAX_BLUEPRINTS], blend_mask [MAX_BLENDS])
+    for slots in `stages` whose activations have `ranks`: the ops the lifecycle allows, the
+    blueprints that grow at that rank (GERMINATE masked where none does), the usable blends."""
+    n = len(stages)
+    op_mask = torch.zeros(n, NUM_OPS, dtype=torch.bool)
+    blueprint_mask = torch.zeros(n, MAX_BLUEPRINTS, dtype=torch.bool)
+    for i, (stage, rank) in enumerate(zip(stages, ranks)):
+        for j, name in enumerate(blueprints):
+            blueprint_mask[i, j] = rank in blueprint_ranks[name]
+        op_mask[i, [int(op) for op in legal_ops(stage)]] = True
+        if not blueprint_mask[i].any():
+            op_mask[i, Op.GERMINATE] = False
+            blueprint_mask[i, 0] = True  # placeholder, never used: GERMINATE is masked here
+    blend_mask = torch.zeros(MAX_BLENDS, dtype=torch.bool)
+    blend_mask[: len(blends)] = torch.tensor([usable_blends is None or b in usable_blends for b in blends])
+    if not blend_mask.any():
+        raise ValueError(f"none of the policy's blends {blends} may be used here (usable: {sorted(usable_blends)})")
+    return op_mask, blueprint_mask, blend_mask
+
+
 def build_observation(
     telemetry: list[SlotTelemetry],
     signals: TrainingSignals,
@@ -200,20 +228,9 @@ def build_observation(
         for i, t in enumerate(telemetry)
     ]
 
-    op_mask = torch.zeros(n, NUM_OPS, dtype=torch.bool)
-    blueprint_mask = torch.zeros(n, MAX_BLUEPRINTS, dtype=torch.bool)
-    for i, (t, stage) in enumerate(zip(telemetry, stages)):
-        for j, name in enumerate(blueprints):
-            blueprint_mask[i, j] = len(t.shape) in blueprint_ranks[name]
-        op_mask[i, [int(op) for op in legal_ops(stage)]] = True
-        if not blueprint_mask[i].any():
-            op_mask[i, Op.GERMINATE] = False
-            blueprint_mask[i, 0] = True  # placeholder, never used: GERMINATE is masked here
-    blend_mask = torch.zeros(MAX_BLENDS, dtype=torch.bool)
-    blend_mask[: len(blends)] = torch.tensor([usable_blends is None or b in usable_blends for b in blends])
-    if not blend_mask.any():
-        raise ValueError(f"none of the policy's blends {blends} may be used here (usable: {sorted(usable_blends)})")
-
+    op_mask, blueprint_mask, blend_mask = action_masks(
+        stages, [len(t.shape) for t in telemetry], blueprints, blueprint_ranks, blends, usable_blends
+    )
     return Observation(
         global_features=global_features(signals, stages),
         slot_features=torch.stack(rows),

@@ -7,19 +7,15 @@ from hypothesis import strategies as st
 
 from esper.leyline import (
     GLOBAL_FEATURES,
-    MAX_BLENDS,
-    MAX_BLUEPRINTS,
     NUM_GLOBAL_FEATURES,
-    NUM_OPS,
     NUM_SLOT_FEATURES,
     SLOT_FEATURES,
     Observation,
-    Op,
     SeedStage,
     Vocabulary,
-    legal_ops,
 )
 from esper.leyline.observations import STAGE_FEATURES
+from esper.simic.features import action_masks
 
 BLUEPRINTS = ["noop", "conv", "attention", "lora"]
 BLENDS = ["linear", "sigmoid", "gated"]
@@ -52,18 +48,7 @@ def make_observation(
     for name, values in (slots or {}).items():
         slot_features[:, SLOT_FEATURES.index(name)] = torch.tensor(values, dtype=torch.float32)
 
-    op_mask = torch.zeros(n, NUM_OPS, dtype=torch.bool)
-    blueprint_mask = torch.zeros(n, MAX_BLUEPRINTS, dtype=torch.bool)
-    for i, (stage, rank) in enumerate(zip(stages, ranks)):
-        for j, name in enumerate(blueprints):
-            blueprint_mask[i, j] = rank in BLUEPRINT_RANKS[name]
-        for op in legal_ops(stage):
-            op_mask[i, op] = True
-        if not blueprint_mask[i].any():
-            op_mask[i, Op.GERMINATE] = False
-            blueprint_mask[i, 0] = True
-    blend_mask = torch.zeros(MAX_BLENDS, dtype=torch.bool)
-    blend_mask[: len(blends)] = True
+    op_mask, blueprint_mask, blend_mask = action_masks(stages, ranks, blueprints, BLUEPRINT_RANKS, blends)
     return Observation(global_features, slot_features, op_mask, blueprint_mask, blend_mask, [f"s{i}" for i in range(n)])
 
 
