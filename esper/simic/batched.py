@@ -46,6 +46,7 @@ from torch.fx.passes.split_module import split_module
 
 from esper.kasmina.plane import module_key
 from esper.leyline import Edit
+from esper.simic.tasks import read_once
 
 PLANE = "plane."
 SAME_SETTINGS = ("batch_size", "decisions_per_epoch", "epochs", "optimizer", "precision", "augment")
@@ -253,7 +254,7 @@ def train_together(envs, chunks: Sequence[Iterator]) -> list[tuple[float | None,
     device = envs[0].device
     loss_sum = torch.zeros(k, device=device)
     correct = torch.zeros(k, device=device, dtype=torch.long)
-    count = torch.zeros(k, device=device, dtype=torch.long)
+    counts: list = [0] * k  # Python ints where the task knows them, device tensors where not
     seen = 0
     for batches in zip(*chunks):
         x = torch.stack([b[0] for b in batches])
@@ -274,7 +275,7 @@ def train_together(envs, chunks: Sequence[Iterator]) -> list[tuple[float | None,
             env.trainer.schedule.step()
         loss_sum += torch.stack([s.loss.detach() * s.count for s in scores])
         correct += torch.stack([s.correct for s in scores])
-        count += torch.stack([torch.as_tensor(s.count, device=device) for s in scores])
+        counts = [c + s.count for c, s in zip(counts, scores)]
         seen += y.shape[1]
     if any(next(chunk, None) is not None for chunk in chunks):
         raise RuntimeError("environments trained together must have chunks of the same length")
@@ -282,8 +283,9 @@ def train_together(envs, chunks: Sequence[Iterator]) -> list[tuple[float | None,
     _unstack_optimizer(opt, envs, hosts)
     if not seen:
         return [(None, None, 0)] * k
-    losses, accs = (loss_sum.double() / count).tolist(), (correct.double() / count).tolist()
-    return [(loss, acc, seen) for loss, acc in zip(losses, accs)]
+    values = read_once([*loss_sum.unbind(), *correct.unbind(), *counts])
+    losses, right, count = values[:k], values[k : 2 * k], values[2 * k :]
+    return [(loss / n, r / n, seen) for loss, r, n in zip(losses, right, count)]
 
 
 def step_together(envs, edits: Sequence[Edit]) -> list:

@@ -46,7 +46,7 @@ from esper.runs.report import timeline_row
 from esper.simic.features import TrainingSignals, build_observation, probe_accuracy, seed_contributions
 from esper.simic.host_training import EnvConfig, HostTrainer
 from esper.simic.rewards import RewardBreakdown, RewardConfig, RewardState, compute_reward
-from esper.simic.tasks import task_for
+from esper.simic.tasks import read_once, task_for
 
 S = SeedStage
 
@@ -190,8 +190,7 @@ class GrowthEnv:
                 batch_loss, batch_correct, batch_count = self.trainer.train_step(x, y)
                 loss_sum, correct, count = loss_sum + batch_loss, correct + batch_correct, count + batch_count
                 seen += len(y)
-            totals = torch.stack([torch.as_tensor(v, device=self.device).double() for v in (loss_sum, correct, count)])
-            loss_sum, correct, count = totals.tolist()  # the chunk's one read of the device
+            loss_sum, correct, count = read_once([loss_sum, correct, count])  # the chunk's one read of the device
             train_loss, train_acc = (loss_sum / count, correct / count) if count else (None, None)
             seconds = time.perf_counter() - start
         return self.finish(logged, train_loss, train_acc, seen, seconds)

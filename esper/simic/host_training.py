@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from esper.simic.tasks import read_once
+
 
 @dataclass
 class EnvConfig:
@@ -148,12 +150,12 @@ class HostTrainer:
         """Loss and accuracy (a fraction) per prediction of the current model on a TensorData split."""
         was_training = self.mm.training
         self.mm.eval()
-        totals = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss sum, correct, predictions
+        loss_sum, correct, seen = torch.zeros((), device=self.device, dtype=torch.float64), 0, 0
         for x, y in split.batches(self.cfg.eval_batch_size, shuffle=False):
             x, y = self.place(x), y.to(self.device, non_blocking=True)
             with self.autocast():
                 score = self.task.score(self.mm(x), y)
-            totals += torch.stack([score.loss.double() * score.count, score.correct.double(), torch.as_tensor(score.count, dtype=torch.float64, device=self.device)])
+            loss_sum, correct, seen = loss_sum + score.loss.double() * score.count, correct + score.correct, seen + score.count
         self.mm.train(was_training)
-        loss_sum, correct, seen = totals.tolist()
+        loss_sum, correct, seen = read_once([loss_sum, correct, seen])
         return loss_sum / max(seen, 1), correct / max(seen, 1)

@@ -80,6 +80,14 @@ class NextToken:
                              f"of at least the data's {data.num_classes} tokens")
 
 
+def read_once(values) -> list[float]:
+    """Values that are device tensors (0-dim) or Python numbers, as floats, with one read of
+    the device for all the tensors: counts stay Python ints where the task knows them."""
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    read = iter(torch.stack([t.double() for t in tensors]).tolist() if tensors else ())
+    return [next(read) if isinstance(v, torch.Tensor) else float(v) for v in values]
+
+
 def task_for(y: torch.Tensor) -> Classification | NextToken:
     """The task of targets `y`: (N,) class ids, or (N, T) next tokens."""
     return NextToken() if y.dim() == 2 else Classification()
