@@ -52,20 +52,22 @@ PLANE = "plane."
 SAME_SETTINGS = ("batch_size", "decisions_per_epoch", "epochs", "optimizer", "precision", "augment")
 
 
-def _base_slot(mm, target: str) -> str:
-    """The original injection point behind a plane call ('plane.<key>' or 'plane.<key>.seed')."""
-    keys = {module_key(slot_id): slot_id for slot_id in mm.plane.slots}
-    return keys[target[len(PLANE) :].split(".")[0]].split("+")[0]
+def _plane_calls(mm, graph: fx.Graph) -> dict[str, list[fx.Node]]:
+    """Per original injection point, the nodes of `graph` that call into the plane there, in
+    order: the slot itself, or fossils folded in ('plane.<key>.seed') followed by the slot
+    opened after them."""
+    slot_of = {module_key(slot_id): slot_id for slot_id in mm.plane.slots}
+    chains: dict[str, list[fx.Node]] = {}
+    for node in graph.nodes:
+        if node.op == "call_module" and node.target.startswith(PLANE):
+            base = slot_of[node.target[len(PLANE) :].split(".")[0]].split("+")[0]
+            chains.setdefault(base, []).append(node)
+    return chains
 
 
 def slot_chains(mm) -> dict[str, list[str]]:
-    """Per original injection point, the plane modules the graph calls there, in order:
-    the slot itself, or fossils folded in followed by the slot opened after them."""
-    chains: dict[str, list[str]] = {}
-    for node in mm.graph.nodes:
-        if node.op == "call_module" and node.target.startswith(PLANE):
-            chains.setdefault(_base_slot(mm, node.target), []).append(node.target)
-    return chains
+    """Per original injection point, the plane modules the model's graph calls there."""
+    return {base: [node.target for node in nodes] for base, nodes in _plane_calls(mm, mm.graph).items()}
 
 
 def host_graph(mm) -> tuple[fx.Graph, dict[str, str]]:
@@ -78,12 +80,8 @@ def host_graph(mm) -> tuple[fx.Graph, dict[str, str]]:
     from the same host gives the same graph, whatever its seeds.
     """
     graph = copy.deepcopy(mm.graph)
-    chains: dict[str, list[fx.Node]] = {}
-    for node in graph.nodes:
-        if node.op == "call_module" and node.target.startswith(PLANE):
-            chains.setdefault(_base_slot(mm, node.target), []).append(node)
     sites = {}
-    for base, nodes in chains.items():
+    for base, nodes in _plane_calls(mm, graph).items():
         with graph.inserting_before(nodes[0]):
             site = graph.call_module(PLANE + module_key(base), (nodes[0].args[0],))
         nodes[-1].replace_all_uses_with(site)
@@ -148,45 +146,44 @@ class StackedHosts:
             self.params = {n: torch.stack([mm.get_parameter(n) for mm in self.models]).requires_grad_() for n in self.param_names}
             self.buffers = {n: torch.stack([mm.get_buffer(n) for mm in self.models]) for n in self.buffer_names}
 
-    def __call__(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
-        """The K models' outputs (K, ...) for inputs x (K, ...), or one x for all if `shared`."""
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The K models' outputs (K, ...) for their inputs x (K, ...)."""
         values: dict[str, object] = {}
-        unbatched = {id(x)} if shared else set()
         for node in self.top.graph.nodes:
             if node.op == "placeholder":
                 values[node.name] = x
             elif node.op == "output":
                 return fx.node.map_arg(node.args[0], lambda n: values[n.name])
             elif node.op == "call_module" and node.target in self.sites:
-                values[node.name] = self._site(self.sites[node.target], values[node.args[0].name], id(values[node.args[0].name]) in unbatched)
+                values[node.name] = self._site(self.sites[node.target], values[node.args[0].name])
             elif node.op == "call_module":
                 args = fx.node.map_arg(node.args, lambda n: values[n.name])
-                values[node.name] = self._segment(node.target, args, unbatched)
+                values[node.name] = self._segment(node.target, args)
             else:  # getitem on a segment's tuple of outputs
                 args = fx.node.map_arg(node.args, lambda n: values[n.name])
                 values[node.name] = node.target(*args)
         raise RuntimeError("the split graph has no output")
 
-    def _segment(self, name: str, args: tuple, unbatched: set) -> object:
+    def _segment(self, name: str, args: tuple) -> object:
         module = self.segments[name]
         names = self.names[name]
         params = {own: self.params[names[own]] for own, _ in module.named_parameters()}
         buffers = {own: self.buffers[names[own]] for own, _ in module.named_buffers()}
-        dims = tuple(0 if isinstance(a, torch.Tensor) and id(a) not in unbatched else None for a in args)
+        dims = tuple(0 if isinstance(a, torch.Tensor) else None for a in args)
 
         def call(p, b, *a):
             return functional_call(module, (p, b), a)
 
         return vmap(call, in_dims=(0, 0, *dims), randomness="different")(params, buffers, *args)
 
-    def _site(self, base: str, h: torch.Tensor, unbatched: bool) -> torch.Tensor:
-        slices = [h if unbatched else h[k] for k in range(len(self.models))]
+    def _site(self, base: str, h: torch.Tensor) -> torch.Tensor:
+        slices = list(h.unbind())
         outs = []
         for chain, piece in zip(self.chains, slices):
             for module in chain[base]:
                 piece = module(piece)
             outs.append(piece)
-        if not unbatched and all(o is s for o, s in zip(outs, slices)):
+        if all(o is s for o, s in zip(outs, slices)):
             return h  # every slot passed its slice through: no copy
         return torch.stack([o.to(h.dtype) for o in outs])  # a seed may answer autocast with another dtype
 
