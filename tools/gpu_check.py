@@ -133,6 +133,13 @@ def markdown(results: dict) -> str:
     return "\n".join(lines + ["", f"Time: {parts}."])
 
 
+def write(results: dict, out: Path) -> str:
+    table = markdown(results)
+    (out / "gpu_check.md").write_text(table + "\n")
+    (out / "gpu_check.json").write_text(json.dumps(results, indent=2, default=str))
+    return table
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu", action="store_true", help="tiny sizes on the CPU (needs TRITON_INTERPRET=1)")
@@ -159,13 +166,13 @@ def main(argv=None) -> int:
         "envs": lambda: bench_envs.main(env_args + ["--json", str(out / "bench_envs.json")]),
         "grow": lambda: grow(data, Path(tempfile.mkdtemp(dir=out, prefix="grow-")), args.cpu),
     }
+    table = write(results, out)
     for name, fn in parts.items():
         if name not in args.skip:
             timed(results, name, fn)
-    table = markdown(results)
+            # written after every part: a run stopped by a time limit keeps what it measured
+            table = write(results, out)
     print("\n" + table)
-    (out / "gpu_check.md").write_text(table + "\n")
-    (out / "gpu_check.json").write_text(json.dumps(results, indent=2, default=str))
     print(f"\nwrote {out / 'gpu_check.md'} and {out / 'gpu_check.json'}")
     return 0 if all(v.get("ok", True) for v in results.values() if isinstance(v, dict)) else 1
 

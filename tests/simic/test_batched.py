@@ -144,13 +144,15 @@ class Untraceable(nn.Module):
 
 
 def test_batching_problems_are_named_and_auto_falls_back(toy):
-    hooked = [GrowthEnv(reinitialized_copies(Untraceable()), toy, EnvConfig(epochs=1, batch_size=32)) for _ in range(2)]
+    hooked = [GrowthEnv(reinitialized_copies(Untraceable()), toy, EnvConfig(epochs=1, batch_size=32), device=DEVICE)
+              for _ in range(2)]
     with pytest.raises(ValueError, match="hooks"):
         VectorEnv(hooked, runner="batched").reset([0, 1])
     venv = VectorEnv(hooked, runner="auto")
     venv.reset([0, 1])
     assert not venv.batched
-    mixed = make_envs(toy, k=1) + [GrowthEnv(reinitialized_copies(TinyCNN()), toy, EnvConfig(epochs=4, batch_size=32, blend_steps=1))]
+    tiny = GrowthEnv(reinitialized_copies(TinyCNN()), toy, EnvConfig(epochs=4, batch_size=32, blend_steps=1), device=DEVICE)
+    mixed = make_envs(toy, k=1) + [tiny]
     for i, env in enumerate(mixed):
         env.reset(i)
     assert batching_problem(mixed) == "the hosts differ in architecture"
