@@ -44,7 +44,7 @@ def test_the_quick_start_grow_writes_its_run(tmp_path):
     assert summary["policy"] == "heuristic" and "baseline" in summary  # --baseline is in the quick start
     assert {r["run"] for r in read_jsonl(out / "metrics.jsonl")} == {"grown", "baseline"}
     model = esper.load(out / "model", trust_host_code=True)
-    assert model.plane.step_count == 2 and type(model.host).__name__ == "HostCNN"
+    assert model.plane.ticks == 2 and type(model.host).__name__ == "HostCNN"
 
 
 def test_every_package_says_its_plain_role():

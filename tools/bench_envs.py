@@ -33,7 +33,8 @@ from host_cnn import HostCNN  # noqa: E402
 
 from esper.data.splits import DataSplits, TensorData  # noqa: E402
 from esper.leyline import Edit, Op  # noqa: E402
-from esper.simic.env import EnvConfig, GrowthEnv, reinitialized_copies  # noqa: E402
+from esper.kasmina.hosts import reinitialized_copies  # noqa: E402
+from esper.simic.env import EnvConfig, GrowthEnv  # noqa: E402
 from esper.simic.vectorized import VectorEnv  # noqa: E402
 
 
@@ -65,8 +66,8 @@ def measure(k: int, runner: str, args, data: DataSplits, device: torch.device) -
     images, train_seconds, start = 0, 0.0, time.perf_counter()
     for step in range(1, args.steps + 1):
         results = venv.step([plan(step, args.blueprint)] * k)
-        images += sum(r.info["images"] for r in results)
-        train_seconds += sum(r.info["train_seconds"] for r in results)
+        images += sum(r.info.images for r in results)
+        train_seconds += sum(r.info.train_seconds for r in results)
     wall = time.perf_counter() - start
     return {"k": k, "runner": runner, "images": images, "train_seconds": train_seconds, "step_seconds": wall,
             "train_ips": images / train_seconds, "step_ips": images / wall}

@@ -53,7 +53,9 @@ from esper.runs.metrics import read_jsonl  # noqa: E402
 from esper.simic.baselines import WaitPolicy  # noqa: E402
 from esper.simic.env import EnvConfig, GrowthEnv  # noqa: E402
 from esper.simic.rewards import RewardConfig  # noqa: E402
-from esper.simic.training import TrainConfig, Trainer, episode_seed, load_policy  # noqa: E402
+from esper.simic.train_config import TrainConfig, episode_seed  # noqa: E402
+from esper.simic.train_files import load_policy  # noqa: E402
+from esper.simic.training import Trainer  # noqa: E402
 from esper.simic.vectorized import VectorEnv, decide_with, run_episodes  # noqa: E402
 from esper.tamiyo import HeuristicPolicy, RandomPolicy  # noqa: E402
 

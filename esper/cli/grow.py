@@ -46,7 +46,7 @@ def _policy_and_config(args):
     path = Path(args.policy)
     if not path.exists():
         raise UsageError(f"--policy {args.policy}: no such file; give runs/NAME/tamiyo.pt or one of {', '.join(POLICY_KINDS)}")
-    from esper.simic.training import load_policy
+    from esper.simic.train_files import load_policy
 
     try:
         policy, trained = load_policy(path)
@@ -109,10 +109,10 @@ def run(args) -> int:
 
         def on_decision(decision) -> None:
             info = decision.results[0].info
-            writer.write("epoch", {"run": run_name, **info})
+            writer.write("epoch", {"run": run_name, **info.to_dict()})
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(val_acc=f"{info['val_acc']:.3f}", edit=info["edit"]["op"])
+                bar.set_postfix(val_acc=f"{info.val_acc:.3f}", edit=info.edit.op.name)
 
         start = time.perf_counter()
         try:

@@ -12,7 +12,7 @@ import torch
 
 from esper.leyline import EsperError, UsageError
 from esper.runs import config as config_io
-from esper.simic.training import TrainConfig, load_config
+from esper.simic.train_config import TrainConfig, load_config
 
 # Without --limit, the synthetic tasks are cut to this many training examples, so that the
 # demo commands finish in minutes on a laptop CPU; real datasets are used whole.

@@ -37,9 +37,11 @@ from esper.leyline import Edit, Observation, SeedStage, Vocabulary, edits_to_yam
 from esper.runs.metrics import JSONL_NAME, clean, write_jsonl_atomic
 from esper.runs.report import make_report, timeline_row
 from esper.simic.baselines import WaitPolicy
-from esper.simic.env import EnvConfig, registered_names
-from esper.simic.features import TrainingSignals, build_observation, probe_accuracy, seed_contributions
-from esper.simic.training import load_policy
+from esper.kasmina.blueprints import registered_names
+from esper.simic.host_training import EnvConfig
+from esper.simic.features import TrainingSignals, build_observation
+from esper.simic.host_training import probe_accuracy, seed_contributions
+from esper.simic.train_files import load_policy
 from esper.tamiyo import HeuristicPolicy, RandomPolicy
 
 BUILT_IN = ("heuristic", "random", "wait")

@@ -28,6 +28,8 @@ import torch
 import yaml
 from torch import nn
 
+from esper.kasmina.blending import blend_names
+
 
 @dataclass(frozen=True)
 class BlueprintEntry:
@@ -256,3 +258,15 @@ class SequenceNorm(nn.Module):
 
     def forward(self, x):
         return x + self.scale * self.norm(x)
+
+
+def registered_names(blueprints: list[str] | None = None, blends: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """The blueprint and blend names of a vocabulary, checked against the registries
+    (default: every registered one)."""
+    blueprints = list(blueprints or blueprint_names())
+    blends = list(blends or blend_names())
+    known_bp, known_bl = set(blueprint_names()), set(blend_names())
+    unknown = [b for b in blueprints if b not in known_bp] + [b for b in blends if b not in known_bl]
+    if unknown:
+        raise ValueError(f"unknown blueprints/blends {unknown}; registered: {sorted(known_bp)} / {sorted(known_bl)}")
+    return blueprints, blends

@@ -55,7 +55,7 @@ def save(mm: MorphogeneticModel, path: str | Path, example_inputs=None) -> Path:
         "trace": mm.kind,
         "example_inputs": [{"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")} for t in examples],
         "spec": mm.spec,
-        "step_count": mm.plane.step_count,
+        "step_count": mm.plane.ticks,  # the key every saved manifest carries
         "edits": [e.to_dict() for e in mm.plane.edits],
         "slots": {
             i: {"stage": s.stage.name, "blueprint": s.blueprint, "blend": s.blend_name, "events": list(s.events),

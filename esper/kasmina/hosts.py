@@ -7,19 +7,21 @@ comes from a checkpoint's manifest, so `esper.load` calls one only when trusted 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import importlib
 import importlib.util
 import inspect
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
 from esper.leyline import HostFileError
 
-__all__ = ["HostFileError", "build_host", "host_factory_of", "load_model_file"]
+__all__ = ["HostFileError", "build_host", "host_factory_of", "load_model_file", "reinitialized_copies"]
 
 # module name -> the factory that rebuilds what load_model_file built from that file
 _FILE_FACTORIES: dict[str, str] = {}
@@ -124,3 +126,21 @@ def build_host(factory: str) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise HostFileError(f"{factory} gave {type(model).__name__}, not an nn.Module")
     return model
+
+
+def reinitialized_copies(template: nn.Module) -> Callable[[], nn.Module]:
+    """A host factory: each call deep-copies `template` and re-runs every submodule's
+    `reset_parameters()`, so each episode starts from a fresh random init drawn from the
+    current RNG (parameters of modules without reset_parameters keep the template's values)."""
+
+    def build() -> nn.Module:
+        host = copy.deepcopy(template)
+        for module in host.modules():
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
+            if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
+                module.reset_running_stats()
+        return host
+
+    return build

@@ -60,7 +60,7 @@ class KasminaPlane(nn.Module):
         self._causal = causal
         self._ids: list[str] = []
         self.edits: list[Edit] = []
-        self.step_count = 0
+        self.ticks = 0  # how many times step() has run: the tick the next edit is logged at
         self._routing = 0
         self._optimizers: list[tuple[weakref.ref, dict]] = []
         # Not a submodule (the model holds the plane, not the other way round), and a
@@ -95,7 +95,7 @@ class KasminaPlane(nn.Module):
     def apply(self, edit: Edit) -> Edit:
         """Validate, perform and log one edit. Returns the logged edit."""
         if edit.op is Op.WAIT:
-            self.edits.append(Edit(Op.WAIT, edit.slot, tick=self.step_count))
+            self.edits.append(Edit(Op.WAIT, edit.slot, tick=self.ticks))
             return self.edits[-1]
         slot = self.slot(edit.slot)
         dst = target_stage(edit.slot, slot.stage, edit.op)
@@ -105,7 +105,7 @@ class KasminaPlane(nn.Module):
                 self._refuse_noncausal(slot, edit.blueprint, blend)
             steps = DEFAULT_BLEND_STEPS if edit.steps is None else edit.steps
             slot.germinate(edit.blueprint, blend, steps, self._like())
-            logged = Edit(Op.GERMINATE, edit.slot, edit.blueprint, blend, steps, self.step_count, edit.allow_noncausal)
+            logged = Edit(Op.GERMINATE, edit.slot, edit.blueprint, blend, steps, self.ticks, edit.allow_noncausal)
             self._attach(slot)
         else:
             if dst is S.FOSSILIZED:
@@ -117,7 +117,7 @@ class KasminaPlane(nn.Module):
                 slot.cull()
             else:
                 slot.enter(dst)
-            logged = Edit(edit.op, edit.slot, tick=self.step_count)
+            logged = Edit(edit.op, edit.slot, tick=self.ticks)
         return self._log(logged)
 
     def _log(self, logged: Edit) -> Edit:
@@ -126,7 +126,7 @@ class KasminaPlane(nn.Module):
 
     def _log_auto_cull(self, slot: SeedSlot) -> None:
         self._detach(slot)
-        self._log(Edit(Op.CULL, slot.slot_id, tick=self.step_count))
+        self._log(Edit(Op.CULL, slot.slot_id, tick=self.ticks))
 
     def germinate(
         self, slot_id: str, blueprint: str, blend: str = "linear", steps: int = DEFAULT_BLEND_STEPS, allow_noncausal: bool = False
@@ -170,7 +170,7 @@ class KasminaPlane(nn.Module):
         cooldowns run down."""
         if ticks < 0:
             raise ValueError(f"the plane cannot tick backwards ({ticks} ticks)")
-        self.step_count += ticks
+        self.ticks += ticks
         for slot in self.slots.values():
             slot.tick(ticks)
 
@@ -284,4 +284,4 @@ class KasminaPlane(nn.Module):
         return [slot.telemetry().to_dict() for slot in self.slots.values()]
 
     def extra_repr(self) -> str:
-        return f"slots={len(self._ids)}, step={self.step_count}, causal={self._causal}"
+        return f"slots={len(self._ids)}, step={self.ticks}, causal={self._causal}"

@@ -37,9 +37,9 @@ def apply_edits(mm: MorphogeneticModel, edits: list[Edit], until_step: int | Non
     for i, edit in enumerate(edits):
         try:
             if edit.tick is not None:
-                if edit.tick < plane.step_count:
-                    raise EditError(f"the log is out of order: this edit comes after tick {plane.step_count}")
-                plane.step(edit.tick - plane.step_count)
+                if edit.tick < plane.ticks:
+                    raise EditError(f"the log is out of order: this edit comes after tick {plane.ticks}")
+                plane.step(edit.tick - plane.ticks)
             if edit.op is Op.WAIT:
                 plane.apply(edit)
             else:
@@ -49,6 +49,23 @@ def apply_edits(mm: MorphogeneticModel, edits: list[Edit], until_step: int | Non
             reason = e.args[0] if isinstance(e, KeyError) and e.args else e
             raise EditError(f"edit {i} {edit.to_dict()} does not replay: {reason}", index=i) from e
     if until_step is not None:
-        if until_step < plane.step_count:
-            raise EditError(f"the log runs to step {plane.step_count}, past its end at step {until_step}")
-        plane.step(until_step - plane.step_count)
+        if until_step < plane.ticks:
+            raise EditError(f"the log runs to step {plane.ticks}, past its end at step {until_step}")
+        plane.step(until_step - plane.ticks)
+
+
+def fossilize_from_start(plane, fossils: dict[str, str]) -> None:
+    """Grow `fossils` (slot -> blueprint) to the end of their lifecycle before any
+    training: a static bigger model. The edits go through the plane like any other, so
+    the edit log replays."""
+    unknown = sorted(set(fossils) - set(plane.slots))
+    if unknown:
+        raise ValueError(f"fossils name unknown slots {unknown}; this host has {list(plane.slots)}")
+    for slot, blueprint in fossils.items():
+        plane.apply(Edit(Op.GERMINATE, slot, blueprint=blueprint, blend="linear", steps=1))
+        plane.apply(Edit(Op.ADVANCE, slot))
+        plane.apply(Edit(Op.ADVANCE, slot))
+    if fossils:
+        plane.step()
+        for slot in fossils:
+            plane.apply(Edit(Op.FOSSILIZE, slot))

@@ -77,7 +77,7 @@ __all__ += [
     "batch_observations",
 ]
 
-from esper.leyline.episodes import EpisodeSummary  # noqa: E402
+from esper.leyline.episodes import EpisodeSummary, StepInfo  # noqa: E402
 from esper.leyline.vocabulary import Vocabulary  # noqa: E402
 
-__all__ += ["EpisodeSummary", "Vocabulary"]
+__all__ += ["EpisodeSummary", "StepInfo", "Vocabulary"]

@@ -1,8 +1,35 @@
-"""EpisodeSummary: one growth episode in numbers, as every runner, log and report reads it."""
+"""StepInfo and EpisodeSummary: one growth step and one growth episode in numbers, as
+every runner, log and report reads them."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+
+from esper.leyline.edits import Edit
+
+
+@dataclass
+class StepInfo:
+    """What one environment step did and measured (after its tick). Accuracies are fractions."""
+
+    step: int  # decisions taken so far in the episode, this one included
+    epoch: float  # epochs trained so far
+    edit: Edit  # as the plane logged it
+    train_loss: float  # of this step's training chunk
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    contributions: dict[str, float]  # slot -> accuracy it adds (blending seeds and fossils)
+    reward: dict[str, float]  # the step reward by component, and its total
+    params: int
+    host_params: int
+    slots: dict[str, list]  # slot -> [stage, alpha, blueprint]: one timeline row
+    images: int  # training examples this step
+    train_seconds: float
+
+    def to_dict(self) -> dict:
+        """The per-step record of metrics.jsonl."""
+        return {**asdict(self), "edit": self.edit.to_dict()}
 
 
 @dataclass

@@ -200,12 +200,12 @@ class StackedHosts:
 def _stacked_optimizer(envs, hosts: StackedHosts) -> torch.optim.Optimizer:
     """An optimizer of the environments' kind over the stacked host parameters, its state
     stacked from theirs (host parameters are all in each optimizer's first group)."""
-    first = envs[0].optimizer
+    first = envs[0].trainer.optimizer
     accepted = inspect.signature(type(first)).parameters
     group = first.param_groups[0]
     opt = type(first)([hosts.params[n] for n in hosts.param_names], **{k: v for k, v in group.items() if k in accepted and k != "params"})
     for n in hosts.param_names:
-        states = [env.optimizer.state.get(env.mm.get_parameter(n)) for env in envs]
+        states = [env.trainer.optimizer.state.get(env.mm.get_parameter(n)) for env in envs]
         if states[0]:
             opt.state[hosts.params[n]] = {
                 key: torch.stack([s[key] for s in states]) if _per_element(v) else _copy(v) for key, v in states[0].items()
@@ -220,7 +220,7 @@ def _unstack_optimizer(opt: torch.optim.Optimizer, envs, hosts: StackedHosts) ->
             continue
         for k, env in enumerate(envs):
             p = env.mm.get_parameter(n)
-            env.optimizer.state[p] = {key: v[k].clone() if _per_element(v) else _copy(v) for key, v in state.items()}
+            env.trainer.optimizer.state[p] = {key: v[k].clone() if _per_element(v) else _copy(v) for key, v in state.items()}
 
 
 def _per_element(v) -> bool:
@@ -258,8 +258,8 @@ def train_together(envs, chunks: Sequence[Iterator]) -> list[tuple[float | None,
         y = torch.stack([b[1] for b in batches])
         for env in envs:
             env.trainer.schedule.adopt_new_groups()
-            env.optimizer.zero_grad(set_to_none=True)
-        opt.param_groups[0]["lr"] = envs[0].optimizer.param_groups[0]["lr"]
+            env.trainer.optimizer.zero_grad(set_to_none=True)
+        opt.param_groups[0]["lr"] = envs[0].trainer.optimizer.param_groups[0]["lr"]
         opt.zero_grad(set_to_none=True)
         with envs[0].trainer.autocast():
             out = hosts(x)
@@ -268,7 +268,7 @@ def train_together(envs, chunks: Sequence[Iterator]) -> list[tuple[float | None,
         guard_together(envs)
         opt.step()
         for env in envs:
-            env.optimizer.step()
+            env.trainer.optimizer.step()
             env.trainer.schedule.step()
         loss_sum += torch.stack([s.loss.detach() * s.count for s in scores])
         correct += torch.stack([s.correct for s in scores])
@@ -290,6 +290,6 @@ def step_together(envs, edits: Sequence[Edit]) -> list:
     then each environment's evaluation, reward and observation."""
     logged = [env.apply(edit) for env, edit in zip(envs, edits)]
     start = time.perf_counter()
-    trained = train_together(envs, [env.chunk() for env in envs])
+    trained = train_together(envs, [env.trainer.chunk(env.t) for env in envs])
     seconds = (time.perf_counter() - start) / len(envs)
     return [env.finish(edit, loss, acc, images, seconds) for env, edit, (loss, acc, images) in zip(envs, logged, trained)]

@@ -9,7 +9,7 @@ loss, which reads as the largest loss (a diverged run should look bad, not unkno
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -36,7 +36,6 @@ from esper.leyline.observations import (
     STAGE_FEATURES,
     WIDTH_SCALE,
 )
-from esper.simic.tasks import task_for
 
 
 @dataclass(kw_only=True)
@@ -239,44 +238,3 @@ def build_observation(
         blend_mask=blend_mask,
         slot_ids=[t.slot for t in telemetry],
     )
-
-
-def probe_accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    """Fraction of the predictions on `x` that are right (class ids or next tokens, as `y`
-    says: esper.simic.tasks), in batches, without gradients."""
-    task = task_for(y)
-    correct = count = 0
-    with torch.no_grad():
-        for start in range(0, len(y), batch_size):
-            score = task.score(model(x[start : start + batch_size]), y[start : start + batch_size])
-            correct += int(score.correct)
-            count += score.count
-    return correct / max(count, 1)
-
-
-def seed_contributions(
-    model, score: Callable[[], float], previous: dict[str, float], frozen: dict[str, float]
-) -> dict[str, float]:
-    """Each BLENDING seed's contribution: `score()` (a probe's accuracy, or any number
-    where higher is better) with every seed in, minus the same with that slot ablated
-    (`plane.ablate`). A fossil keeps the contribution it had when it fossilized, since
-    its slot is folded into the graph and can no longer be ablated: `frozen` holds those
-    values across calls (updated in place) and `previous` is the last call's result.
-    `model` (a MorphogeneticModel) is scored in eval mode and left in the mode it was in."""
-    plane = model.plane
-    blending = [i for i, s in plane.slots.items() if s.stage is SeedStage.BLENDING]
-    result = {}
-    if blending:
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            with_all = score()
-            for slot_id in blending:
-                with plane.ablate(slot_id):
-                    result[slot_id] = with_all - score()
-        model.train(was_training)
-    for slot_id, slot in plane.slots.items():
-        if slot.stage is SeedStage.FOSSILIZED:
-            frozen.setdefault(slot_id, previous.get(slot_id, 0.0))
-            result[slot_id] = frozen[slot_id]
-    return result

@@ -1,8 +1,11 @@
-"""HostTrainer: one instrumented model's optimizer, learning-rate schedule, training steps and evaluation.
+"""HostTrainer: one instrumented model's optimizer, learning-rate schedule, training
+chunks, evaluation and ablation probe.
 
-    trainer = HostTrainer(mm, cfg, device, batches_per_epoch, task)
-    loss_sum, correct, count = trainer.train_step(x, y)   # device tensors: nothing is read back
-    loss, acc = trainer.evaluate(split)                   # one read per split
+    trainer = HostTrainer(mm, cfg, device, data, task, seed)
+    loss, acc, images = trainer.train_chunk(trainer.chunk(t))  # decision t's share of an epoch, one read
+    loss_sum, correct, count = trainer.train_step(x, y)      # device tensors: nothing is read back
+    loss, acc = trainer.evaluate(split)                      # one read per split
+    contributions = trainer.measure_contributions()          # each blending seed's accuracy, by ablation
 
 `task` (esper.simic.tasks) scores a batch: class ids, or next tokens; loss and accuracy
 are per prediction.
@@ -20,12 +23,15 @@ slower than fp32 for these convolutions.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from itertools import islice
 
 import torch
 
-from esper.simic.tasks import read_once
+from esper.leyline import SeedStage
+from esper.simic.tasks import read_once, task_for
 
 
 @dataclass
@@ -112,15 +118,51 @@ class EpisodeSchedule(torch.optim.lr_scheduler.LRScheduler):
 
 
 class HostTrainer:
-    def __init__(self, mm, cfg: EnvConfig, device: torch.device, batches_per_epoch: int, task):
+    """Trains `mm` on `data.train` (batch order drawn from `seed`), evaluates it on any
+    split, and probes its seeds on the first `cfg.contribution_samples` of `data.val`."""
+
+    def __init__(self, mm, cfg: EnvConfig, device: torch.device, data, task, seed: int):
         self.mm = mm
         self.task = task
         self.cfg = cfg
         self.device = device
+        self.data = data
+        self.batches_per_epoch = max(1, math.ceil(len(data.train) / cfg.batch_size))
         self.optimizer = make_optimizer(list(mm.parameters()), cfg)
         mm.plane.attach_optimizer(self.optimizer, **({"lr": cfg.seed_lr} if cfg.seed_lr else {}))
-        self.schedule = EpisodeSchedule(self.optimizer, cfg, batches_per_epoch * cfg.epochs)
+        self.schedule = EpisodeSchedule(self.optimizer, cfg, self.batches_per_epoch * cfg.epochs)
         self.guard_culls: list[str] = []
+        n = min(cfg.contribution_samples, len(data.val))
+        self.probe = (self.place(data.val.x[:n]), data.val.y[:n].to(device))
+        self.contributions: dict[str, float] = {}
+        self._frozen: dict[str, float] = {}  # a fossil keeps the contribution it had when it fossilized
+        self._order = torch.Generator(device=data.train.x.device).manual_seed(seed)
+        self._batches: Iterator | None = None
+
+    def chunk(self, decision: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Decision `decision`'s 1/decisions_per_epoch of the epoch's batches, on the device
+        (a fresh shuffle at the start of each epoch)."""
+        k = self.cfg.decisions_per_epoch
+        part = decision % k
+        if part == 0:
+            self._batches = iter(self.data.train.batches(self.cfg.batch_size, shuffle=True, generator=self._order,
+                                                         augment=self.cfg.augment))
+        n = self.batches_per_epoch
+        count = None if part == k - 1 else round((part + 1) * n / k) - round(part * n / k)
+        self.mm.train()
+        for x, y in islice(self._batches, count):
+            yield self.place(x), y.to(self.device, non_blocking=True)
+
+    def train_chunk(self, batches) -> tuple[float | None, float | None, int]:
+        """One optimizer step per batch; the chunk's mean loss and accuracy (None without
+        batches) and its count of examples, read from the device once."""
+        loss_sum, correct, count, seen = torch.zeros((), device=self.device), 0, 0, 0
+        for x, y in batches:
+            batch_loss, batch_correct, batch_count = self.train_step(x, y)
+            loss_sum, correct, count = loss_sum + batch_loss, correct + batch_correct, count + batch_count
+            seen += len(y)
+        loss_sum, correct, count = read_once([loss_sum, correct, count])
+        return (loss_sum / count, correct / count, seen) if count else (None, None, seen)
 
     def autocast(self):
         if self.cfg.precision == "bf16" and self.device.type == "cuda":
@@ -159,3 +201,52 @@ class HostTrainer:
         self.mm.train(was_training)
         loss_sum, correct, seen = read_once([loss_sum, correct, seen])
         return loss_sum / max(seen, 1), correct / max(seen, 1)
+
+    def measure_contributions(self) -> dict[str, float]:
+        """Each BLENDING seed's accuracy on the probe batch minus the same with its slot
+        ablated; fossils keep the value they had when they fossilized."""
+        probe = lambda: probe_accuracy(self.mm, *self.probe, self.cfg.eval_batch_size)  # noqa: E731
+        with self.autocast():
+            self.contributions = seed_contributions(self.mm, probe, self.contributions, self._frozen)
+        return self.contributions
+
+
+def probe_accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    """Fraction of the predictions on `x` that are right (class ids or next tokens, as `y`
+    says: esper.simic.tasks), in batches, without gradients."""
+    task = task_for(y)
+    correct = count = 0
+    with torch.no_grad():
+        for start in range(0, len(y), batch_size):
+            score = task.score(model(x[start : start + batch_size]), y[start : start + batch_size])
+            correct += int(score.correct)
+            count += score.count
+    return correct / max(count, 1)
+
+
+def seed_contributions(
+    model, score: Callable[[], float], previous: dict[str, float], frozen: dict[str, float]
+) -> dict[str, float]:
+    """Each BLENDING seed's contribution: `score()` (a probe's accuracy, or any number
+    where higher is better) with every seed in, minus the same with that slot ablated
+    (`plane.ablate`). A fossil keeps the contribution it had when it fossilized, since
+    its slot is folded into the graph and can no longer be ablated: `frozen` holds those
+    values across calls (updated in place) and `previous` is the last call's result.
+    `model` (a MorphogeneticModel) is scored in eval mode and left in the mode it was in."""
+    plane = model.plane
+    blending = [i for i, s in plane.slots.items() if s.stage is SeedStage.BLENDING]
+    result = {}
+    if blending:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            with_all = score()
+            for slot_id in blending:
+                with plane.ablate(slot_id):
+                    result[slot_id] = with_all - score()
+        model.train(was_training)
+    for slot_id, slot in plane.slots.items():
+        if slot.stage is SeedStage.FOSSILIZED:
+            frozen.setdefault(slot_id, previous.get(slot_id, 0.0))
+            result[slot_id] = frozen[slot_id]
+    return result

@@ -1,7 +1,7 @@
 """K environments in lockstep: one batched policy call per decision, throughput measured.
 
     venv = VectorEnv([GrowthEnv(...) for _ in range(K)])
-    rollout = run_episodes(venv, seeds, chooser)      # chooser: list[Observation] -> (edits, extra)
+    rollout = run_episodes(venv, seeds, chooser)      # chooser: list[Observation] -> Choice
 
 Every decision calls `chooser` once with all K observations, so a network policy runs
 one batched forward pass (`batch_observations` pads to the largest slot count). All
@@ -24,16 +24,26 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from esper.leyline import Edit, EpisodeSummary, Observation, batch_observations
 from esper.simic.batched import batching_problem, step_together
 from esper.simic.env import GrowthEnv, StepResult
-from esper.tamiyo import ActionSample, TamiyoPolicy
+from esper.tamiyo import Action, ActionSample, TamiyoPolicy
 
-Chooser = Callable[[list[Observation]], tuple[list[Edit], Any]]
+
+@dataclass
+class Choice:
+    """What a policy chose for K observations: the edits, and what a learner may need."""
+
+    edits: list[Edit]
+    actions: list[Action] | None = None  # the index actions (heuristic, random): behaviour-cloning targets
+    sample: ActionSample | None = None  # Tamiyo's sample, with log-probabilities and values: for PPO
+
+
+Chooser = Callable[[list[Observation]], Choice]
 RUNNERS = ("sequential", "batched", "auto")
 
 
@@ -80,7 +90,7 @@ class VectorEnv:
         else:
             results = [env.step(edit) for env, edit in zip(self.envs, edits)]
         self.host_seconds += time.perf_counter() - start
-        self.images += sum(r.info["images"] for r in results)
+        self.images += sum(r.info.images for r in results)
         return results
 
 
@@ -89,9 +99,12 @@ class Decision:
     """One lockstep decision: what every environment saw, chose and got."""
 
     observations: list[Observation]
-    extra: Any  # whatever the chooser returned beside the edits (an ActionSample, actions)
-    edits: list[Edit]
+    choice: Choice
     results: list[StepResult]
+
+    @property
+    def edits(self) -> list[Edit]:
+        return self.choice.edits
 
     @property
     def rewards(self) -> list[float]:
@@ -121,12 +134,12 @@ def run_episodes(
     decisions = []
     while True:
         tick = time.perf_counter()
-        edits, extra = choose(observations)
+        choice = choose(observations)
         policy_seconds += time.perf_counter() - tick
-        if len(edits) != venv.num_envs:
-            raise ValueError(f"the policy returned {len(edits)} edits for {venv.num_envs} environments")
-        results = venv.step(edits)
-        decisions.append(Decision(observations, extra, list(edits), results))
+        if len(choice.edits) != venv.num_envs:
+            raise ValueError(f"the policy returned {len(choice.edits)} edits for {venv.num_envs} environments")
+        results = venv.step(choice.edits)
+        decisions.append(Decision(observations, choice, results))
         if on_decision is not None:
             on_decision(decisions[-1])
         dones = [r.done for r in results]
@@ -153,17 +166,16 @@ def run_episodes(
 # ---- choosers: one call per decision for every kind of policy ---------------------------------
 def decide_with(policy) -> Chooser:
     """Any policy with `decide(observations) -> edits` (heuristic, random, Tamiyo greedy)."""
-    return lambda observations: (policy.decide(observations), None)
+    return lambda observations: Choice(list(policy.decide(observations)))
 
 
 def choose_with_actions(policy) -> Chooser:
     """A policy with `choose(observations) -> actions` (heuristic, random): the index
-    actions come back as extra, e.g. as behaviour-cloning targets."""
+    actions come back with the edits, e.g. as behaviour-cloning targets."""
 
     def choose(observations):
         actions = policy.choose(observations)
-        edits = [policy.vocab.to_edit(a, o) for a, o in zip(actions, observations)]
-        return edits, actions
+        return Choice([policy.vocab.to_edit(a, o) for a, o in zip(actions, observations)], actions=actions)
 
     return choose
 
@@ -171,9 +183,9 @@ def choose_with_actions(policy) -> Chooser:
 def sample_with(policy: TamiyoPolicy, deterministic: bool = False) -> Chooser:
     """Tamiyo: one batched `act` per decision; the ActionSample comes back for PPO."""
 
-    def choose(observations) -> tuple[list[Edit], ActionSample]:
+    def choose(observations) -> Choice:
         sample = policy.act(batch_observations(observations), deterministic=deterministic)
-        return [policy.vocab.to_edit(sample.row(i), obs) for i, obs in enumerate(observations)], sample
+        return Choice([policy.vocab.to_edit(sample.row(i), obs) for i, obs in enumerate(observations)], sample=sample)
 
     return choose
 

@@ -105,7 +105,7 @@ def test_grow_with_each_kind_of_policy(policy, trained, host, tmp_path):
     edits = yaml.safe_load((out / "edits.yaml").read_text())
     assert len(edits) == 2 and all("op" in e for e in edits)
     model = esper.load(out / "model", trust_host_code=True)
-    assert model.plane.step_count == 2
+    assert model.plane.ticks == 2
     summary = json.loads((out / "summary.json").read_text())
     assert summary["policy"] == spec and 0 <= summary["test_acc"] <= 1
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import esper
 from esper.leyline import Edit, Op, SeedStage
-from esper.simic.features import probe_accuracy
+from esper.simic.host_training import probe_accuracy
 from esper.simic.training import TrainConfig, save_policy
 from esper.tamiyo import TamiyoPolicy
 from tests.integrations.helpers import Scripted, grow, tiny
@@ -102,7 +102,7 @@ def test_each_step_observes_the_metrics_given_and_its_edit_opens_the_next_epoch(
     assert obs.global_feature("progress") == pytest.approx(0.25)
     assert obs.global_feature("val_acc") == pytest.approx(0.25) and obs.global_feature("train_acc") == 0
     assert obs.global_feature("delta_1_known") == 0
-    assert first == Edit(Op.GERMINATE, "block2", "depthwise", "linear", 2, tick=1) and mm.plane.step_count == 1
+    assert first == Edit(Op.GERMINATE, "block2", "depthwise", "linear", 2, tick=1) and mm.plane.ticks == 1
     assert any("esper_slot" in group for group in opt.param_groups)  # the seed joined the user's optimizer
     gardener.step(train_loss=torch.tensor(1.0), val_loss=0.9, val_acc=torch.tensor(0.5))
     obs = policy.seen[1]
@@ -180,6 +180,6 @@ def test_wrong_inputs_say_what_to_do():
     gardener = esper.Gardener(mm, "random", optimizer=opt, epochs=2, seed=0)
     with pytest.raises(ValueError, match="fractions"):
         gardener.step(val_acc=45.0)
-    assert mm.plane.step_count == 0 and not gardener.records  # refused before anything changed
+    assert mm.plane.ticks == 0 and not gardener.records  # refused before anything changed
     with pytest.raises(RuntimeError, match="call step"):
         gardener.report("unused")

@@ -55,7 +55,7 @@ def test_round_trip_outputs_and_continued_training(tmp_path):
     esper.save(mm, tmp_path / "ck")
     loaded = esper.load(tmp_path / "ck", host=HostCNN())
     assert [(i, s.stage, s.alpha) for i, s in loaded.plane.slots.items()] == [(i, s.stage, s.alpha) for i, s in mm.plane.slots.items()]
-    assert loaded.plane.edits == mm.plane.edits and loaded.plane.step_count == mm.plane.step_count
+    assert loaded.plane.edits == mm.plane.edits and loaded.plane.ticks == mm.plane.ticks
     x = torch.randn(3, 3, 32, 32)
     mm.eval(), loaded.eval()
     assert torch.equal(mm(x), loaded(x))

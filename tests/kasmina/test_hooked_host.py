@@ -86,7 +86,7 @@ def test_save_and_load_give_the_same_outputs(tmp_path):
 def test_replay_rebuilds_the_same_model():
     ids, mm = _grown()
     again = esper.replay(tiny_bert()[0], (ids,), mm.plane.edits, spec=mm.spec)
-    assert again.plane.step_count == mm.plane.step_count and again.plane.edits == mm.plane.edits
+    assert again.plane.ticks == mm.plane.ticks and again.plane.edits == mm.plane.edits
     assert {n: t.shape for n, t in again.state_dict().items()} == {n: t.shape for n, t in mm.state_dict().items()}
     again.load_state_dict(mm.state_dict())  # replay builds the structure; the weights are the checkpoint's
     assert outputs_equal(again.eval()(ids), mm(ids))

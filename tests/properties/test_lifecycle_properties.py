@@ -111,7 +111,7 @@ def test_many_ticks_at_once_are_that_many_single_ticks(moves, cooldown):
     ids = list(bulk.plane.slots)
 
     def state(m):
-        return [(s.stage, s.ticks_in_stage, s.alpha) for s in m.plane.slots.values()], m.plane.step_count
+        return [(s.stage, s.ticks_in_stage, s.alpha) for s in m.plane.slots.values()], m.plane.ticks
 
     for op, i, ticks in moves:
         for m in (bulk, single):

@@ -63,7 +63,7 @@ def test_legal_edit_sequences_replay_to_the_same_graph(kind, program):
     log = edits_from_yaml(edits_to_yaml(mm.plane.edits))
     assert log == mm.plane.edits
     fresh, x2 = _host(kind)
-    again = esper.replay(fresh, (x2,), log, spec=mm.spec, until_step=mm.plane.step_count)
+    again = esper.replay(fresh, (x2,), log, spec=mm.spec, until_step=mm.plane.ticks)
     assert _structure(again) == _structure(mm)
     assert again.plane.edits == mm.plane.edits
 

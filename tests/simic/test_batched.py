@@ -10,7 +10,8 @@ from torch import nn
 
 from esper.leyline import Edit, Op
 from esper.simic.batched import batching_problem, host_graph, slot_chains
-from esper.simic.env import EnvConfig, GrowthEnv, reinitialized_copies
+from esper.kasmina.hosts import reinitialized_copies
+from esper.simic.env import EnvConfig, GrowthEnv
 from esper.simic.vectorized import VectorEnv
 from tests.simic.toys import TinyCNN
 
@@ -71,7 +72,7 @@ def play(toy, runner, poison=None, where="output"):
                 else:
                     p.register_hook(lambda g: torch.full_like(g, float("nan")))
         results = venv.step([plan[t] for plan in PLANS])
-        steps.append([{k: r.info[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")} for r in results])
+        steps.append([{k: getattr(r.info, k) for k in ("train_loss", "train_acc", "val_loss", "val_acc")} for r in results])
     return envs, steps
 
 
@@ -88,7 +89,7 @@ def assert_same(env_a, env_b, steps_a, steps_b, index):
     for name, buf in env_a.mm.named_buffers():
         torch.testing.assert_close(buf, dict(env_b.mm.named_buffers())[name], atol=PARAM_ATOL, rtol=0, msg=name)
     assert [e.to_dict() for e in env_a.plane.edits] == [e.to_dict() for e in env_b.plane.edits]
-    opt_a, opt_b = env_a.optimizer, env_b.optimizer
+    opt_a, opt_b = env_a.trainer.optimizer, env_b.trainer.optimizer
     for pa, pb in zip(env_a.mm.parameters(), env_b.mm.parameters()):
         for key, value in opt_a.state[pa].items():
             torch.testing.assert_close(value, opt_b.state[pb][key], atol=PARAM_ATOL, rtol=0, msg=key)
@@ -182,7 +183,7 @@ def test_a_transformer_on_a_sequence_task_batches_too():
         venv = VectorEnv(envs, runner=runner)
         slot = venv.reset([1, 2])[0].slot_ids[-1]
         steps = [venv.step([Edit(G, slot, "mlp", "linear", 1), Edit(W)]), venv.step([Edit(A, slot), Edit(W)])]
-        runs[runner] = ([r.info["train_loss"] for rs in steps for r in rs], [e.plane.edits for e in envs])
+        runs[runner] = ([r.info.train_loss for rs in steps for r in rs], [e.plane.edits for e in envs])
     assert venv.batched
     (seq_losses, seq_edits), (bat_losses, bat_edits) = runs["sequential"], runs["batched"]
     assert bat_losses == pytest.approx(seq_losses, rel=LOSS_RTOL) and bat_edits == seq_edits

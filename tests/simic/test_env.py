@@ -8,7 +8,8 @@ import torch
 import esper
 from esper.leyline import Edit, Op, SeedStage, Vocabulary
 from esper.simic.baselines import WaitPolicy
-from esper.simic.env import EnvConfig, GrowthEnv, reinitialized_copies
+from esper.kasmina.hosts import reinitialized_copies
+from esper.simic.env import EnvConfig, GrowthEnv
 from esper.simic.rewards import RewardBreakdown
 from esper.simic.vectorized import VectorEnv, decide_with, run_episodes
 from esper.tamiyo import HeuristicConfig, HeuristicPolicy
@@ -53,8 +54,8 @@ def test_episode_leaves_a_replayable_edit_log():
     env = make_env()
     rollout = play(env, Script(SCRIPT))
     plane = env.plane
-    assert [d.results[0].info["edit"]["op"] for d in rollout.decisions] == ["GERMINATE", "ADVANCE", "GERMINATE", "ADVANCE", "FOSSILIZE", "CULL"]
-    assert plane.step_count == 6 and rollout.decisions[-1].results[0].done
+    assert [d.results[0].info.edit.op.name for d in rollout.decisions] == ["GERMINATE", "ADVANCE", "GERMINATE", "ADVANCE", "FOSSILIZE", "CULL"]
+    assert plane.ticks == 6 and rollout.decisions[-1].results[0].done
     stages = {i: s.stage for i, s in plane.slots.items()}
     assert stages["block2"] is S.FOSSILIZED and "block2+1" in stages
     assert stages["block1"] in (S.CULLED, S.DORMANT)
@@ -62,16 +63,16 @@ def test_episode_leaves_a_replayable_edit_log():
     # The same edits, applied through plane.apply at the ticks they were logged at, on a fresh host.
     fresh = esper.instrument(TinyCNN(), (torch.randn(2, 3, 16, 16),))
     for edit in plane.edits:
-        while fresh.plane.step_count < edit.tick:
+        while fresh.plane.ticks < edit.tick:
             fresh.plane.step()
         fresh.plane.apply(Edit(edit.op, edit.slot, edit.blueprint, edit.blend, edit.steps))
-    while fresh.plane.step_count < plane.step_count:
+    while fresh.plane.ticks < plane.ticks:
         fresh.plane.step()
     assert {i: s.stage for i, s in fresh.plane.slots.items()} == stages
     assert [s.alpha for s in fresh.plane.slots.values()] == [s.alpha for s in plane.slots.values()]
     assert fresh.plane.slots["block2"].blueprint == "conv_enhance"
     # esper.replay reads the same log.
-    replayed = esper.replay(TinyCNN(), (torch.randn(2, 3, 16, 16),), plane.edits, until_step=plane.step_count)
+    replayed = esper.replay(TinyCNN(), (torch.randn(2, 3, 16, 16),), plane.edits, until_step=plane.ticks)
     assert {i: s.stage for i, s in replayed.plane.slots.items()} == stages
 
 
@@ -81,17 +82,17 @@ def test_rewards_come_with_their_components():
     infos = [d.results[0].info for d in rollout.decisions]
     components = set(RewardBreakdown.__dataclass_fields__) | {"total"}
     for info in infos:
-        assert set(info["reward"]) == components
-        parts = sum(v for k, v in info["reward"].items() if k != "total")
-        assert info["reward"]["total"] == pytest.approx(parts)
-        assert 0.0 <= info["val_acc"] <= 1.0 and 0.0 <= info["train_acc"] <= 1.0
-    assert infos[0]["reward"]["germination"] < 0  # paid at GERMINATE ...
-    assert infos[4]["reward"]["refund"] > 0  # ... refunded at FOSSILIZE
-    assert infos[-1]["reward"]["terminal_acc"] == pytest.approx(10 * infos[-1]["val_acc"])
-    assert infos[-1]["reward"]["param_cost"] < 0  # the fossil's parameters, charged once at the end
-    assert all(i["reward"]["terminal_acc"] == 0 for i in infos[:-1])
+        assert set(info.reward) == components
+        parts = sum(v for k, v in info.reward.items() if k != "total")
+        assert info.reward["total"] == pytest.approx(parts)
+        assert 0.0 <= info.val_acc <= 1.0 and 0.0 <= info.train_acc <= 1.0
+    assert infos[0].reward["germination"] < 0  # paid at GERMINATE ...
+    assert infos[4].reward["refund"] > 0  # ... refunded at FOSSILIZE
+    assert infos[-1].reward["terminal_acc"] == pytest.approx(10 * infos[-1].val_acc)
+    assert infos[-1].reward["param_cost"] < 0  # the fossil's parameters, charged once at the end
+    assert all(i.reward["terminal_acc"] == 0 for i in infos[:-1])
     summary = rollout.summaries[0]
-    assert summary.episode_return == pytest.approx(sum(i["reward"]["total"] for i in infos))
+    assert summary.episode_return == pytest.approx(sum(i.reward["total"] for i in infos))
     assert summary.fossilized == 1 and summary.germinated == 2 and summary.culled == 1
     assert summary.params > summary.host_params
     assert len(summary.timeline) == 7 and summary.timeline[0]["block2"][0] == "DORMANT"
@@ -102,10 +103,10 @@ def test_blending_seeds_get_a_measured_contribution():
     rollout = play(env, Script(SCRIPT))
     infos = [d.results[0].info for d in rollout.decisions]
     # block2 blends during step 4 and fossilizes at step 5: measured while blending, kept as a fossil.
-    assert infos[3]["slots"]["block2"][0] == "BLENDING"
-    assert "block2" in infos[3]["contributions"]
-    assert infos[4]["contributions"]["block2"] == infos[3]["contributions"]["block2"]
-    assert "block1" not in infos[2]["contributions"]  # GERMINATED seeds are not in the output
+    assert infos[3].slots["block2"][0] == "BLENDING"
+    assert "block2" in infos[3].contributions
+    assert infos[4].contributions["block2"] == infos[3].contributions["block2"]
+    assert "block1" not in infos[2].contributions  # GERMINATED seeds are not in the output
     # The observation carries it as a feature.
     obs = rollout.decisions[4].observations[0]
     col = obs.slot_feature("contribution_known")
@@ -119,7 +120,7 @@ def test_an_episode_is_reproducible_whatever_the_global_rng_does():
     torch.rand(100)
     second = play(env, WaitPolicy(), seed=7)
     third = play(env, WaitPolicy(), seed=8)
-    acc = lambda r: [d.results[0].info["val_loss"] for d in r.decisions]  # noqa: E731
+    acc = lambda r: [d.results[0].info.val_loss for d in r.decisions]  # noqa: E731
     assert acc(first) == acc(second)
     assert acc(first) != acc(third)
 
@@ -128,25 +129,25 @@ def test_several_decisions_per_epoch_split_the_epoch():
     env = make_env(epochs=2, decisions_per_epoch=3, batch_size=16)  # 96 images: 6 batches, 2 per decision
     rollout = play(env, WaitPolicy())
     infos = [d.results[0].info for d in rollout.decisions]
-    assert len(infos) == 6 and env.plane.step_count == 6
-    assert [i["images"] for i in infos] == [32] * 6
-    assert [i["epoch"] for i in infos] == pytest.approx([1 / 3, 2 / 3, 1, 4 / 3, 5 / 3, 2])
+    assert len(infos) == 6 and env.plane.ticks == 6
+    assert [i.images for i in infos] == [32] * 6
+    assert [i.epoch for i in infos] == pytest.approx([1 / 3, 2 / 3, 1, 4 / 3, 5 / 3, 2])
 
 
 def test_seeds_join_and_leave_the_host_optimizer():
     env = make_env()
     env.reset(0)
-    groups = len(env.optimizer.param_groups)
+    groups = len(env.trainer.optimizer.param_groups)
     env.step(SCRIPT[0])
-    assert len(env.optimizer.param_groups) == groups + 1
+    assert len(env.trainer.optimizer.param_groups) == groups + 1
     env.step(SCRIPT[1])
     env.step(Edit(Op.CULL, "block2"))
-    assert len(env.optimizer.param_groups) == groups
+    assert len(env.trainer.optimizer.param_groups) == groups
     # Two seeds of one blueprint (groups of equal length): culling the second leaves the first.
     env.step(Edit(Op.GERMINATE, "block1", "norm", "linear", 1))
     env.step(Edit(Op.GERMINATE, "block2", "norm", "linear", 1))
     env.step(Edit(Op.CULL, "block2"))
-    assert [g.get("esper_slot") for g in env.optimizer.param_groups][groups:] == ["block1"]
+    assert [g.get("esper_slot") for g in env.trainer.optimizer.param_groups][groups:] == ["block1"]
 
 
 def test_a_host_that_does_not_fit_the_data_is_refused():
@@ -175,7 +176,7 @@ def test_heuristic_fossilizes_a_seed_on_the_synthetic_task(synthetic_small):
     rollout = play(env, heuristic, seed=0)
     summary = rollout.summaries[0]
     assert summary.germinated == 1
-    assert summary.fossilized == 1, [d.results[0].info["edit"] for d in rollout.decisions]
+    assert summary.fossilized == 1, [d.results[0].info.edit for d in rollout.decisions]
     assert summary.params > summary.host_params
     assert summary.fossil_blueprints == ["depthwise"]  # the first preference that fits a conv slot
     assert env.plane.slots["block3"].stage is S.FOSSILIZED  # the deepest slot
@@ -188,7 +189,7 @@ def test_static_fossils_are_grown_before_the_first_step_and_logged():
     assert slot.stage is S.FOSSILIZED and slot.blueprint == "conv_enhance"
     assert [e.op for e in env.plane.edits] == [Op.GERMINATE, Op.ADVANCE, Op.ADVANCE, Op.FOSSILIZE]
     fossil = {id(p) for p in env.plane.seed_parameters("block2")}
-    trained = {id(p) for group in env.optimizer.param_groups for p in group["params"]}
+    trained = {id(p) for group in env.trainer.optimizer.param_groups for p in group["params"]}
     assert fossil and fossil <= trained  # the fossil trains with the host from the first step
     before = [p.detach().clone() for p in env.plane.seed_parameters("block2")]
     env.step(Edit(Op.WAIT))
@@ -212,4 +213,4 @@ def test_channels_last_trains_the_same_model_in_the_other_layout():
     seed = runs[True].plane.seed_parameters("block2")
     assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) for p in seed)
     for key in ("train_loss", "val_loss"):
-        assert runs[True].now[key] == pytest.approx(runs[False].now[key], rel=1e-3)
+        assert getattr(runs[True].record.now, key) == pytest.approx(getattr(runs[False].record.now, key), rel=1e-3)

@@ -12,8 +12,9 @@ from esper.data.splits import load_data
 from esper.kasmina.blending import blend_names
 from esper.kasmina.blueprints import blueprint_names
 from esper.leyline import Edit, Op, Vocabulary, batch_observations
-from esper.simic.env import EnvConfig, GrowthEnv, reinitialized_copies
-from esper.simic.features import probe_accuracy
+from esper.kasmina.hosts import reinitialized_copies
+from esper.simic.env import EnvConfig, GrowthEnv
+from esper.simic.host_training import probe_accuracy
 from esper.simic.training import TrainConfig, Trainer
 from esper.simic.vectorized import VectorEnv, decide_with, run_episodes
 from esper.tamiyo import HeuristicConfig, HeuristicPolicy, ImitationConfig, PPOConfig, RandomPolicy, TamiyoPolicy
@@ -97,4 +98,4 @@ def test_a_huggingface_host_returning_logits_in_an_object_grows(recall):
     slot = list(env.plane.slots)[-1]
     env.step(Edit(Op.GERMINATE, slot, "lora", "linear", 1))
     result = env.step(Edit(Op.ADVANCE, slot))
-    assert 0.0 <= result.info["val_acc"] <= 1.0 and result.info["train_loss"] > 0
+    assert 0.0 <= result.info.val_acc <= 1.0 and result.info.train_loss > 0

@@ -94,7 +94,7 @@ def test_resume_after_a_kill_loses_and_repeats_nothing(tmp_path, toy):
         f.write(json.dumps({"kind": "update", "update": 1}) + "\n")
         f.write('{"kind": "episo')  # torn last line
     trainer = train(tmp_path, toy, resume=True, episodes=4)
-    assert trainer.episodes_done == 4 and trainer.updates_done == 2
+    assert trainer.state.episodes_done == 4 and trainer.state.updates_done == 2
     episodes = records(tmp_path, "episode")
     assert sorted(r["episode"] for r in episodes) == [0, 1, 2, 3]
     assert [r["update"] for r in records(tmp_path, "update")] == [0, 1]

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from esper.leyline import Edit, Op, Vocabulary
-from esper.simic.env import EnvConfig, GrowthEnv, reinitialized_copies
-from esper.simic.vectorized import VectorEnv, decide_with, run_episodes, sample_with
+from esper.kasmina.hosts import reinitialized_copies
+from esper.simic.env import EnvConfig, GrowthEnv
+from esper.simic.vectorized import Choice, VectorEnv, decide_with, run_episodes, sample_with
 from esper.tamiyo import HeuristicConfig, HeuristicPolicy, TamiyoPolicy
 from tests.simic.toys import TinyCNN
 
@@ -23,7 +24,7 @@ class Counting:
         step = len(self.calls) - 1
         # Env 0 germinates at the first decision; env 1 only waits.
         edits = [Edit(Op.GERMINATE, "block1", "norm", "linear", 2) if step == 0 else Edit(Op.WAIT), Edit(Op.WAIT)]
-        return edits, None
+        return Choice(edits)
 
 
 def make_envs(toy, k=2, epochs=3):
@@ -38,7 +39,7 @@ def test_two_environments_run_in_lockstep_with_one_call_per_decision(toy):
     assert chooser.calls == [2, 2, 2]  # one call per decision, with both observations
     assert rollout.throughput["policy_calls"] == 3
     assert len(rollout.decisions) == 3 and all(len(d.results) == 2 for d in rollout.decisions)
-    assert [e.plane.step_count for e in envs] == [3, 3]
+    assert [e.plane.ticks for e in envs] == [3, 3]
     assert envs[0].plane.slots["block1"].stage.name == "GERMINATED"
     assert envs[1].plane.slots["block1"].stage.name == "DORMANT"
     assert [len(e.plane.edits) for e in envs] == [3, 3]
@@ -60,7 +61,7 @@ def test_tamiyo_acts_once_per_decision_on_the_whole_batch(toy, monkeypatch):
     monkeypatch.setattr(policy, "act", counted)
     rollout = run_episodes(VectorEnv(envs), [0, 1], sample_with(policy))
     assert sizes == [2, 2]
-    assert all(d.extra.actions.shape == (2, 4) for d in rollout.decisions)
+    assert all(d.choice.sample.actions.shape == (2, 4) for d in rollout.decisions)
 
 
 def test_environments_with_different_episode_lengths_are_refused(toy):
