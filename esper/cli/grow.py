@@ -11,6 +11,10 @@ is the model file its settings name, run only with --trust-host-code. DIR gets m
 rebuild it), edits.yaml (the edit log: esper.replay rebuilds the structure), metrics.jsonl
 (one record per decision), summary.json, and report.md with its plots. --baseline also
 trains the host alone on the same data, seed and epochs, for comparison.
+
+Under torchrun (`torchrun --nproc_per_node N -m esper grow ...`) every rank trains its
+shard of each batch with DistributedDataParallel, rank 0 decides and every rank applies
+its edits (esper.simic.distributed); rank 0 alone prints and writes DIR.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 import yaml
 
 from esper.leyline import UsageError
-from esper.cli.runs import add_common, build_config, check_device, check_host_fits, check_out_dir, load_dataset
+from esper.cli.runs import add_common, build_config, check_device, check_host_fits, check_out_dir, join_ranks, load_dataset
 from esper.kasmina.hosts import load_model_file
 
 POLICY_KINDS = ("heuristic", "random", "wait")
@@ -60,14 +64,7 @@ def _policy_and_config(args):
 
 
 def run(args) -> int:
-    import esper
-    from esper.runs import config as config_io
-    from esper.runs import metrics as metrics_io
-    from esper.runs.report import loss_in_units, make_report
-    from esper.simic.baselines import WaitPolicy
-    from esper.simic.env import GrowthEnv
-    from esper.simic.vectorized import VectorEnv, decide_with, place_data, run_episodes
-    from esper.tamiyo import HeuristicPolicy, RandomPolicy
+    from esper.simic.distributed import stop
 
     policy, trained = _policy_and_config(args)
     if trained is None and not args.host and not args.config:
@@ -78,6 +75,25 @@ def run(args) -> int:
     cfg = build_config(args, trained)
     device = check_device(cfg.device)
     out = check_out_dir(args.out)
+    cfg, ranks, device = join_ranks(cfg, device)
+    try:
+        return _grow(args, cfg, policy, device, out, ranks)
+    finally:
+        stop()
+
+
+def _grow(args, cfg, policy, device, out, ranks) -> int:
+    import esper
+    from esper.runs import config as config_io
+    from esper.runs import metrics as metrics_io
+    from esper.runs.report import loss_in_units, make_report
+    from esper.simic.baselines import WaitPolicy
+    from esper.simic.distributed import decided_on_main, main_first
+    from esper.simic.env import GrowthEnv
+    from esper.simic.vectorized import VectorEnv, decide_with, place_data, run_episodes
+    from esper.tamiyo import HeuristicPolicy, RandomPolicy
+
+    say = print if ranks.main else (lambda *a, **k: None)
     if policy is None:
         if args.policy == "heuristic":
             policy = HeuristicPolicy(cfg.vocabulary, cfg.heuristic)
@@ -88,35 +104,41 @@ def run(args) -> int:
 
     torch.manual_seed(cfg.seed)  # the host's initial weights, when its file draws them
     template, example = load_model_file(cfg.host)
-    data = load_dataset(cfg, progress=not args.no_progress)
+    show = not args.no_progress and ranks.main
+    with main_first(ranks):
+        data = load_dataset(cfg, progress=show)
     example = check_host_fits(template, example, data)
     data, where = place_data(data, device)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / metrics_io.JSONL_NAME).unlink(missing_ok=True)
-    writer = metrics_io.MetricsWriter(out, tensorboard=False)
+    writer = None
+    if ranks.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / metrics_io.JSONL_NAME).unlink(missing_ok=True)
+        writer = metrics_io.MetricsWriter(out, tensorboard=False)
     examples = "images" if data.unit == "image" else f"sequences of {data.train.x.shape[1]} {data.unit}s"
-    print(f"esper grow: {cfg.host} with policy {args.policy}, {cfg.env.epochs} epochs on {len(data.train)} "
-          f"{data.name} {examples} (on {where}), output in {out}")
+    spread = f", {ranks.world_size} processes" if ranks.spread else ""
+    say(f"esper grow: {cfg.host} with policy {args.policy}, {cfg.env.epochs} epochs on {len(data.train)} "
+        f"{data.name} {examples} (on {where}{spread}), output in {out}")
 
     def grow(run_name: str, chooser_policy) -> tuple[GrowthEnv, dict]:
         env = GrowthEnv(lambda: copy.deepcopy(template), data, cfg.env, cfg.reward, blueprints=cfg.blueprints,
-                        blends=cfg.blends, device=device, example_input=example)
+                        blends=cfg.blends, device=device, example_input=example, ranks=ranks)
         bar = None
-        if not args.no_progress:
+        if show:
             from tqdm import tqdm
 
             bar = tqdm(total=cfg.env.decisions, desc=f"grow ({run_name})", unit="step", dynamic_ncols=True)
 
         def on_decision(decision) -> None:
             info = decision.results[0].info
-            writer.write("epoch", {"run": run_name, **info.to_dict()})
+            if writer is not None:
+                writer.write("epoch", {"run": run_name, **info.to_dict()})
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(val_acc=f"{info.val_acc:.3f}", edit=info.edit.op.name)
 
         start = time.perf_counter()
         try:
-            rollout = run_episodes(VectorEnv([env]), [cfg.seed], decide_with(chooser_policy), on_decision)
+            rollout = run_episodes(VectorEnv([env]), [cfg.seed], decided_on_main(decide_with(chooser_policy), ranks), on_decision)
         finally:
             if bar is not None:
                 bar.close()
@@ -128,11 +150,13 @@ def run(args) -> int:
 
     env, summary = grow("grown", policy)
     summary.update(policy=args.policy, host=cfg.host, data=data.name, epochs=cfg.env.epochs, seed=cfg.seed,
-                   train_images=len(data.train), task=env.task.name, unit=data.unit)
+                   train_images=len(data.train), task=env.task.name, unit=data.unit, world_size=ranks.world_size)
     if args.baseline:
         _, base = grow("baseline", WaitPolicy())
         summary["baseline"] = {k: base[k] for k in ("val_acc", "val_loss", "test_acc", "test_loss", "best_val_acc", "params",
                                                     "wall_seconds")}
+    if not ranks.main:
+        return 0
     writer.close()
 
     esper.save(env.mm, out / "model")

@@ -6,6 +6,7 @@ Every user mistake here becomes a UsageError (one line, exit 2) before any train
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -41,6 +42,7 @@ SETTINGS = {
     "precision": "env.precision",
     "seed": "seed",
     "device": "device",
+    "dist_timeout": "dist_timeout",
     "warm_start": "warm_start",
     "checkpoint_every": "checkpoint_every",
     "ppo_lr": "ppo.learning_rate",
@@ -67,6 +69,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--augment", action="store_const", const=True, help="random crops and flips while training")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--device", help="cpu or cuda (default cpu)")
+    p.add_argument("--dist-timeout", type=float, help="under torchrun: seconds a rank waits for the others (default 600)")
     p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: autocast the forward passes on CUDA (default fp32)")
     p.add_argument("--channels-last", action="store_const", const=True, help="NHWC activations (faster convolutions, also on CPU)")
     p.add_argument("--config", help="a YAML file of settings (as written to a run's config.yaml)")
@@ -143,3 +146,12 @@ def check_host_fits(model: torch.nn.Module, example: torch.Tensor | None, data) 
     except ValueError as e:
         raise UsageError(f"{data.name}: {e}") from e
     return example
+
+
+def join_ranks(cfg: TrainConfig, device: torch.device):
+    """Under torchrun, join the job (esper.simic.distributed.start): the config records
+    the world size and each rank gets its device. Returns (cfg, ranks, device)."""
+    from esper.simic.distributed import start
+
+    ranks, device = start(device, cfg.dist_timeout)
+    return dataclasses.replace(cfg, world_size=ranks.world_size), ranks, device

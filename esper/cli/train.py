@@ -7,14 +7,19 @@ The run directory gets config.yaml (every setting, resolved: pass it back with -
 to repeat the run), metrics.jsonl, TensorBoard events under tb/, checkpoint.pt (agent,
 optimizer, RNG states, counters, metric history) and, at the end, tamiyo.pt, the
 policy `esper grow --policy` takes.
+
+Under torchrun (`torchrun --nproc_per_node N -m esper train ...`) every rank runs its own K
+environments; the rollouts are gathered to rank 0, which updates Tamiyo and broadcasts her
+weights, and alone writes the run directory.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from esper.leyline import UsageError
-from esper.cli.runs import add_common, build_config, check_device, check_host_fits, check_out_dir, load_dataset
+from esper.cli.runs import add_common, build_config, check_device, check_host_fits, check_out_dir, join_ranks, load_dataset
 from esper.kasmina.hosts import load_model_file
 
 
@@ -32,12 +37,23 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from esper.simic.distributed import stop
+
+    try:
+        return _train(args)
+    finally:
+        stop()
+
+
+def _train(args) -> int:
     from esper.runs.files import CHECKPOINT, CONFIG, POLICY, check_fresh_run
+    from esper.simic.distributed import main_first
     from esper.simic.training import Trainer, load_config
     from esper.simic.vectorized import place_data
 
     out = check_out_dir(args.out)
-    check_fresh_run(out, args.resume)  # before anything is loaded or written
+    if int(os.environ.get("RANK", "0")) == 0:
+        check_fresh_run(out, args.resume)  # before anything is loaded or written
     if args.resume and (out / CHECKPOINT).exists():
         if args.config:
             raise UsageError("--resume continues with the run's own config.yaml; drop --config")
@@ -55,19 +71,25 @@ def run(args) -> int:
     device = check_device(cfg.device)
     if not Path(cfg.host).is_file():
         raise UsageError(f"no such model file: {cfg.host}")
+    cfg, ranks, device = join_ranks(cfg, device)
+    say = print if ranks.main else (lambda *a, **k: None)
 
     template, example = load_model_file(cfg.host)
-    data = load_dataset(cfg, progress=not args.no_progress)
+    with main_first(ranks):
+        data = load_dataset(cfg, progress=not args.no_progress and ranks.main)
     example = check_host_fits(template, example, data)
     data, where = place_data(data, device)
     try:
-        trainer = Trainer(cfg, out, template, data, example, resume=args.resume, progress=not args.no_progress)
+        trainer = Trainer(cfg, out, template, data, example, resume=args.resume, progress=not args.no_progress, ranks=ranks)
     except ValueError as e:  # a resume whose settings differ, a host that does not fit the data
         raise UsageError(str(e)) from e
-    print(f"esper train: {cfg.episodes} episodes on {cfg.envs} environments x {cfg.env.epochs} epochs, "
-          f"{len(data.train)} training {'images' if data.unit == 'image' else 'sequences'} ({data.name}, on {where}), "
-          f"run directory {out}")
+    spread = f" on each of {ranks.world_size} processes" if ranks.spread else ""
+    say(f"esper train: {cfg.episodes} episodes on {cfg.envs} environments{spread} x {cfg.env.epochs} epochs, "
+        f"{len(data.train)} training {'images' if data.unit == 'image' else 'sequences'} ({data.name}, on {where}), "
+        f"run directory {out}")
     result = trainer.run()
+    if not ranks.main:
+        return 0
     last = result["history"][-1] if result["history"] else {}
     print(f"esper train: {result['episodes']} episodes, {result['updates']} PPO updates; policy written to {out / POLICY}")
     if last:

@@ -3,6 +3,7 @@
 from esper.leyline.errors import (
     CheckpointError,
     DataError,
+    DistributedError,
     EditError,
     EsperError,
     ExportError,
@@ -30,6 +31,7 @@ __all__ = [
     "TRANSITIONS",
     "CheckpointError",
     "DataError",
+    "DistributedError",
     "Edit",
     "EditError",
     "EsperError",

@@ -74,3 +74,7 @@ class RunError(EsperError, ValueError):
 
 class UsageError(EsperError):
     """A command-line mistake: printed as one line, exit code 2."""
+
+
+class DistributedError(EsperError):
+    """The ranks of a distributed run disagree, or one of them stopped answering."""

@@ -96,6 +96,8 @@ def batching_problem(envs) -> str | None:
     models = [env.mm for env in envs]
     if any(mm.kind != "fx" for mm in models):
         return "the host is woven in with hooks (torch.fx could not trace it), so there is no graph to cut at the slots"
+    if envs[0].ranks.spread:
+        return "a distributed run trains one environment's shards per rank"
     if len({env.device for env in envs}) > 1:
         return "the environments are on different devices"
     for name in SAME_SETTINGS:

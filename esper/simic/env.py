@@ -36,6 +36,7 @@ from esper.kasmina.instrument import instrument
 from esper.kasmina.replay import fossilize_from_start
 from esper.leyline import Edit, EpisodeSummary, Observation, StepInfo
 from esper.runs.report import timeline_row
+from esper.simic.distributed import Ranks, check_in_step
 from esper.simic.episode import EpisodeRecord, Numbers, RngStream
 from esper.simic.features import build_observation
 from esper.simic.host_training import EnvConfig, HostTrainer
@@ -56,7 +57,9 @@ class StepResult:
 class GrowthEnv:
     """One environment. `host_factory()` must return a fresh host on every call; `data`
     has `.train`, `.val` (TensorData) and `.num_classes` (esper.data.splits.DataSplits).
-    The targets choose the task (esper.simic.tasks): class ids, or next tokens."""
+    The targets choose the task (esper.simic.tasks): class ids, or next tokens. Under
+    torchrun, `ranks` says which process this is: every rank runs the same episode on
+    its shards of the data (esper.simic.distributed)."""
 
     def __init__(
         self,
@@ -69,6 +72,7 @@ class GrowthEnv:
         blends: list[str] | None = None,
         device: str | torch.device = "cpu",
         example_input: torch.Tensor | None = None,
+        ranks: Ranks = Ranks(),
     ):
         self.host_factory = host_factory
         self.data = data
@@ -80,6 +84,7 @@ class GrowthEnv:
         example = example_input if example_input is not None else data.train.x[:2]
         self.example = example.to(self.device)
         self.rng = RngStream(self.device)
+        self.ranks = ranks
         self.mm = None
         self.done = True
 
@@ -97,7 +102,7 @@ class GrowthEnv:
             fossilize_from_start(self.plane, cfg.fossils)
             if cfg.channels_last:
                 self.mm.to(memory_format=torch.channels_last)
-            self.trainer = HostTrainer(self.mm, cfg, self.device, self.data, self.task, seed)
+            self.trainer = HostTrainer(self.mm, cfg, self.device, self.data, self.task, seed, self.ranks)
         self.host_params = self.mm.host_parameter_count()
         self.t = 0
         self.done = False
@@ -135,6 +140,7 @@ class GrowthEnv:
             train_loss, train_acc = self.record.now.train_loss, self.record.now.train_acc
         with self.rng():
             self.plane.step()
+            check_in_step(self.mm, self.ranks)
             val_loss, val_acc = self.trainer.evaluate(self.data.val)
             contributions = self.trainer.measure_contributions()
         self.t += 1

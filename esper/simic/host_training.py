@@ -14,6 +14,11 @@ Every GrowthEnv owns one; the batched runner (`esper.simic.batched`) steps the s
 of K of them and trains their stacked hosts with an optimizer of the same kind and
 state, so that one and K environments follow the same arithmetic.
 
+Under torchrun (`ranks.spread`, esper.simic.distributed) every rank walks the same batch
+order; each trains its shard of every batch through DistributedDataParallel, evaluates its
+shard of a split, and the sums are added over the ranks, so every rank reads the same
+numbers. Batches with fewer rows than ranks are skipped.
+
 Precision: with `cfg.precision == "bf16"` on CUDA, forward passes (host, seeds, blends,
 the ablation probe) run under `torch.autocast(dtype=bfloat16)`; parameters, optimizer
 state and the loss stay fp32. On the CPU the setting is ignored: autocast there is
@@ -31,6 +36,7 @@ from itertools import islice
 import torch
 
 from esper.leyline import SeedStage
+from esper.simic.distributed import DataParallelHost, Ranks, collective, shard, sum_over_ranks, sync_buffers
 from esper.simic.tasks import read_once, task_for
 
 
@@ -121,8 +127,10 @@ class HostTrainer:
     """Trains `mm` on `data.train` (batch order drawn from `seed`), evaluates it on any
     split, and probes its seeds on the first `cfg.contribution_samples` of `data.val`."""
 
-    def __init__(self, mm, cfg: EnvConfig, device: torch.device, data, task, seed: int):
+    def __init__(self, mm, cfg: EnvConfig, device: torch.device, data, task, seed: int, ranks: Ranks = Ranks()):
         self.mm = mm
+        self.ranks = ranks
+        self.model = DataParallelHost(mm, ranks)
         self.task = task
         self.cfg = cfg
         self.device = device
@@ -151,7 +159,8 @@ class HostTrainer:
         count = None if part == k - 1 else round((part + 1) * n / k) - round(part * n / k)
         self.mm.train()
         for x, y in islice(self._batches, count):
-            yield self.place(x), y.to(self.device, non_blocking=True)
+            if len(y) >= self.ranks.world_size:
+                yield self.place(x), y.to(self.device, non_blocking=True)
 
     def train_chunk(self, batches) -> tuple[float | None, float | None, int]:
         """One optimizer step per batch; the chunk's mean loss and accuracy (None without
@@ -161,6 +170,9 @@ class HostTrainer:
             batch_loss, batch_correct, batch_count = self.train_step(x, y)
             loss_sum, correct, count = loss_sum + batch_loss, correct + batch_correct, count + batch_count
             seen += len(y)
+        if self.ranks.spread:
+            sync_buffers(self.mm, self.ranks)
+            loss_sum, correct, count = sum_over_ranks(self._sums(loss_sum, correct, count), self.ranks).unbind()
         loss_sum, correct, count = read_once([loss_sum, correct, count])
         return (loss_sum / count, correct / count, seen) if count else (None, None, seen)
 
@@ -175,13 +187,24 @@ class HostTrainer:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int | torch.Tensor]:
         """One optimizer step on (x, y); returns the batch's summed loss, correct count and
-        count of predictions, on the device. plane.guard() culls seeds with non-finite
-        gradients first."""
+        count of predictions, on the device (of this rank's shard). plane.guard() culls
+        seeds with non-finite gradients first."""
         self.schedule.adopt_new_groups()
         self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():  # the loss too: autocast computes cross-entropy in fp32
-            score = self.task.score(self.mm(x), y)
-        score.loss.backward()
+        model, share = self.model(), 1.0
+        if self.ranks.spread:
+            x, y, share = shard(x, y, self.ranks)
+
+        def forward_backward():
+            with self.autocast():  # the loss too: autocast computes cross-entropy in fp32
+                score = self.task.score(model(x), y)
+            (score.loss * share if self.ranks.spread else score.loss).backward()
+            return score
+
+        if self.ranks.spread:  # DDP all-reduces the gradients inside backward()
+            score = collective(self.ranks, "a training step's gradient all-reduce", forward_backward, only_transport=True)
+        else:
+            score = forward_backward()
         self.guard_culls += self.mm.plane.guard()
         self.optimizer.step()
         self.schedule.step()
@@ -192,6 +215,9 @@ class HostTrainer:
         """Loss and accuracy (a fraction) per prediction of the current model on a TensorData split."""
         was_training = self.mm.training
         self.mm.eval()
+        if self.ranks.spread:
+            n, r, w = len(split), self.ranks.rank, self.ranks.world_size
+            split = type(split)(split.x[n * r // w : n * (r + 1) // w], split.y[n * r // w : n * (r + 1) // w])
         loss_sum, correct, seen = torch.zeros((), device=self.device, dtype=torch.float64), 0, 0
         for x, y in split.batches(self.cfg.eval_batch_size, shuffle=False):
             x, y = self.place(x), y.to(self.device, non_blocking=True)
@@ -199,8 +225,13 @@ class HostTrainer:
                 score = self.task.score(self.mm(x), y)
             loss_sum, correct, seen = loss_sum + score.loss.double() * score.count, correct + score.correct, seen + score.count
         self.mm.train(was_training)
+        if self.ranks.spread:
+            loss_sum, correct, seen = sum_over_ranks(self._sums(loss_sum, correct, seen), self.ranks).unbind()
         loss_sum, correct, seen = read_once([loss_sum, correct, seen])
         return loss_sum / max(seen, 1), correct / max(seen, 1)
+
+    def _sums(self, *values) -> torch.Tensor:
+        return torch.stack([torch.as_tensor(v, device=self.device, dtype=torch.float64) for v in values])
 
     def measure_contributions(self) -> dict[str, float]:
         """Each BLENDING seed's accuracy on the probe batch minus the same with its slot

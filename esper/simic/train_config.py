@@ -31,6 +31,8 @@ class TrainConfig:
     runner: str = "auto"  # how VectorEnv trains the K hosts: sequential, batched, or auto (batched on CUDA)
     seed: int = 0
     device: str = "cpu"
+    world_size: int = 1  # processes of the run (torchrun's WORLD_SIZE): recorded, not chosen here
+    dist_timeout: float = 600.0  # seconds a rank waits for the others before the run ends with an error
     warm_start: int = 0  # heuristic episodes behaviour-cloned before PPO
     value_warm_epochs: int = 100  # then fit the critic to those episodes' returns (value head only)
     checkpoint_every: int = 1  # episodes between checkpoints (at round ends)

@@ -18,7 +18,7 @@ from esper.simic.train_config import TrainConfig
 from esper.tamiyo import TamiyoPolicy
 
 # A resume may change these: they say how long and where to run, not what is learned.
-RESUMABLE_CHANGES = ("episodes", "checkpoint_every", "device", "runner")
+RESUMABLE_CHANGES = ("episodes", "checkpoint_every", "device", "runner", "world_size", "dist_timeout")
 
 
 @dataclass

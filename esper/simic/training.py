@@ -19,6 +19,7 @@ and prints `health_warnings` when they fire.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from pathlib import Path
@@ -34,7 +35,8 @@ from esper.runs.metrics import MetricsWriter
 from esper.simic.env import GrowthEnv
 from esper.simic.train_config import TrainConfig, episode_seed, load_config
 from esper.simic.train_files import TrainState, drop_records_after, load_checkpoint, load_policy, save_checkpoint, save_policy
-from esper.simic.vectorized import Rollout, VectorEnv, choose_with_actions, run_episodes, sample_with
+from esper.simic.distributed import Ranks, broadcast, gather
+from esper.simic.vectorized import Rollout, VectorEnv, choose_with_actions, merge_rollouts, run_episodes, sample_with
 from esper.simic.warm_start import discounted_returns
 from esper.tamiyo import (
     HeuristicPolicy,
@@ -69,14 +71,17 @@ class Trainer:
         resume: bool = False,
         progress: bool = True,
         log: Callable[[str], None] = print,
+        ranks: Ranks = Ranks(),
     ):
-        self.cfg = cfg.resolved()
+        self.cfg = dataclasses.replace(cfg.resolved(), world_size=ranks.world_size)
         self.out = Path(out_dir)
-        check_fresh_run(self.out, resume)
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.ranks = ranks
+        if ranks.main:
+            check_fresh_run(self.out, resume)
+            self.out.mkdir(parents=True, exist_ok=True)
         self.data = data
-        self.progress = progress
-        self.log = log
+        self.progress = progress and ranks.main
+        self.log = log if ranks.main else (lambda text: None)
         self.device = torch.device(self.cfg.device)
         factory = reinitialized_copies(host_template)
         self.envs = [
@@ -90,21 +95,36 @@ class Trainer:
         self.optimizer = make_optimizer(self.policy, self.cfg.ppo)
         self.state = TrainState(warm_finished=self.cfg.warm_start == 0)
         self._shown: set[str] = set()
-        if resume and (self.out / CHECKPOINT).exists():
-            self.state = load_checkpoint(self.out / CHECKPOINT, self.cfg, self.policy, self.optimizer)
-            dropped = drop_records_after(self.out, self.state)
-            self.log(f"resuming {self.out} after {self.state.episodes_done} episodes and {self.state.updates_done} updates"
-                     + (f" (dropped {dropped} log records written after the checkpoint)" if dropped else ""))
-        config_io.save_yaml(self.cfg, self.out / CONFIG)
-        self.metrics = MetricsWriter(self.out, purge_step=self.state.global_step)
+        self.metrics = None
+        if ranks.main:
+            if resume and (self.out / CHECKPOINT).exists():
+                self.state = load_checkpoint(self.out / CHECKPOINT, self.cfg, self.policy, self.optimizer)
+                dropped = drop_records_after(self.out, self.state)
+                self.log(f"resuming {self.out} after {self.state.episodes_done} episodes and {self.state.updates_done} updates"
+                         + (f" (dropped {dropped} log records written after the checkpoint)" if dropped else ""))
+            config_io.save_yaml(self.cfg, self.out / CONFIG)
+            self.metrics = MetricsWriter(self.out, purge_step=self.state.global_step)
+        self.state = broadcast(self.state, ranks, "sharing the run's progress")
+        self._share_policy()
+
+    def _share_policy(self) -> None:
+        """Rank 0's policy weights on every rank (only rank 0 learns)."""
+        weights = broadcast(self.policy.state_dict() if self.ranks.main else None, self.ranks, "sharing the policy weights")
+        if not self.ranks.main:
+            self.policy.load_state_dict(weights)
+
+    def _write(self, kind: str, record: dict, step: int | None = None) -> None:
+        if self.metrics is not None:
+            self.metrics.write(kind, record, step=step)
 
     def checkpoint(self) -> None:
-        save_checkpoint(self.out / CHECKPOINT, self.cfg, self.policy, self.optimizer, self.state)
+        if self.ranks.main:
+            save_checkpoint(self.out / CHECKPOINT, self.cfg, self.policy, self.optimizer, self.state)
 
     # ---- running ------------------------------------------------------------------------------------
     def run(self) -> dict:
         cfg = self.cfg
-        self.metrics.write("run", {"episodes_done": self.state.episodes_done, "updates_done": self.state.updates_done,
+        self._write("run", {"episodes_done": self.state.episodes_done, "updates_done": self.state.updates_done,
                                    "target_episodes": cfg.episodes, "warm_start": cfg.warm_start})
         bar = None
         if self.progress:
@@ -118,18 +138,20 @@ class Trainer:
                 self._warm_start()
             since = 0
             while self.state.episodes_done < cfg.episodes:
-                k = min(cfg.envs, cfg.episodes - self.state.episodes_done)
+                k = min(cfg.envs * self.ranks.world_size, cfg.episodes - self.state.episodes_done)
                 n = self._ppo_round(k)
                 since += n
                 if since >= cfg.checkpoint_every or self.state.episodes_done >= cfg.episodes:
                     self.checkpoint()
                     since = 0
             self.checkpoint()
-            save_policy(self.policy, self.out / POLICY, cfg, self.state.episodes_done)
+            if self.ranks.main:
+                save_policy(self.policy, self.out / POLICY, cfg, self.state.episodes_done)
         finally:
             if bar is not None:
                 bar.close()
-            self.metrics.close()
+            if self.metrics is not None:
+                self.metrics.close()
         return {"episodes": self.state.episodes_done, "updates": self.state.updates_done, "history": self.state.history}
 
     def _say(self, text: str) -> None:
@@ -145,7 +167,7 @@ class Trainer:
         for i, summary in enumerate(rollout.summaries):
             record = {"phase": phase, "episode": start + i, "env": i, "seed": seeds[i], "update": self.state.updates_done,
                       **summary.to_dict(), "throughput": rollout.throughput}
-            self.metrics.write("episode", record, step=self.state.global_step + i)
+            self._write("episode", record, step=self.state.global_step + i)
         if self._bar is not None:
             s = rollout.summaries
             self._bar.update(len(s))
@@ -153,26 +175,44 @@ class Trainer:
                                   foss=f"{mean_or_nan(x.fossilized for x in s):.2f}",
                                   img_s=f"{rollout.throughput['images_per_second']:.0f}")
 
+    def _rollout(self, phase: str, start: int, k: int, choose) -> tuple[Rollout | None, list[int]]:
+        """Episodes start .. start+k-1, this rank's share of them (K environments each),
+        gathered to rank 0: there the whole rollout and its seeds, None elsewhere."""
+        ranks, envs = self.ranks, self.cfg.envs
+        mine = range(start + ranks.rank * envs, start + min(k, (ranks.rank + 1) * envs))
+        if not ranks.main:  # rank 0's RNG is the checkpointed one; the others' follow from the run's progress
+            torch.manual_seed(episode_seed(self.cfg.seed, f"rank{ranks.rank}", start))
+        seeds = self._seeds(phase, mine.start, len(mine))
+        rollout = run_episodes(VectorEnv(self.envs[: len(mine)], self.cfg.runner), seeds, choose) if len(mine) else None
+        parts = gather(rollout, ranks, "gathering the rollouts to rank 0")
+        if not ranks.main:
+            return None, []
+        return merge_rollouts([p for p in parts if p is not None]), self._seeds(phase, start, k)
+
     def _warm_start(self) -> None:
         cfg = self.cfg
         observations, actions, returns = [], [], []
         start = time.perf_counter()
         while self.state.warm_done < cfg.warm_start:
-            k = min(cfg.envs, cfg.warm_start - self.state.warm_done)
+            k = min(cfg.envs * self.ranks.world_size, cfg.warm_start - self.state.warm_done)
             teacher = HeuristicPolicy(cfg.vocabulary, cfg.heuristic)
-            seeds = self._seeds("warm", self.state.warm_done, k)
-            rollout = run_episodes(VectorEnv(self.envs[:k], self.cfg.runner), seeds, choose_with_actions(teacher))
-            for decision in rollout.decisions:
-                observations += decision.observations
-                actions += decision.choice.actions
-            returns += discounted_returns(rollout, cfg.ppo.gamma)
-            self._log_episodes(rollout, "warm_start", self.state.warm_done, seeds)
+            rollout, seeds = self._rollout("warm", self.state.warm_done, k, choose_with_actions(teacher))
+            if rollout is not None:
+                for decision in rollout.decisions:
+                    observations += decision.observations
+                    actions += decision.choice.actions
+                returns += discounted_returns(rollout, cfg.ppo.gamma)
+                self._log_episodes(rollout, "warm_start", self.state.warm_done, seeds)
             self.state.warm_done += k
+        self.state.warm_finished = True
+        if not self.ranks.main:
+            self._share_policy()
+            return
         losses = behaviour_clone(self.policy, observations, actions, cfg.imitation)
         agree = agreement(self.policy, observations, actions)
         value_losses, ev = fit_value(self.policy, observations, actions, returns, cfg.value_warm_epochs, cfg.imitation)
-        self.state.warm_finished = True
-        self.metrics.write("warm_start", {"episodes": self.state.warm_done, "pairs": len(actions), "losses": losses,
+        self._share_policy()
+        self._write("warm_start", {"episodes": self.state.warm_done, "pairs": len(actions), "losses": losses,
                                           "final_loss": losses[-1], "agreement": agree, "value_loss": value_losses[-1] if value_losses else None,
                                           "explained_variance": ev, "seconds": time.perf_counter() - start}, step=self.state.global_step - 1)
         self._say(f"warm start: cloned the heuristic from {len(actions)} decisions, agreement {agree:.1%}; "
@@ -180,15 +220,21 @@ class Trainer:
         self.checkpoint()
 
     def _ppo_round(self, k: int) -> int:
+        """k episodes spread over the ranks, one PPO update on rank 0, its weights shared."""
         cfg = self.cfg
-        seeds = self._seeds("ppo", self.state.episodes_done, k)
         self.policy.train()
-        rollout = run_episodes(VectorEnv(self.envs[:k], self.cfg.runner), seeds, sample_with(self.policy))
+        rollout, seeds = self._rollout("ppo", self.state.episodes_done, k, sample_with(self.policy))
+        if rollout is None:
+            self._share_policy()
+            self.state.episodes_done += k
+            self.state.updates_done += 1
+            return k
         buffer = RolloutBuffer(k)
         for d in rollout.decisions:
             buffer.add(d.observations, d.choice.sample, d.rewards, d.dones)
         buffer.compute_returns(torch.zeros(k), cfg.ppo.gamma, cfg.ppo.gae_lambda)
         metrics = ppo_update(self.policy, self.optimizer, buffer, cfg.ppo)
+        self._share_policy()
         self.state.history.append(metrics)
         warnings = health_warnings(self.state.history, cfg.ppo)
         for text in warnings:
@@ -220,6 +266,6 @@ class Trainer:
         self.state.episodes_done += k
         self.state.updates_done += 1
         # At the round's last episode: a resume purges TensorBoard steps from the next one on.
-        self.metrics.write("update", record, step=self.state.global_step - 1)
+        self._write("update", record, step=self.state.global_step - 1)
         return k
 

@@ -122,6 +122,37 @@ class Rollout:
     throughput: dict[str, float] = field(default_factory=dict)
 
 
+def merge_rollouts(parts: list[Rollout]) -> Rollout:
+    """Rollouts of the same length side by side, as if one VectorEnv had run all their
+    environments (in order): how rank 0 sees the rollouts every rank gathered to it.
+    Throughput is the whole job's: images and decisions summed over the slowest wall time."""
+    if len(parts) == 1:
+        return parts[0]
+    if len({len(p.decisions) for p in parts}) != 1:
+        raise ValueError("rollouts merged side by side need the same number of decisions")
+    decisions = []
+    for steps in zip(*(p.decisions for p in parts)):
+        actions = [a for d in steps for a in d.choice.actions] if all(d.choice.actions is not None for d in steps) else None
+        sample = ActionSample.cat([d.choice.sample for d in steps]) if all(d.choice.sample is not None for d in steps) else None
+        choice = Choice([e for d in steps for e in d.edits], actions, sample)
+        decisions.append(Decision([o for d in steps for o in d.observations], choice, [r for d in steps for r in d.results]))
+    tp = [p.throughput for p in parts]
+    wall = max(t["wall_seconds"] for t in tp)
+    images = sum(t["images"] for t in tp)
+    made = sum(len(p.decisions) * len(p.summaries) for p in parts)
+    throughput = {
+        "wall_seconds": wall,
+        "host_seconds": sum(t["host_seconds"] for t in tp),
+        "policy_seconds": sum(t["policy_seconds"] for t in tp),
+        "images": images,
+        "images_per_second": images / wall if wall > 0 else 0.0,
+        "decisions_per_second": made / wall if wall > 0 else 0.0,
+        "policy_calls": sum(t["policy_calls"] for t in tp),
+        "processes": len(parts),
+    }
+    return Rollout(decisions, [s for p in parts for s in p.summaries], throughput)
+
+
 def run_episodes(
     venv: VectorEnv, seeds: Sequence[int], choose: Chooser, on_decision: Callable[[Decision], None] | None = None
 ) -> Rollout:

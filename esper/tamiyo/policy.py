@@ -64,6 +64,22 @@ class ActionSample:
     def row(self, i: int) -> Action:
         return Action(*(int(v) for v in self.actions[i]))
 
+    @staticmethod
+    def cat(samples: list[ActionSample]) -> ActionSample:
+        """One sample of the rows of `samples`, in order (slot masks padded to the widest)."""
+        width = max(s.masks.slot.shape[1] for s in samples)
+        slot = torch.cat([nn.functional.pad(s.masks.slot, (0, width - s.masks.slot.shape[1])) for s in samples])
+        masks = ActionMasks(torch.cat([s.masks.op for s in samples]), slot,
+                            torch.cat([s.masks.blueprint for s in samples]), torch.cat([s.masks.blend for s in samples]))
+        return ActionSample(
+            torch.cat([s.actions for s in samples]),
+            torch.cat([s.log_prob for s in samples]),
+            {h: torch.cat([s.head_log_prob[h] for s in samples]) for h in samples[0].head_log_prob},
+            {h: torch.cat([s.entropy[h] for s in samples]) for h in samples[0].entropy},
+            torch.cat([s.value for s in samples]),
+            masks,
+        )
+
 
 def _layer(n_in: int, n_out: int, gain: float = math.sqrt(2)) -> nn.Linear:
     # Orthogonal init with a small gain on output layers starts every head near uniform.

@@ -1,0 +1,97 @@
+"""One rank of a distributed growth episode, for tests/simic/test_distributed.py.
+
+    torchrun --standalone --nproc_per_node 2 tests/simic/grow_on_ranks.py OUT HOST [hang]
+
+Plays a fixed script on rank 0 (rank 1's policy would play only WAITs, so any edit it
+applies came from rank 0): germinate two seeds, fossilize one, cull the other. Writes
+OUT/rank<R>.pt: every tick's hash of all parameter and buffer bytes, the edit log, the
+final test accuracy and the final state. HOST is `batchnorm` or `groupnorm` (whose
+training does not depend on how a batch is split). With `hang`, rank 1 stops answering
+after the second tick.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from esper.kasmina.hosts import reinitialized_copies  # noqa: E402
+from esper.leyline import Edit, Op  # noqa: E402
+from esper.simic.distributed import decided_on_main, start, stop  # noqa: E402
+from esper.simic.env import EnvConfig, GrowthEnv  # noqa: E402
+from esper.simic.vectorized import VectorEnv, decide_with, run_episodes  # noqa: E402
+from tests.simic.toys import TinyCNN, toy_data  # noqa: E402
+
+SCRIPT = [
+    Edit(Op.GERMINATE, "block2", blueprint="conv_enhance", blend="linear", steps=1),
+    Edit(Op.ADVANCE, "block2"),
+    Edit(Op.GERMINATE, "block1", blueprint="norm", blend="sigmoid", steps=1),
+    Edit(Op.ADVANCE, "block2"),  # -> BLENDING
+    Edit(Op.FOSSILIZE, "block2"),
+    Edit(Op.CULL, "block1"),
+]
+
+
+class Script:
+    def __init__(self, edits):
+        self.edits, self.calls = list(edits), 0
+
+    def decide(self, observations):
+        edit = self.edits[self.calls] if self.calls < len(self.edits) else Edit(Op.WAIT)
+        self.calls += 1
+        return [edit for _ in observations]
+
+
+class GroupNormCNN(TinyCNN):
+    def __init__(self):
+        super().__init__()
+        self.block1[1] = nn.GroupNorm(2, 8)
+        self.block2[1] = nn.GroupNorm(4, 16)
+
+
+def state_hash(mm) -> str:
+    h = hashlib.sha256()
+    for name, t in list(mm.named_parameters()) + list(mm.named_buffers()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def main(out: str, host: str, hang: bool) -> None:
+    torch.set_num_threads(1)
+    ranks, device = start("cpu", timeout=10 if hang else 120)
+    template = TinyCNN() if host == "batchnorm" else GroupNormCNN()
+    # 99 training images in batches of 25: two ranks split them 12/13, 12/13, 12/13, 12/12,
+    # so the loss weighting is exercised.
+    data = toy_data(n_train=99, n_val=37)
+    blueprint = "conv_enhance" if host == "batchnorm" else "norm"
+    script = [Edit(e.op, e.slot, blueprint if e.slot == "block2" and e.blueprint else e.blueprint, e.blend, e.steps)
+              for e in SCRIPT]
+    env = GrowthEnv(reinitialized_copies(template), data, EnvConfig(epochs=7, batch_size=25, eval_batch_size=10),
+                    device=device, ranks=ranks)
+    policy = Script(script if ranks.main else [])
+    ticks = []
+
+    def on_decision(decision):
+        ticks.append(state_hash(env.mm))
+        if hang and ranks.rank == 1 and len(ticks) == 2:
+            time.sleep(600)
+
+    run_episodes(VectorEnv([env]), [3], decided_on_main(decide_with(policy), ranks), on_decision)
+    _, test_acc = env.evaluate(data.test)
+    torch.save({"ticks": ticks, "edits": [e.to_dict() for e in env.plane.edits], "test_acc": test_acc,
+                "state": {k: v.detach().clone() for k, v in env.mm.state_dict().items()},
+                "world_size": ranks.world_size}, Path(out) / f"rank{ranks.rank}.pt")
+    stop()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], len(sys.argv) > 3 and sys.argv[3] == "hang")
