@@ -4,7 +4,8 @@ begins, from settings given when the callback is built, fed the metrics the trai
 from __future__ import annotations
 
 from esper.integrations.gardener import Gardener, find_instrumented
-from esper.leyline import Edit
+from esper.leyline import DistributedError, Edit
+from esper.simic.distributed import current
 
 
 class GardenerCallbackBase:
@@ -22,6 +23,11 @@ class GardenerCallbackBase:
         self.gardener: Gardener | None = None
 
     def _start(self, module, optimizer, scheduler, decisions: int) -> None:
+        if current().spread:
+            raise DistributedError(
+                "the trainer callbacks do not grow under distributed training yet: the trainer builds its "
+                "DistributedDataParallel wrapper once, and it would never see a new seed's parameters; "
+                "grow with esper.Gardener in your own loop (gardener.data_parallel()) or `torchrun -m esper grow`")
         self.gardener = Gardener(
             find_instrumented(module), self.policy, optimizer=optimizer, scheduler=scheduler, epochs=decisions, **self.options
         )

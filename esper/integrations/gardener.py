@@ -10,6 +10,12 @@
             opt.step()
         gardener.step(train_loss=..., train_acc=..., val_loss=..., val_acc=...)
 
+Under torch.distributed (a process group started by your loop, e.g. under torchrun) every
+rank makes the same Gardener: run the model through `gardener.data_parallel()()` (a
+DistributedDataParallel wrapper built again after each edit that changes the parameters),
+pass each rank's metrics to `step` (they are averaged over the ranks), and call `report`
+anywhere: rank 0 decides, every rank applies its edit, and rank 0 alone writes.
+
 One `step` is one of Simic's decisions, taken in Simic's order so that a trained Tamiyo
 sees what it saw in training: the plane ticks (closing the epoch just trained), each
 BLENDING seed's contribution is measured on the probe, the observation is built from the
@@ -38,6 +44,16 @@ from esper.runs.metrics import JSONL_NAME, clean, write_jsonl_atomic
 from esper.runs.report import make_report, timeline_row
 from esper.simic.baselines import WaitPolicy
 from esper.kasmina.blueprints import registered_names
+from esper.simic.distributed import (
+    DataParallelHost,
+    Ranks,
+    broadcast,
+    check_in_step,
+    current,
+    mean_over_ranks,
+    share_parameters,
+    sync_buffers,
+)
 from esper.simic.host_training import EnvConfig
 from esper.simic.features import TrainingSignals, build_observation
 from esper.simic.host_training import probe_accuracy, seed_contributions
@@ -103,7 +119,8 @@ class Gardener:
     how many times `step` will be called (the policy sees progress as steps / epochs).
     blend_steps, blueprints, blends: the blend length in ticks and the vocabulary of the
     built-in policies (default: every registered blueprint and blend); a trained policy
-    brings its own. seed: the random policy's seed.
+    brings its own. seed: the random policy's seed. ranks: the processes of a distributed
+    run (default: torch.distributed's process group, if one is up).
     """
 
     def __init__(
@@ -120,6 +137,7 @@ class Gardener:
         blends: list[str] | None = None,
         seed_lr_scale: float = 1.0,
         seed: int | None = None,
+        ranks: Ranks | None = None,
     ):
         if not isinstance(model, MorphogeneticModel):
             raise TypeError(f"Gardener needs an instrumented model: esper.instrument(model, example_inputs), not {type(model).__name__}")
@@ -131,7 +149,8 @@ class Gardener:
         self.policy_name = str(policy) if isinstance(policy, (str, Path)) else type(policy).__name__
         self.policy, self.vocab = _policy(policy, blueprints, blends, blend_steps, seed)
         causal = self.plane.causal  # on a causal host only causal-safe seeds are offered
-        self.ranks, self.usable_blends = blueprint_ranks(causal), blend_names(causal)
+        self.blueprint_ranks, self.usable_blends = blueprint_ranks(causal), blend_names(causal)
+        self.ranks = ranks or current()
         self.score = self._scorer(probe)
         self.plane.attach_optimizer(optimizer)
         self.groups = SeedGroups(optimizer, scheduler, seed_lr_scale)
@@ -153,6 +172,11 @@ class Gardener:
             raise TypeError("probe must be (x, y) tensors, a callable probe(model) -> float, or None")
         return partial(probe_accuracy, self.model, *probe)
 
+    def data_parallel(self) -> DataParallelHost:
+        """`host()` is the module to train with: the model itself on one process, else a
+        DistributedDataParallel wrapper of it, rebuilt after an edit changes its parameters."""
+        return DataParallelHost(self.model, self.ranks)
+
     @property
     def edits(self) -> list[Edit]:
         """The plane's edit log (every decision, WAITs and automatic culls included): replays with esper.replay."""
@@ -172,14 +196,15 @@ class Gardener:
 
     def _observe(self, signals: TrainingSignals) -> Observation:
         telemetry = [slot.telemetry() for slot in self.plane.slots.values()]
-        return build_observation(telemetry, signals, self.contributions, self.vocab.blueprints, self.ranks, self.vocab.blends,
+        return build_observation(telemetry, signals, self.contributions, self.vocab.blueprints, self.blueprint_ranks, self.vocab.blends,
                                  usable_blends=self.usable_blends)
 
     def step(self, train_loss=None, train_acc=None, val_loss=None, val_acc=None) -> Edit:
         """End of an epoch: tick, measure, observe, decide, apply. Metrics are floats or
         0-d tensors, accuracies as fractions; leave out what your task does not have.
         Returns the edit as logged by the plane."""
-        metrics = {k: _number(v) for k, v in zip(METRICS, (train_loss, train_acc, val_loss, val_acc))}
+        values = mean_over_ranks([_number(v) for v in (train_loss, train_acc, val_loss, val_acc)], self.ranks)
+        metrics = dict(zip(METRICS, values))
         signals = TrainingSignals(  # checks the metrics before anything changes
             decision=self.epoch + 1,
             total_decisions=self.epochs,
@@ -188,13 +213,16 @@ class Gardener:
             **metrics,
             **{f"{k}_history": list(v) for k, v in self.history.items()},
         )
+        sync_buffers(self.model, self.ranks)
         self.plane.step()
+        check_in_step(self.model, self.ranks)
         self.epoch += 1
         self.timeline.append(timeline_row(self.plane))
         if self.score is not None:
             self.contributions = seed_contributions(self.model, self.score, self.contributions, self._frozen)
-        edit = self.policy.decide([self._observe(signals)])[0]
-        logged = self.plane.apply(edit)
+        edit = self.policy.decide([self._observe(signals)])[0] if self.ranks.main else None
+        logged = self.plane.apply(broadcast(edit, self.ranks, "sharing rank 0's decision"))
+        share_parameters(self.plane, self.ranks)
         self.groups.sync()
         for key, value in metrics.items():
             self.history[key].append(value)
@@ -233,11 +261,14 @@ class Gardener:
             "timeline": self.timeline,
         }
 
-    def report(self, out_dir) -> Path:
+    def report(self, out_dir) -> Path | None:
         """Write metrics.jsonl, summary.json, edits.yaml, the plots and report.md of
-        `esper grow` into `out_dir` (needs matplotlib: the `report` extra); returns report.md."""
+        `esper grow` into `out_dir` (needs matplotlib: the `report` extra); returns report.md
+        (on rank 0; other ranks of a distributed run write nothing and get None)."""
         if not self.records:
             raise RuntimeError("nothing to report yet: call step() at the end of each epoch first")
+        if not self.ranks.main:
+            return None
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         write_jsonl_atomic(out / JSONL_NAME, [{"kind": "epoch", **r} for r in self.records])

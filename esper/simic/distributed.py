@@ -55,6 +55,29 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def current() -> Ranks:
+    """The process group torch.distributed already has (one a user's own loop started),
+    as Ranks; `Ranks()` when there is none."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return Ranks()
+    return Ranks(dist.get_rank(), dist.get_world_size())
+
+
+def share_parameters(module: torch.nn.Module, ranks: Ranks) -> None:
+    """Rank 0's parameter values on every rank (a seed just germinated from each rank's own RNG)."""
+    if ranks.spread:
+        for p in module.parameters():
+            collective(ranks, "sharing rank 0's new seed weights", lambda p=p: dist.broadcast(p.data, src=0))
+
+
+def mean_over_ranks(values: list[float], ranks: Ranks) -> list[float]:
+    """The mean of each value over the ranks (NaN anywhere stays NaN)."""
+    if not ranks.spread:
+        return values
+    total = sum_over_ranks(torch.tensor(values, dtype=torch.float64), ranks)
+    return (total / ranks.world_size).tolist()
+
+
 def start(device: str | torch.device, timeout: float = 600.0) -> tuple[Ranks, torch.device]:
     """Join the job torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK,
     MASTER_ADDR, MASTER_PORT): gloo on the CPU, NCCL on CUDA, one GPU per local rank.
