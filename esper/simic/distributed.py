@@ -143,12 +143,10 @@ def broadcast(obj: Any, ranks: Ranks, what: str = "a broadcast from rank 0") -> 
 
 
 def gather(obj: Any, ranks: Ranks, what: str = "a gather to rank 0") -> list[Any] | None:
-    """Every rank's `obj`, in rank order, on rank 0; None elsewhere."""
-    if not ranks.spread:
-        return [obj]
-    out = [None] * ranks.world_size if ranks.main else None
-    collective(ranks, what, lambda: dist.gather_object(obj, out, dst=0))
-    return out
+    """Every rank's `obj`, in rank order, on rank 0; None elsewhere. (Through
+    all_gather_object: gather_object is not supported by every NCCL build.)"""
+    gathered = all_gather(obj, ranks, what)
+    return gathered if ranks.main else None
 
 
 def all_gather(obj: Any, ranks: Ranks, what: str) -> list[Any]:
