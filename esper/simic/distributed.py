@@ -8,8 +8,8 @@ graph that changes while it trains needs:
     decided_on_main(choose)   rank 0 decides; its edits are broadcast and every rank
                               applies the same ones, so every rank holds the same graph
     check_in_step(mm)         each tick, every rank's hash of the edit log, the parameter
-                              and buffer shapes and their values is compared with rank 0's;
-                              a mismatch ends the run naming the ranks that differ
+                              and buffer shapes and a checksum of their values is compared
+                              with rank 0's; a mismatch ends the run naming the ranks
     DataParallelHost          DistributedDataParallel over the instrumented model, built
                               again whenever an edit changes the parameter set
     shard(x, y)               a rank's rows of a global batch, and the loss weight that
@@ -211,12 +211,15 @@ class DataParallelHost:
 
 
 def fingerprint(mm: torch.nn.Module) -> tuple[str, str, str]:
-    """Hashes of the edit log, of the parameter and buffer names and shapes, and of their values."""
+    """Hashes of the edit log, of the parameter and buffer names and shapes, and of their
+    values' checksum (each tensor's sum and sum of squares, in float64: cheap each tick,
+    and any divergence of training moves them)."""
     edits = hashlib.sha256(repr([e.to_dict() for e in mm.plane.edits]).encode()).hexdigest()[:16]
     tensors = list(mm.named_parameters()) + list(mm.named_buffers())
     shapes = hashlib.sha256(repr([(n, tuple(t.shape)) for n, t in tensors]).encode()).hexdigest()[:16]
     with torch.no_grad():
-        sums = torch.stack([t.detach().double().sum() for _, t in tensors]) if tensors else torch.zeros(1)
+        sums = torch.stack([torch.stack([v.sum(), v.square().sum()]) for v in (t.detach().double() for _, t in tensors)]) \
+            if tensors else torch.zeros(1)
     values = hashlib.sha256(sums.cpu().numpy().tobytes()).hexdigest()[:16]
     return edits, shapes, values
 
