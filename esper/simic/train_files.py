@@ -1,6 +1,7 @@
-"""The files of an `esper train` run: the trained policy (tamiyo.pt) and the checkpoint
-(checkpoint.pt) a killed run resumes from. Both are written atomically (a temporary file,
-then a rename) and read with `weights_only=True`."""
+"""The files of an `esper train` run: the trained policy (tamiyo.pt), the checkpoint
+(checkpoint.pt) a killed run resumes from, and the update records of metrics.jsonl. The
+.pt files are written atomically (a temporary file, then a rename) and read with
+`weights_only=True`."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-from esper.leyline import CheckpointError
+from esper.leyline import CheckpointError, EpisodeSummary, Op
 from esper.runs import config as config_io
 from esper.runs.files import save_atomic
 from esper.runs.metrics import JSONL_NAME, truncate_jsonl
 from esper.simic.train_config import TrainConfig
-from esper.tamiyo import TamiyoPolicy
+from esper.tamiyo import TamiyoPolicy, mean_or_nan
 
 # A resume may change these: they say how long and where to run, not what is learned.
 RESUMABLE_CHANGES = ("episodes", "checkpoint_every", "device", "runner", "world_size", "dist_timeout")
@@ -118,3 +119,29 @@ def drop_records_after(run_dir: Path, state: TrainState) -> int:
         return True
 
     return truncate_jsonl(run_dir / JSONL_NAME, keep)
+
+
+def _named(counts: list[int], names) -> dict[str, int]:
+    return {name: int(counts[i]) for i, name in enumerate(names) if i < len(counts)}
+
+
+def update_record(metrics: dict, summaries: list[EpisodeSummary], cfg: TrainConfig, warnings: list[str]) -> dict:
+    """One PPO update's record: `ppo_update`'s metrics with its action counts named, and
+    the means of the round's episodes."""
+    ops = metrics["op_counts"]
+    s = summaries
+    return {
+        **{key: value for key, value in metrics.items() if not key.endswith("_counts")},
+        "actions": _named(ops, [op.name for op in Op]),
+        "blueprints": _named(metrics["blueprint_counts"], cfg.blueprints),
+        "blends": _named(metrics["blend_counts"], cfg.blends),
+        "wait_fraction": ops[Op.WAIT] / max(sum(ops), 1),
+        "return_mean": mean_or_nan(x.episode_return for x in s),
+        "reward": {c: mean_or_nan(x.reward[c] for x in s) for c in s[0].reward},
+        "val_acc_mean": mean_or_nan(x.val_acc for x in s),
+        "fossilized_per_episode": mean_or_nan(x.fossilized for x in s),
+        "germinated_per_episode": mean_or_nan(x.germinated for x in s),
+        "culled_per_episode": mean_or_nan(x.culled for x in s),
+        "param_ratio_mean": mean_or_nan(x.param_ratio for x in s),
+        "warnings": warnings,
+    }

@@ -10,6 +10,10 @@ checkpoint (atomic: written to a temporary file, then renamed) every
 written; `resume` continues from the last checkpoint and first drops the log records
 of anything after it, so each episode appears in the log exactly once.
 
+With `ranks` from a torchrun job (esper.simic.distributed) a round is K x N episodes:
+each rank plays its K, the rollouts are gathered to rank 0, which updates the policy,
+writes the records and checkpoints, and broadcasts the new weights.
+
 Against the reference implementation's failures (collapse onto WAIT, a critic that
 explains nothing, no seed ever fossilized) the loop can warm-start from the heuristic
 by behaviour cloning, PPOConfig carries per-head entropy floors, and every update logs
@@ -28,14 +32,21 @@ from typing import Callable
 import torch
 
 from esper.kasmina.hosts import reinitialized_copies
-from esper.leyline import Op
 from esper.runs import config as config_io
 from esper.runs.files import CHECKPOINT, CONFIG, POLICY, check_fresh_run
 from esper.runs.metrics import MetricsWriter
+from esper.simic.distributed import Ranks, broadcast, gather
 from esper.simic.env import GrowthEnv
 from esper.simic.train_config import TrainConfig, episode_seed, load_config
-from esper.simic.train_files import TrainState, drop_records_after, load_checkpoint, load_policy, save_checkpoint, save_policy
-from esper.simic.distributed import Ranks, broadcast, gather
+from esper.simic.train_files import (
+    TrainState,
+    drop_records_after,
+    load_checkpoint,
+    load_policy,
+    save_checkpoint,
+    save_policy,
+    update_record,
+)
 from esper.simic.vectorized import Rollout, VectorEnv, choose_with_actions, merge_rollouts, run_episodes, sample_with
 from esper.simic.warm_start import discounted_returns
 from esper.tamiyo import (
@@ -55,10 +66,6 @@ __all__ = ["TrainConfig", "Trainer", "load_config", "load_policy", "save_policy"
 
 
 # ---- the loop ------------------------------------------------------------------------------------------
-def _named(counts: list[int], names) -> dict[str, int]:
-    return {name: int(counts[i]) for i, name in enumerate(names) if i < len(counts)}
-
-
 class Trainer:
     def __init__(
         self,
@@ -243,26 +250,8 @@ class Trainer:
         self._shown = set(warnings)
 
         self._log_episodes(rollout, "ppo", self.state.episodes_done, seeds)
-        s = rollout.summaries
-        ops = metrics["op_counts"]
-        record = {
-            "update": self.state.updates_done,
-            "episodes": self.state.episodes_done + k,
-            **{key: value for key, value in metrics.items() if not key.endswith("_counts")},
-            "actions": _named(ops, [op.name for op in Op]),
-            "blueprints": _named(metrics["blueprint_counts"], cfg.blueprints),
-            "blends": _named(metrics["blend_counts"], cfg.blends),
-            "wait_fraction": ops[Op.WAIT] / max(sum(ops), 1),
-            "return_mean": mean_or_nan(x.episode_return for x in s),
-            "reward": {c: mean_or_nan(x.reward[c] for x in s) for c in s[0].reward},
-            "val_acc_mean": mean_or_nan(x.val_acc for x in s),
-            "fossilized_per_episode": mean_or_nan(x.fossilized for x in s),
-            "germinated_per_episode": mean_or_nan(x.germinated for x in s),
-            "culled_per_episode": mean_or_nan(x.culled for x in s),
-            "param_ratio_mean": mean_or_nan(x.param_ratio for x in s),
-            "throughput": rollout.throughput,
-            "warnings": warnings,
-        }
+        record = {"update": self.state.updates_done, "episodes": self.state.episodes_done + k,
+                  **update_record(metrics, rollout.summaries, cfg, warnings), "throughput": rollout.throughput}
         self.state.episodes_done += k
         self.state.updates_done += 1
         # At the round's last episode: a resume purges TensorBoard steps from the next one on.

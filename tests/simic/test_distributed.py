@@ -11,8 +11,17 @@ import time
 import pytest
 import torch
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
+from esper.kasmina.hosts import reinitialized_copies
+from esper.leyline import Edit, Op, Vocabulary
+from esper.simic.distributed import Ranks, fingerprint, shard
+from esper.simic.env import EnvConfig, GrowthEnv
+from esper.simic.vectorized import VectorEnv, decide_with, merge_rollouts, run_episodes, sample_with
+from esper.tamiyo import ActionMasks, ActionSample, TamiyoPolicy
 from tests.helpers import ROOT
+from tests.simic.toys import TinyCNN, toy_data
 
 WORKER = ROOT / "tests" / "simic" / "grow_on_ranks.py"
 
@@ -25,6 +34,80 @@ def torchrun(*args, nproc: int = 2, timeout: float = 240) -> subprocess.Complete
 
 def ranks_of(out, n: int = 2) -> list[dict]:
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(n)]
+
+
+@given(rows=st.integers(1, 300), world=st.integers(1, 8))
+def test_shards_cover_the_batch_once_and_their_weights_average_to_the_batch_mean(rows, world):
+    """Each rank's mean loss times its weight, averaged over the ranks as DDP does, is the
+    batch's mean loss: the weights are rows_r * world / rows."""
+    x, y = torch.arange(rows).float().unsqueeze(1), torch.arange(rows)
+    parts = [shard(x, y, Ranks(r, world)) for r in range(world)]
+    assert torch.equal(torch.cat([p[1] for p in parts]), y)
+    losses = torch.rand(rows, dtype=torch.float64)
+    ddp = sum(losses[p[1]].mean() * p[2] for p in parts if len(p[1])) / world
+    assert float(ddp) == pytest.approx(float(losses.mean()), rel=1e-12)
+
+
+def test_the_fingerprint_moves_with_the_edit_log_the_shapes_and_any_weight():
+    env = GrowthEnv(reinitialized_copies(TinyCNN()), toy_data(), EnvConfig(epochs=2, batch_size=32))
+    env.reset(0)
+    first = fingerprint(env.mm)
+    assert fingerprint(env.mm) == first
+    with torch.no_grad():
+        next(env.mm.parameters())[0].flatten()[0] += 1e-6
+    assert fingerprint(env.mm)[:2] == first[:2] and fingerprint(env.mm)[2] != first[2]
+    env.plane.apply(Edit(Op.GERMINATE, "block2", "norm", "linear", 1))
+    moved = fingerprint(env.mm)
+    assert moved[0] != first[0] and moved[1] != first[1]
+
+
+class Replay:
+    """Plays a merged rollout's edits, one decision at a time."""
+
+    def __init__(self, rollout):
+        self.steps = [d.edits for d in rollout.decisions]
+
+    def decide(self, observations):
+        return self.steps.pop(0)
+
+
+def test_rollouts_merged_side_by_side_read_as_one_vector_env():
+    """What rank 0 gets from two ranks of one environment each is what one process with
+    both environments would have logged: summaries in rank order, transitions per step
+    with the sampled actions concatenated, throughput summed over the slowest wall."""
+    cfg = EnvConfig(epochs=2, batch_size=32, blend_steps=1)
+    torch.manual_seed(0)
+    vocab = Vocabulary(["norm", "depthwise"], ["linear"], 1)
+    policy = TamiyoPolicy(vocab, hidden=16)
+
+    def envs(k):
+        return VectorEnv([GrowthEnv(reinitialized_copies(TinyCNN()), toy_data(), cfg, blueprints=list(vocab.blueprints),
+                                    blends=list(vocab.blends)) for _ in range(k)])
+
+    parts = [run_episodes(envs(1), [seed], sample_with(policy)) for seed in (3, 4)]
+    merged = merge_rollouts(parts)
+    both = run_episodes(envs(2), [3, 4], decide_with(Replay(merged)))
+    assert [s.val_acc for s in merged.summaries] == [s.val_acc for s in both.summaries]
+    assert [len(d.observations) for d in merged.decisions] == [2, 2]
+    for d, a, b in zip(merged.decisions, *(p.decisions for p in parts)):
+        assert torch.equal(d.choice.sample.actions, torch.cat([a.choice.sample.actions, b.choice.sample.actions]))
+        assert d.rewards == a.rewards + b.rewards
+    tp = merged.throughput
+    assert tp["images"] == sum(p.throughput["images"] for p in parts) and tp["processes"] == 2
+    assert tp["wall_seconds"] == max(p.throughput["wall_seconds"] for p in parts)
+
+
+def test_samples_of_hosts_with_different_slot_counts_concatenate_padded():
+    def sample(rows, slots):
+        ones = lambda width: torch.ones(rows, width, dtype=torch.bool)  # noqa: E731
+        heads = {"op": torch.zeros(rows)}
+        return ActionSample(torch.zeros(rows, 4, dtype=torch.long), torch.zeros(rows), heads, heads, torch.zeros(rows),
+                            ActionMasks(ones(5), ones(slots), ones(8), ones(4)))
+
+    cat = ActionSample.cat([sample(2, 3), sample(1, 5)])
+    assert cat.masks.slot.shape == (3, 5)
+    assert not cat.masks.slot[:2, 3:].any() and cat.masks.slot[2].all()
+    assert cat.actions.shape == (3, 4) and cat.head_log_prob["op"].shape == (3,)
 
 
 def test_every_rank_holds_the_same_model_after_every_tick(tmp_path):
@@ -106,10 +189,10 @@ def test_esper_train_under_torchrun_gathers_rollouts_to_rank_0(tmp_path):
     assert updates[0]["throughput"]["images"] == 2 * 2 * 270  # both ranks' episodes: 2 epochs of 270 images each
     assert len({e["seed"] for e in episodes}) == 2
     assert yaml.safe_load((out / "config.yaml").read_text())["world_size"] == 2
-    # Resume on one process from rank 0's checkpoint: two more episodes.
-    more = subprocess.run([sys.executable, *args[:-2], "--out", str(out), "--resume", "--episodes", "4", "--envs", "1"],
-                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240)
+    # Resume from rank 0's checkpoint, on two processes again: one more round of two episodes.
+    more = torchrun(*args[:-2], "--out", out, "--resume", "--episodes", "4", "--envs", "1")
     assert more.returncode == 0, more.stderr[-3000:]
-    assert "resuming" in more.stdout
+    assert more.stdout.count("resuming") == 1
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["episode"] for r in records if r["kind"] == "episode"] == [0, 1, 2, 3]
+    assert [r["update"] for r in records if r["kind"] == "update"] == [0, 1]
