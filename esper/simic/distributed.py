@@ -31,7 +31,10 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from esper.leyline import DistributedError
+from esper.leyline import DistributedError, SeedStage
+
+# Stages whose slot returns the host's activation untouched while training.
+_IDLE = (SeedStage.DORMANT, SeedStage.GERMINATED, SeedStage.CULLED)
 
 
 @dataclass(frozen=True)
@@ -184,29 +187,31 @@ def sync_buffers(mm: torch.nn.Module, ranks: Ranks) -> None:
 class DataParallelHost:
     """The model a training step runs: `mm` itself on one process; under torchrun a
     DistributedDataParallel wrapper, rebuilt when a germination, fossilization or cull
-    changes which parameters train (every rank applies the same edits at the same step,
-    so every rank rebuilds together; building it broadcasts rank 0's weights)."""
+    changes which parameters train, or a seed starts or stops taking part in the forward
+    pass (every rank applies the same edits at the same step, so every rank rebuilds
+    together; building it broadcasts rank 0's weights)."""
 
     def __init__(self, mm: torch.nn.Module, ranks: Ranks):
         self.mm, self.ranks = mm, ranks
         self._ddp: torch.nn.Module | None = None
-        self._key: tuple[int, ...] = ()
+        self._key: tuple = ()
 
     def __call__(self) -> torch.nn.Module:
         if not self.ranks.spread:
             return self.mm
         trained = tuple(id(p) for p in self.mm.parameters() if p.requires_grad)
-        if self._ddp is None or trained != self._key:
+        # A germinated seed takes no part in the forward pass until it trains: DDP must be
+        # told to look for parameters without gradients (a graph traversal per step) only then.
+        idle = any(s.stage in _IDLE and any(True for _ in s.seed_parameters()) for s in self.mm.plane.slots.values())
+        if self._ddp is None or (trained, idle) != self._key:
             from torch.nn.parallel import DistributedDataParallel
 
             self._ddp = None  # the old wrapper's gradient hooks go with it
-            # Seeds that are germinated but not yet trained take no part in the forward pass.
-            seeds = any(True for _ in self.mm.plane.parameters())
             self._ddp = collective(self.ranks, "rebuilding DistributedDataParallel after an edit",
-                                   lambda: DistributedDataParallel(self.mm, find_unused_parameters=seeds),
+                                   lambda: DistributedDataParallel(self.mm, find_unused_parameters=idle),
                                    why="the ranks hold different models (every rank must apply rank 0's edits), "
                                        "or another rank stopped")
-            self._key = trained
+            self._key = (trained, idle)
         return self._ddp
 
 

@@ -1,18 +1,19 @@
 """One rank of a distributed growth episode, for tests/simic/test_distributed.py.
 
-    torchrun --standalone --nproc_per_node 2 tests/simic/grow_on_ranks.py OUT HOST [hang]
+    torchrun --standalone --nproc_per_node 2 tests/simic/grow_on_ranks.py OUT HOST [hang|die]
 
 Plays a fixed script on rank 0 (rank 1's policy would play only WAITs, so any edit it
 applies came from rank 0): germinate two seeds, fossilize one, cull the other. Writes
 OUT/rank<R>.pt: every tick's hash of all parameter and buffer bytes, the edit log, the
 final test accuracy and the final state. HOST is `batchnorm` or `groupnorm` (whose
 training does not depend on how a batch is split). With `hang`, rank 1 stops answering
-after the second tick.
+after the second tick; with `die`, it exits there.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -65,9 +66,9 @@ def state_hash(mm) -> str:
     return h.hexdigest()
 
 
-def main(out: str, host: str, hang: bool) -> None:
+def main(out: str, host: str, fault: str) -> None:
     torch.set_num_threads(1)
-    ranks, device = start("cpu", timeout=10 if hang else 120)
+    ranks, device = start("cpu", timeout=10 if fault else 120)
     template = TinyCNN() if host == "batchnorm" else GroupNormCNN()
     # 99 training images in batches of 25: two ranks split them 12/13, 12/13, 12/13, 12/12,
     # so the loss weighting is exercised.
@@ -82,7 +83,9 @@ def main(out: str, host: str, hang: bool) -> None:
 
     def on_decision(decision):
         ticks.append(state_hash(env.mm))
-        if hang and ranks.rank == 1 and len(ticks) == 2:
+        if fault and ranks.rank == 1 and len(ticks) == 2:
+            if fault == "die":
+                os._exit(3)
             time.sleep(600)
 
     run_episodes(VectorEnv([env]), [3], decided_on_main(decide_with(policy), ranks), on_decision)
@@ -94,4 +97,4 @@ def main(out: str, host: str, hang: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], len(sys.argv) > 3 and sys.argv[3] == "hang")
+    main(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "")

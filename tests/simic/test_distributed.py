@@ -150,6 +150,14 @@ def test_a_rank_that_stops_answering_ends_the_job_with_a_clear_error(tmp_path):
     assert "DistributedError: rank 0 of 2" in result.stderr and "did not answer within 10 s" in result.stderr, result.stderr[-3000:]
 
 
+def test_a_rank_that_dies_ends_the_job(tmp_path):
+    start = time.monotonic()
+    result = torchrun(WORKER, tmp_path, "batchnorm", "die", timeout=200)
+    assert result.returncode != 0 and time.monotonic() - start < 150
+    assert "exitcode: 3" in result.stderr, result.stderr[-3000:]  # torchrun names the rank that failed
+    assert not (tmp_path / "rank0.pt").exists()  # rank 0 stopped too, before finishing its episode
+
+
 GROW = ["-m", "esper", "grow", "--host", "examples/host_cnn.py", "--data", "synthetic", "--limit", "400",
         "--epochs", "3", "--policy", "random", "--no-progress"]
 
