@@ -50,6 +50,7 @@ from esper.simic.distributed import (
     broadcast,
     check_in_step,
     current,
+    guard_on_all_ranks,
     mean_over_ranks,
     share_parameters,
     sync_buffers,
@@ -151,6 +152,7 @@ class Gardener:
         causal = self.plane.causal  # on a causal host only causal-safe seeds are offered
         self.blueprint_ranks, self.usable_blends = blueprint_ranks(causal), blend_names(causal)
         self.ranks = ranks or current()
+        self.plane.defer_culls = self.ranks.spread
         self.score = self._scorer(probe)
         self.plane.attach_optimizer(optimizer)
         self.groups = SeedGroups(optimizer, scheduler, seed_lr_scale)
@@ -190,7 +192,7 @@ class Gardener:
         """Call after `loss.backward()`, before `optimizer.step()`: culls seeds whose gradients
         are not finite (`plane.guard`, returning their slots) and sets the seed groups'
         learning rates from the schedule."""
-        culled = self.plane.guard()
+        culled = guard_on_all_ranks(self.plane, self.ranks)
         self.groups.sync()
         return culled
 

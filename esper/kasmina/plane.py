@@ -58,6 +58,7 @@ class KasminaPlane(nn.Module):
     def __init__(self, slots: list[tuple[str, tuple[int, ...]]], causal: bool = False, graph_host: GraphHost | None = None):
         super().__init__()
         self._causal = causal
+        self._defer_culls = False
         self._ids: list[str] = []
         self.edits: list[Edit] = []
         self.ticks = 0  # how many times step() has run: the tick the next edit is logged at
@@ -76,10 +77,25 @@ class KasminaPlane(nn.Module):
             raise ValueError(f"slot '{slot_id}' already exists")
         slot = SeedSlot(slot_id, shape)
         slot.on_auto_cull = self._log_auto_cull
+        slot.defer_culls = self._defer_culls
         self.add_module(key, slot)
         pos = self._ids.index(after) + 1 if after is not None else len(self._ids)
         self._ids.insert(pos, slot_id)
         return slot
+
+    @property
+    def defer_culls(self) -> bool:
+        """Whether a seed's non-finite output waits for `guard()` even on the CPU, where it
+        could be culled during the forward pass. Set it when the decision must be shared:
+        under several processes each rank's seed sees only its share of a batch, so a cull
+        on the rank that saw the NaN alone would split the ranks' models."""
+        return self._defer_culls
+
+    @defer_culls.setter
+    def defer_culls(self, value: bool) -> None:
+        self._defer_culls = bool(value)
+        for slot in self.slots.values():
+            slot.defer_culls = self._defer_culls
 
     @property
     def slots(self) -> MappingProxyType:

@@ -53,6 +53,7 @@ class SeedSlot(nn.Module):
         self._stats: torch.Tensor | None = None
         self._grad_norm: torch.Tensor | None = None
         self._output_finite: torch.Tensor | None = None  # on the device, read by plane.guard()
+        self.defer_culls = False  # set by the plane: leave even a free-to-read verdict to guard()
 
     # ---- forward -------------------------------------------------------------------
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -78,7 +79,7 @@ class SeedSlot(nn.Module):
         would stall the queue on every forward pass, so h replaces the output on the
         device and the flag waits for plane.guard()."""
         finite = torch.isfinite(s).all() & torch.isfinite(out).all()
-        if reads_are_free(out.device):
+        if reads_are_free(out.device) and not self.defer_culls:
             if bool(finite):
                 return out
             self.cull_nonfinite("non-finite seed output")

@@ -184,6 +184,20 @@ def sync_buffers(mm: torch.nn.Module, ranks: Ranks) -> None:
             collective(ranks, "sharing rank 0's buffers", lambda b=buffer: dist.broadcast(b, src=0))
 
 
+def guard_on_all_ranks(plane, ranks: Ranks) -> list[str]:
+    """`plane.guard()` for a job: a seed whose output or gradients were not finite on any
+    rank is culled on every rank (the plane must have `defer_culls` set, so that no rank
+    culls on its own during the forward pass). Returns the culled slots."""
+    if not ranks.spread:
+        return plane.guard()
+    live, health = plane.health()
+    if not live:  # the same on every rank: their stages agree
+        return []
+    verdict = health.to(torch.int32)
+    collective(ranks, "sharing the seeds' health", lambda: dist.all_reduce(verdict, op=dist.ReduceOp.MIN))
+    return plane.cull_unhealthy(live, verdict.bool().tolist())
+
+
 class DataParallelHost:
     """The model a training step runs: `mm` itself on one process; under torchrun a
     DistributedDataParallel wrapper, rebuilt when a germination, fossilization or cull

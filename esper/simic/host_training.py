@@ -36,7 +36,15 @@ from itertools import islice
 import torch
 
 from esper.leyline import SeedStage
-from esper.simic.distributed import DataParallelHost, Ranks, collective, shard, sum_over_ranks, sync_buffers
+from esper.simic.distributed import (
+    DataParallelHost,
+    Ranks,
+    collective,
+    guard_on_all_ranks,
+    shard,
+    sum_over_ranks,
+    sync_buffers,
+)
 from esper.simic.tasks import read_once, task_for
 
 
@@ -131,6 +139,7 @@ class HostTrainer:
         self.mm = mm
         self.ranks = ranks
         self.model = DataParallelHost(mm, ranks)
+        mm.plane.defer_culls = ranks.spread
         self.task = task
         self.cfg = cfg
         self.device = device
@@ -205,7 +214,7 @@ class HostTrainer:
             score = collective(self.ranks, "a training step's gradient all-reduce", forward_backward, only_transport=True)
         else:
             score = forward_backward()
-        self.guard_culls += self.mm.plane.guard()
+        self.guard_culls += guard_on_all_ranks(self.mm.plane, self.ranks)
         self.optimizer.step()
         self.schedule.step()
         return score.loss.detach() * score.count, score.correct, score.count

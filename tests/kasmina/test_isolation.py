@@ -147,3 +147,16 @@ def test_on_a_gpu_a_nan_output_is_swapped_out_on_the_device_and_culled_at_the_gu
     assert mm.plane.slots["block1"].stage is SeedStage.CULLED
     assert any("non-finite seed output" in e for e in mm.plane.telemetry()[0]["events"])
     assert mm.plane.edits[-1] == esper.Edit(esper.Op.CULL, "block1", tick=1)
+
+
+def test_deferred_culls_leave_a_nan_output_to_the_guard_on_the_cpu_too():
+    # Under several processes the cull must be decided once for every rank: with
+    # plane.defer_culls the CPU takes the device path above, slots added later included.
+    mm, twin, x = _blending_nan_seed()
+    mm.plane.defer_culls = True
+    assert mm.plane.add_slot("spare", (2, 8, 16, 16)).defer_culls and mm.plane.slots["block1"].defer_culls
+    out = mm(x)
+    assert torch.equal(out, twin.train()(x))
+    assert mm.plane.slots["block1"].stage is SeedStage.BLENDING
+    out.sum().backward()
+    assert mm.plane.guard() == ["block1"]

@@ -1,13 +1,14 @@
 """One rank of a distributed growth episode, for tests/simic/test_distributed.py.
 
-    torchrun --standalone --nproc_per_node 2 tests/simic/grow_on_ranks.py OUT HOST [hang|die]
+    torchrun --standalone --nproc_per_node 2 tests/simic/grow_on_ranks.py OUT HOST [hang|die|nan]
 
 Plays a fixed script on rank 0 (rank 1's policy would play only WAITs, so any edit it
 applies came from rank 0): germinate two seeds, fossilize one, cull the other. Writes
 OUT/rank<R>.pt: every tick's hash of all parameter and buffer bytes, the edit log, the
 final test accuracy and the final state. HOST is `batchnorm` or `groupnorm` (whose
 training does not depend on how a batch is split). With `hang`, rank 1 stops answering
-after the second tick; with `die`, it exits there.
+after the second tick; with `die`, it exits there. With `nan`, block2 grows a seed whose
+output is NaN on batches of odd size: under two ranks only rank 1's shards are odd.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from esper.kasmina.blueprints import register_blueprint  # noqa: E402
 from esper.kasmina.hosts import reinitialized_copies  # noqa: E402
 from esper.leyline import Edit, Op  # noqa: E402
 from esper.simic.distributed import decided_on_main, start, stop  # noqa: E402
@@ -51,6 +53,16 @@ class Script:
         return [edit for _ in observations]
 
 
+@register_blueprint("nan_on_odd_batches", ranks=(4,))
+class NanOnOddBatches(nn.Module):
+    def __init__(self, shape):
+        super().__init__()
+        self.scale = nn.Parameter(torch.zeros(1, shape[1], 1, 1))
+
+    def forward(self, x):
+        return x * self.scale + (float("nan") if len(x) % 2 else 0.0)
+
+
 class GroupNormCNN(TinyCNN):
     def __init__(self):
         super().__init__()
@@ -68,7 +80,7 @@ def state_hash(mm) -> str:
 
 def main(out: str, host: str, fault: str) -> None:
     torch.set_num_threads(1)
-    ranks, device = start("cpu", timeout=10 if fault else 120)
+    ranks, device = start("cpu", timeout=10 if fault in ("hang", "die") else 120)
     template = TinyCNN() if host == "batchnorm" else GroupNormCNN()
     # 99 training images in batches of 25: two ranks split them 12/13, 12/13, 12/13, 12/12,
     # so the loss weighting is exercised.
@@ -76,6 +88,8 @@ def main(out: str, host: str, fault: str) -> None:
     blueprint = "conv_enhance" if host == "batchnorm" else "norm"
     script = [Edit(e.op, e.slot, blueprint if e.slot == "block2" and e.blueprint else e.blueprint, e.blend, e.steps)
               for e in SCRIPT]
+    if fault == "nan":
+        script = [Edit(Op.GERMINATE, "block2", "nan_on_odd_batches", "linear", 1), Edit(Op.ADVANCE, "block2")]
     env = GrowthEnv(reinitialized_copies(template), data, EnvConfig(epochs=7, batch_size=25, eval_batch_size=10),
                     device=device, ranks=ranks)
     policy = Script(script if ranks.main else [])
@@ -83,7 +97,7 @@ def main(out: str, host: str, fault: str) -> None:
 
     def on_decision(decision):
         ticks.append(state_hash(env.mm))
-        if fault and ranks.rank == 1 and len(ticks) == 2:
+        if fault in ("hang", "die") and ranks.rank == 1 and len(ticks) == 2:
             if fault == "die":
                 os._exit(3)
             time.sleep(600)

@@ -126,6 +126,19 @@ def test_every_rank_holds_the_same_model_after_every_tick(tmp_path):
         assert torch.equal(value, b["state"][name]), name
 
 
+def test_a_seed_that_turns_non_finite_on_one_rank_is_culled_on_every_rank(tmp_path):
+    """The seed's output is NaN on rank 1's shards only (13 rows of 25); rank 1 must not cull
+    it alone during its forward pass: the verdict is shared at guard() and both ranks cull
+    it at the same step, and the host goes on training on both."""
+    result = torchrun(WORKER, tmp_path, "batchnorm", "nan")
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = ranks_of(tmp_path)
+    assert a["edits"] == b["edits"] and a["ticks"] == b["ticks"]
+    assert [e["op"] for e in a["edits"] if e["op"] != "WAIT"] == ["GERMINATE", "ADVANCE", "CULL"]
+    assert all(torch.isfinite(v).all() for v in a["state"].values() if v.is_floating_point())
+    assert a["test_acc"] == b["test_acc"] > 0.25
+
+
 def test_two_ranks_train_what_one_process_trains(tmp_path):
     """Without BatchNorm (whose statistics are per rank) a batch split over two ranks,
     unevenly (12 and 13 rows), gives the gradient of the whole batch: the grown model
