@@ -7,10 +7,21 @@ from esper.kasmina.model import MorphogeneticModel
 from esper.kasmina.plane import KasminaPlane
 from esper.kasmina.replay import replay
 from esper.kasmina.slot import SeedSlot
-from esper.leyline import CheckpointError, Edit, EsperError, ExportError, LifecycleError, Op, SeedStage, TraceError
+from esper.leyline import (
+    CheckpointError,
+    DistributedError,
+    Edit,
+    EsperError,
+    ExportError,
+    LifecycleError,
+    Op,
+    SeedStage,
+    TraceError,
+)
 
 __all__ = [
     "CheckpointError",
+    "DistributedError",
     "Edit",
     "EsperError",
     "ExportError",

@@ -11,7 +11,6 @@ parameter and buffer after each epoch, the edit log, and what `report` returned.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
@@ -24,15 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import esper  # noqa: E402
 from esper.leyline import Edit, Op  # noqa: E402
 from tests.integrations.helpers import Scripted, grow, tiny  # noqa: E402
+from tests.simic.toys import state_hash  # noqa: E402
 
 EPOCHS = 6
-
-
-def state_hash(mm) -> str:
-    h = hashlib.sha256()
-    for name, t in list(mm.named_parameters()) + list(mm.named_buffers()):
-        h.update(name.encode() + t.detach().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def main(out: Path) -> None:

@@ -13,7 +13,6 @@ output is NaN on batches of odd size: under two ranks only rank 1's shards are o
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import time
@@ -31,7 +30,8 @@ from esper.leyline import Edit, Op  # noqa: E402
 from esper.simic.distributed import decided_on_main, start, stop  # noqa: E402
 from esper.simic.env import EnvConfig, GrowthEnv  # noqa: E402
 from esper.simic.vectorized import VectorEnv, decide_with, run_episodes  # noqa: E402
-from tests.simic.toys import TinyCNN, toy_data  # noqa: E402
+from tests.integrations.helpers import Scripted  # noqa: E402
+from tests.simic.toys import TinyCNN, state_hash, toy_data  # noqa: E402
 
 SCRIPT = [
     Edit(Op.GERMINATE, "block2", blueprint="conv_enhance", blend="linear", steps=1),
@@ -41,16 +41,6 @@ SCRIPT = [
     Edit(Op.FOSSILIZE, "block2"),
     Edit(Op.CULL, "block1"),
 ]
-
-
-class Script:
-    def __init__(self, edits):
-        self.edits, self.calls = list(edits), 0
-
-    def decide(self, observations):
-        edit = self.edits[self.calls] if self.calls < len(self.edits) else Edit(Op.WAIT)
-        self.calls += 1
-        return [edit for _ in observations]
 
 
 @register_blueprint("nan_on_odd_batches", ranks=(4,))
@@ -70,14 +60,6 @@ class GroupNormCNN(TinyCNN):
         self.block2[1] = nn.GroupNorm(4, 16)
 
 
-def state_hash(mm) -> str:
-    h = hashlib.sha256()
-    for name, t in list(mm.named_parameters()) + list(mm.named_buffers()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def main(out: str, host: str, fault: str) -> None:
     torch.set_num_threads(1)
     ranks, device = start("cpu", timeout=10 if fault in ("hang", "die") else 120)
@@ -92,7 +74,7 @@ def main(out: str, host: str, fault: str) -> None:
         script = [Edit(Op.GERMINATE, "block2", "nan_on_odd_batches", "linear", 1), Edit(Op.ADVANCE, "block2")]
     env = GrowthEnv(reinitialized_copies(template), data, EnvConfig(epochs=7, batch_size=25, eval_batch_size=10),
                     device=device, ranks=ranks)
-    policy = Script(script if ranks.main else [])
+    policy = Scripted(script if ranks.main else [])
     ticks = []
 
     def on_decision(decision):

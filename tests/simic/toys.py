@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch import nn
 
@@ -36,3 +38,10 @@ def toy_data(n_train: int = 96, n_val: int = 32, classes: int = 4, seed: int = 0
 
     return DataSplits(part(n_train), part(n_val), part(n_val), classes, [str(i) for i in range(classes)], "toy")
 
+
+def state_hash(model: nn.Module) -> str:
+    """One hash of every parameter's and buffer's name and bytes: equal only for equal models."""
+    h = hashlib.sha256()
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        h.update(name.encode() + t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
