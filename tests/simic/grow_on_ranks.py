@@ -31,16 +31,7 @@ from esper.simic.distributed import decided_on_main, start, stop  # noqa: E402
 from esper.simic.env import EnvConfig, GrowthEnv  # noqa: E402
 from esper.simic.vectorized import VectorEnv, decide_with, run_episodes  # noqa: E402
 from tests.integrations.helpers import Scripted  # noqa: E402
-from tests.simic.toys import TinyCNN, state_hash, toy_data  # noqa: E402
-
-SCRIPT = [
-    Edit(Op.GERMINATE, "block2", blueprint="conv_enhance", blend="linear", steps=1),
-    Edit(Op.ADVANCE, "block2"),
-    Edit(Op.GERMINATE, "block1", blueprint="norm", blend="sigmoid", steps=1),
-    Edit(Op.ADVANCE, "block2"),  # -> BLENDING
-    Edit(Op.FOSSILIZE, "block2"),
-    Edit(Op.CULL, "block1"),
-]
+from tests.simic.toys import SCRIPT, TinyCNN, state_hash, toy_data  # noqa: E402
 
 
 @register_blueprint("nan_on_odd_batches", ranks=(4,))

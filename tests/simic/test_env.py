@@ -13,7 +13,7 @@ from esper.simic.env import EnvConfig, GrowthEnv
 from esper.simic.rewards import RewardBreakdown
 from esper.simic.vectorized import VectorEnv, decide_with, run_episodes
 from esper.tamiyo import HeuristicConfig, HeuristicPolicy
-from tests.simic.toys import TinyCNN, toy_data
+from tests.simic.toys import SCRIPT, TinyCNN, toy_data
 
 S = SeedStage
 
@@ -30,15 +30,6 @@ class Script:
         self.calls += 1
         return [edit for _ in observations]
 
-
-SCRIPT = [
-    Edit(Op.GERMINATE, "block2", blueprint="conv_enhance", blend="linear", steps=1),
-    Edit(Op.ADVANCE, "block2"),
-    Edit(Op.GERMINATE, "block1", blueprint="attention", blend="sigmoid", steps=1),
-    Edit(Op.ADVANCE, "block2"),  # -> BLENDING
-    Edit(Op.FOSSILIZE, "block2"),
-    Edit(Op.CULL, "block1"),
-]
 
 
 def make_env(data=None, **cfg) -> GrowthEnv:

@@ -8,6 +8,17 @@ import torch
 from torch import nn
 
 from esper.data.splits import DataSplits, TensorData
+from esper.leyline import Edit, Op
+
+# Two seeds in a TinyCNN: block2's germinates, trains, blends and fossilizes; block1's is culled.
+SCRIPT = [
+    Edit(Op.GERMINATE, "block2", blueprint="conv_enhance", blend="linear", steps=1),
+    Edit(Op.ADVANCE, "block2"),
+    Edit(Op.GERMINATE, "block1", blueprint="attention", blend="sigmoid", steps=1),
+    Edit(Op.ADVANCE, "block2"),  # -> BLENDING
+    Edit(Op.FOSSILIZE, "block2"),
+    Edit(Op.CULL, "block1"),
+]
 
 
 class TinyCNN(nn.Module):
