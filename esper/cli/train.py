@@ -52,7 +52,8 @@ def _train(args) -> int:
     from esper.simic.vectorized import place_data
 
     out = check_out_dir(args.out)
-    if int(os.environ.get("RANK", "0")) == 0:
+    main = int(os.environ.get("RANK", "0")) == 0  # torchrun's rank: the job is joined once the config is known
+    if main:
         check_fresh_run(out, args.resume)  # before anything is loaded or written
     if args.resume and (out / CHECKPOINT).exists():
         if args.config:
@@ -63,7 +64,7 @@ def _train(args) -> int:
             raise UsageError(f"cannot resume {out}: {e}") from e
         cfg = build_config(args, base)
     else:
-        if args.resume:
+        if args.resume and main:
             print(f"esper train: nothing to resume in {out} (no {CHECKPOINT}): starting from the beginning")
         cfg = build_config(args)
     if not args.resume and not args.host and not args.config:

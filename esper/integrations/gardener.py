@@ -37,13 +37,12 @@ import torch
 
 from esper.integrations.schedules import SeedGroups
 from esper.kasmina.blending import blend_names
-from esper.kasmina.blueprints import blueprint_ranks
+from esper.kasmina.blueprints import blueprint_ranks, registered_names
 from esper.kasmina.model import MorphogeneticModel
 from esper.leyline import Edit, Observation, SeedStage, Vocabulary, edits_to_yaml
 from esper.runs.metrics import JSONL_NAME, clean, write_jsonl_atomic
 from esper.runs.report import make_report, timeline_row
 from esper.simic.baselines import WaitPolicy
-from esper.kasmina.blueprints import registered_names
 from esper.simic.distributed import (
     DataParallelHost,
     Ranks,
@@ -55,9 +54,8 @@ from esper.simic.distributed import (
     share_parameters,
     sync_buffers,
 )
-from esper.simic.host_training import EnvConfig
 from esper.simic.features import TrainingSignals, build_observation
-from esper.simic.host_training import probe_accuracy, seed_contributions
+from esper.simic.host_training import EnvConfig, probe_accuracy, seed_contributions
 from esper.simic.train_files import load_policy
 from esper.tamiyo import HeuristicPolicy, RandomPolicy
 

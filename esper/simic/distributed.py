@@ -122,8 +122,8 @@ _TRANSPORT_WORDS = ("gloo", "nccl", "timed out", "timeout", "connection", "peer"
 
 def collective(ranks: Ranks, what: str, fn: Callable[[], Any], *, only_transport: bool = False, why: str = "") -> Any:
     """`fn()`, with its communication failures raised as DistributedError saying `what`
-    failed and why that usually happens (`why`, or a rank that stopped). With `only_transport`, other errors of `fn`
-    (a training step's own) pass through unchanged."""
+    failed and why that usually happens (`why`, or a rank that stopped). With
+    `only_transport`, other errors of `fn` (a training step's own) pass through unchanged."""
     try:
         return fn()
     except DistributedError:
