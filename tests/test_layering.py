@@ -16,7 +16,7 @@ ALLOWED = {
     "tamiyo": {"leyline"},
     "runs": {"leyline"},
     "data": {"leyline", "runs"},  # runs.files only: dataset caches are written with its atomic save
-    "simic": {"leyline", "kasmina", "tamiyo", "data", "runs"},
+    "simic": {"leyline", "graph", "kasmina", "tamiyo", "data", "runs"},
     "integrations": {"leyline", "kasmina", "tamiyo", "data", "runs", "simic"},  # only esper/__init__ (lazily) and cli import it
     "cli": {"leyline", "graph", "kernels", "kasmina", "tamiyo", "data", "runs", "simic", "integrations"},
 }

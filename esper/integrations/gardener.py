@@ -35,7 +35,7 @@ from typing import Callable
 
 import torch
 
-from esper.integrations.schedules import SeedGroups
+from esper.simic.schedules import SeedGroups
 from esper.kasmina.blending import blend_names
 from esper.kasmina.blueprints import blueprint_ranks, registered_names
 from esper.kasmina.model import MorphogeneticModel
