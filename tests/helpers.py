@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 from host_cnn import HostCNN  # noqa: E402
 from tiny_gpt import TinyGPT  # noqa: E402
 
-__all__ = ["HostCNN", "TinyGPT", "ROOT", "grads", "onnx_outputs", "outputs_equal", "tiny_bert"]
+__all__ = ["HostCNN", "TinyGPT", "ROOT", "default_dtype", "grads", "named", "onnx_outputs", "outputs_equal", "tiny_bert"]
 
 
 def outputs_equal(a, b) -> bool:
@@ -26,6 +27,25 @@ def outputs_equal(a, b) -> bool:
     if isinstance(a, (tuple, list)):
         return isinstance(b, (tuple, list)) and len(a) == len(b) and all(outputs_equal(x, y) for x, y in zip(a, b))
     return a == b
+
+
+def named(name):
+    """An assert_close `msg` that puts `name` before torch's own report (which a plain
+    string would replace, numbers and all)."""
+    return lambda report: f"{name}: {report}"
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    """Build models and draw inputs in `dtype`. Two computations of the same thing in
+    different orders differ by float rounding; in float64 that is ~1e-16 relative, so
+    they can be compared far more tightly than any real bug would be small."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
 
 
 def grads(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import hashlib
 import json
 import subprocess
 import sys
@@ -49,19 +50,20 @@ from host_cnn import HostCNN  # noqa: E402
 from esper import instrument  # noqa: E402
 from esper.data.splits import DataSplits, TensorData, load_data  # noqa: E402
 from esper.leyline import SeedStage, Vocabulary  # noqa: E402
+from esper.runs.grow_run import write_grow_run  # noqa: E402
 from esper.runs.metrics import read_jsonl  # noqa: E402
-from esper.simic.baselines import WaitPolicy  # noqa: E402
+from esper.tamiyo import build_policy  # noqa: E402
 from esper.simic.env import EnvConfig, GrowthEnv  # noqa: E402
 from esper.simic.rewards import RewardConfig  # noqa: E402
 from esper.simic.train_config import TrainConfig, episode_seed  # noqa: E402
 from esper.simic.train_files import load_policy  # noqa: E402
 from esper.simic.training import Trainer  # noqa: E402
-from esper.simic.vectorized import VectorEnv, decide_with, run_episodes  # noqa: E402
-from esper.tamiyo import HeuristicPolicy, RandomPolicy  # noqa: E402
+from esper.simic.vectorized import decide_with, grow_once  # noqa: E402
 
 CIFAR_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 BLUEPRINTS = ["attention", "conv_enhance", "depthwise", "norm"]  # every blueprint of a conv slot
 BLENDS = ["linear", "sigmoid", "gated"]
+HOST_ALONE = build_policy("wait", Vocabulary(BLUEPRINTS, BLENDS, 1))  # never grows: its vocabulary is not used
 
 
 @dataclass
@@ -118,23 +120,49 @@ def _subset(split: TensorData, n: int | None, seed: int) -> TensorData:
     return TensorData(split.x[keep], split.y[keep])
 
 
-def load_regime_data(scale: Scale, root: str) -> DataSplits:
+def load_regime_data(scale: Scale, root: str) -> tuple[DataSplits, dict]:
     """The benchmark's splits: a fixed random subset of the training images, a fixed
-    validation subset (evaluated every decision, so kept small), and the test split."""
+    validation subset (evaluated every decision, so kept small), and the test split; and
+    the data set's record (`dataset_record`)."""
     # The synthetic task is generated at the size asked for; a real dataset is loaded whole.
     total = scale.train_images + scale.val_images
     synthetic = scale.data == "synthetic"
     data = load_data(scale.data, root=root, seed=0, progress=True, limit=total if synthetic else None,
                      val_fraction=scale.val_images / total if synthetic else 0.1)
-    return dataclasses.replace(data, train=_subset(data.train, scale.train_images, 1),
-                               val=_subset(data.val, scale.val_images, 2), test=_subset(data.test, scale.test_images, 3))
+    splits = dataclasses.replace(data, train=_subset(data.train, scale.train_images, 1),
+                                 val=_subset(data.val, scale.val_images, 2), test=_subset(data.test, scale.test_images, 3))
+    return splits, dataset_record(scale.data, data.name, {"seed": 0, "limit": total})
+
+
+def dataset_record(spec: str, name: str, generated_with: dict) -> dict:
+    """The data set as another machine can check it: the synthetic task by its name and the
+    load_data arguments it is generated from; a file or directory by its name and sha256 (a
+    path would name only the machine that ran the benchmark)."""
+    if spec == "synthetic":
+        return {"name": name, **generated_with}
+    path = Path(spec).expanduser()
+    return {"name": name, "file": path.name, "sha256": sha256_of(path)} if path.exists() else {"name": name}
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    """The sha256 of a file's bytes (what `sha256sum` prints), read in chunks; of a directory,
+    of its files' relative paths and bytes in sorted order."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        if f != path:
+            digest.update(f.relative_to(path).as_posix().encode() + b"\0")
+        with open(f, "rb") as stream:
+            while block := stream.read(chunk):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 class Benchmark:
     def __init__(self, scale: Scale, work: Path, out: Path, data_root: str, jobs: int = 1, argv: list[str] = ()):
         self.scale, self.work, self.out, self.jobs, self.argv = scale, work, out, jobs, list(argv)
         self.work.mkdir(parents=True, exist_ok=True)
-        self.data = load_regime_data(scale, data_root)
+        self.data, self.dataset = load_regime_data(scale, data_root)
         self.host = HostCNN(self.data.num_classes, width=scale.width)
         self.deep = HostCNN(self.data.num_classes, width=scale.width, blocks=scale.deep_blocks)
         self.example = self.data.train.x[:2]
@@ -151,20 +179,18 @@ class Benchmark:
         template = host if host is not None else self.host
         env = GrowthEnv(lambda: copy.deepcopy(template), self.data, env_cfg or self.scale.env, self.scale.reward,
                         blueprints=BLUEPRINTS, blends=BLENDS, device=self.scale.device, example_input=self.example)
-        start = time.perf_counter()
-        rollout = run_episodes(VectorEnv([env]), [seed], decide_with(policy))
-        s = rollout.summaries[0]
-        test_loss, test_acc = env.evaluate(self._on_device(self.data.test))
+        s = grow_once(env, seed, decide_with(policy), self._on_device(self.data.test))
+        write_grow_run(self.work / "runs" / f"{arm.replace(':', '-')}-{seed}", summary=s, edits=env.plane.edits, report=False)
         fossils = {i: sl.blueprint for i, sl in env.plane.slots.items() if sl.stage is SeedStage.FOSSILIZED}
-        record = {"arm": arm, "seed": seed, "test_acc": test_acc, "test_loss": test_loss, "val_acc": s.val_acc,
-                  "train_acc": s.train_acc, "params": s.params, "host_params": s.host_params,
-                  "params_added": s.params - s.host_params, "seconds": time.perf_counter() - start,
-                  "fossils": fossils, "germinated": s.germinated, "culled": s.culled, "return": s.episode_return,
+        record = {"arm": arm, "seed": seed, "test_acc": s["test_acc"], "test_loss": s["test_loss"], "val_acc": s["val_acc"],
+                  "train_acc": s["train_acc"], "params": s["params"], "host_params": s["host_params"],
+                  "params_added": s["params"] - s["host_params"], "seconds": s["wall_seconds"],
+                  "fossils": fossils, "germinated": s["germinated"], "culled": s["culled"], "return": s["return"],
                   "edits": [e.to_dict() for e in env.plane.edits]}
         self.runs[(arm, seed)] = record
         with open(self.log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        print(f"  {arm:>18} seed {seed}: test {test_acc:.4f} val {s.val_acc:.4f} params +{record['params_added']:,} "
+        print(f"  {arm:>18} seed {seed}: test {s['test_acc']:.4f} val {s['val_acc']:.4f} params +{record['params_added']:,} "
               f"fossils {fossils or '-'} ({record['seconds']:.0f}s)", flush=True)
         return record
 
@@ -186,9 +212,9 @@ class Benchmark:
         return dataclasses.replace(self.scale.env, fossils={s: blueprint for s in chosen})
 
     def headroom(self) -> tuple[str, str]:
-        self.run("host", 0, WaitPolicy())
+        self.run("host", 0, HOST_ALONE)
         for name in STATIC_CANDIDATES:
-            self.run(f"static:{name}", 0, WaitPolicy(), env_cfg=self.static_env(name))
+            self.run(f"static:{name}", 0, HOST_ALONE, env_cfg=self.static_env(name))
         val = {n: self.runs[(f"static:{n}", 0)]["val_acc"] for n in STATIC_CANDIDATES}
         best = max(val, key=val.get)
         budget = self.scale.reward.param_budget * self.runs[("host", 0)]["params"]
@@ -233,15 +259,16 @@ class Benchmark:
     def protocol(self) -> dict:
         start = time.perf_counter()
         best, preferred = self._phase("headroom", self.headroom)
-        heuristic = HeuristicPolicy(Vocabulary(BLUEPRINTS, BLENDS, self.scale.env.blend_steps), self.train_config(preferred, self.scale.data, 0).heuristic)
+        vocab = Vocabulary(BLUEPRINTS, BLENDS, self.scale.env.blend_steps)
+        heuristic = build_policy("heuristic", vocab, heuristic=self.train_config(preferred, self.scale.data, 0).heuristic)
 
         def baselines():
             for seed in self.eval_seeds:
-                self.run("host", seed, WaitPolicy())
-                self.run("static", seed, WaitPolicy(), env_cfg=self.static_env(best))
-                self.run("random", seed, RandomPolicy(Vocabulary(BLUEPRINTS, BLENDS, self.scale.env.blend_steps), seed=seed))
+                self.run("host", seed, HOST_ALONE)
+                self.run("static", seed, HOST_ALONE, env_cfg=self.static_env(best))
+                self.run("random", seed, build_policy("random", vocab, seed=seed))
                 self.run("heuristic", seed, heuristic)
-                self.run("host-deep", seed, WaitPolicy(), host=self.deep)
+                self.run("host-deep", seed, HOST_ALONE, host=self.deep)
 
         trainer = None
         if self.jobs > 1:  # Tamiyo trains in a second process while the baselines run

@@ -147,7 +147,7 @@ def write_evidence(bench, outcome: dict) -> tuple[Path, Path]:
     scale, runs = bench.scale, bench.runs
     arms, pairs = summarize(runs)
     headroom = {k[0]: r["test_acc"] for k, r in runs.items() if k[1] == 0 and (k[0] == "host" or k[0].startswith("static:"))}
-    regime = {"data": scale.data, "train_images": len(bench.data.train), "val_images": len(bench.data.val),
+    regime = {"data": bench.dataset, "train_images": len(bench.data.train), "val_images": len(bench.data.val),
               "test_images": len(bench.data.test), "host": f"HostCNN(width={scale.width})",
               "deep_host": f"HostCNN(width={scale.width}, blocks={scale.deep_blocks})", "device": scale.device,
               "env": to_dict(scale.env), "reward": to_dict(scale.reward), "static": outcome["static"],
@@ -179,7 +179,7 @@ def write_evidence(bench, outcome: dict) -> tuple[Path, Path]:
              f"min; runs already in the log are not repeated) and the {len(runs)} evaluation runs "
              f"{run_minutes:.1f} minutes of one process between them. The raw numbers are in `evidence.json`.", "",
              f"**Regime.** {regime['host']} ({host_params:,} parameters) on {len(bench.data.train):,} training images of "
-             f"`{Path(scale.data).name}`, {len(bench.data.val):,} validation and {len(bench.data.test):,} test images; "
+             f"`{bench.dataset.get('file', bench.dataset['name'])}`, {len(bench.data.val):,} validation and {len(bench.data.test):,} test images; "
              f"{scale.env.epochs} epochs, {scale.env.decisions_per_epoch} decisions per epoch, AdamW lr {scale.env.lr} with "
              f"cosine decay, batch {scale.env.batch_size}; reward: growth up to {scale.reward.param_budget:.0%} of the host "
              f"free, {scale.reward.param_cost} per host-size beyond. Seeds {bench.eval_seeds[0]}..{bench.eval_seeds[-1]}, "

@@ -42,18 +42,19 @@ from tiny_gpt import TinyGPT  # noqa: E402
 
 from esper.data.splits import load_data  # noqa: E402
 from esper.leyline import Vocabulary  # noqa: E402
+from esper.runs.grow_run import write_grow_run  # noqa: E402
 from esper.runs.metrics import clean, read_jsonl  # noqa: E402
-from esper.simic.baselines import WaitPolicy  # noqa: E402
 from esper.simic.env import EnvConfig, GrowthEnv  # noqa: E402
 from esper.simic.rewards import RewardConfig  # noqa: E402
-from esper.simic.vectorized import VectorEnv, decide_with, run_episodes  # noqa: E402
-from esper.tamiyo import HeuristicConfig, HeuristicPolicy, mean_or_nan  # noqa: E402
+from esper.simic.vectorized import decide_with, grow_once  # noqa: E402
+from esper.tamiyo import HeuristicConfig, build_policy, mean_or_nan  # noqa: E402
 
 # The docstrings of torch.Tensor's methods (143 kB of English, code and reStructuredText):
 # fixed for a given torch version, and big enough that TinyGPT does not just memorise it.
 TEXT = Path(torch.__file__).parent / "_tensor_docs.py"
 BLUEPRINTS = ["causal_attention", "lora", "mlp", "norm"]  # every causal-safe blueprint of a sequence slot
 BLENDS = ["linear", "sigmoid"]
+HOST_ALONE = build_policy("wait", Vocabulary(BLUEPRINTS, BLENDS, 1))  # never grows: its vocabulary is not used
 LN2 = math.log(2)
 
 
@@ -76,7 +77,7 @@ SMOKE = Regime(16, 0.2, 2, 16, 2, EnvConfig(epochs=1, decisions_per_epoch=2, bat
 
 class TextBenchmark:
     def __init__(self, regime: Regime, text: Path, work: Path):
-        self.regime, self.text = regime, text
+        self.regime, self.text, self.work = regime, text, work
         self.data = load_data(f"text:{text}", context=regime.context, val_fraction=regime.val_fraction, seed=0)
         r = regime
         self.host = TinyGPT(vocab=self.data.num_classes, dim=r.dim, depth=r.depth, heads=4, context=r.context)
@@ -91,18 +92,17 @@ class TextBenchmark:
         env_cfg = dataclasses.replace(self.regime.env, fossils=fossils or {})
         env = GrowthEnv(lambda: copy.deepcopy(self.host), self.data, env_cfg, self.regime.reward,
                         blueprints=BLUEPRINTS, blends=BLENDS)
-        start = time.perf_counter()
-        summary = run_episodes(VectorEnv([env]), [seed], decide_with(policy)).summaries[0]
-        test_loss, test_acc = env.evaluate(self.data.test)
-        record = {"arm": arm, "seed": seed, "test_bits": test_loss / LN2, "test_acc": test_acc,
-                  "val_bits": summary.val_loss / LN2, "val_acc": summary.val_acc,
-                  "params_added": summary.params - summary.host_params, "host_params": summary.host_params,
-                  "seconds": time.perf_counter() - start, "fossils": summary.fossil_blueprints,
+        s = grow_once(env, seed, decide_with(policy), self.data.test)
+        write_grow_run(self.work / "runs" / f"{arm.replace(':', '-')}-{seed}", summary=s, edits=env.plane.edits, report=False)
+        record = {"arm": arm, "seed": seed, "test_bits": s["test_loss"] / LN2, "test_acc": s["test_acc"],
+                  "val_bits": s["val_loss"] / LN2, "val_acc": s["val_acc"],
+                  "params_added": s["params"] - s["host_params"], "host_params": s["host_params"],
+                  "seconds": s["wall_seconds"], "fossils": s["fossil_blueprints"],
                   "edits": [e.to_dict() for e in env.plane.edits]}
         self.runs[(arm, seed)] = record
         with open(self.log_path, "a") as f:
             f.write(json.dumps(clean(record)) + "\n")
-        print(f"  {arm:>22} seed {seed}: test {record['test_bits']:.4f} bits/char, acc {test_acc:.4f}, "
+        print(f"  {arm:>22} seed {seed}: test {record['test_bits']:.4f} bits/char, acc {s['test_acc']:.4f}, "
               f"+{record['params_added']:,} params, fossils {record['fossils'] or '-'} ({record['seconds']:.0f}s)", flush=True)
         return record
 
@@ -114,9 +114,9 @@ class TextBenchmark:
     def protocol(self) -> dict:
         start = time.perf_counter()
         slots = self.slots()
-        self.run("host", 0, WaitPolicy())
+        self.run("host", 0, HOST_ALONE)
         for bp in BLUEPRINTS:
-            self.run(f"static:{bp}", 0, WaitPolicy(), {s: bp for s in slots})
+            self.run(f"static:{bp}", 0, HOST_ALONE, {s: bp for s in slots})
         budget = self.regime.reward.param_budget * self.runs[("host", 0)]["host_params"]
         fits = [bp for bp in BLUEPRINTS if self.runs[(f"static:{bp}", 0)]["params_added"] <= budget] or BLUEPRINTS
         preferred = min(fits, key=lambda bp: self.runs[(f"static:{bp}", 0)]["val_bits"])
@@ -126,11 +126,11 @@ class TextBenchmark:
         # deepest first, and only a clearly harmful one is culled.
         heuristic = HeuristicConfig(blueprint_preference=[preferred] + [b for b in BLUEPRINTS if b != preferred],
                                     max_active=4, tolerance=0.1, decline=0.1)
-        policy = HeuristicPolicy(Vocabulary(BLUEPRINTS, BLENDS, self.regime.env.blend_steps), heuristic)
+        policy = build_policy("heuristic", Vocabulary(BLUEPRINTS, BLENDS, self.regime.env.blend_steps), heuristic=heuristic)
         for seed in range(self.regime.seeds):
-            self.run("host", seed, WaitPolicy())
+            self.run("host", seed, HOST_ALONE)
             self.run("heuristic", seed, policy)
-            self.run("static", seed, WaitPolicy(), {s: best for s in slots})
+            self.run("static", seed, HOST_ALONE, {s: best for s in slots})
         return {"preferred": preferred, "static": f"{best}@all", "seconds": time.perf_counter() - start}
 
 

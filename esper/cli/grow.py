@@ -20,22 +20,19 @@ its edits (esper.simic.distributed); rank 0 alone prints and writes DIR.
 from __future__ import annotations
 
 import copy
-import json
-import time
-from pathlib import Path
 
 import torch
-import yaml
 
 from esper.leyline import UsageError
 from esper.cli.runs import add_common, build_config, check_device, check_host_fits, check_out_dir, join_ranks, load_dataset
 from esper.kasmina.hosts import load_model_file
 
-POLICY_KINDS = ("heuristic", "random", "wait")
-
 
 def add_arguments(p) -> None:
-    p.add_argument("--policy", default="heuristic", help="runs/NAME/tamiyo.pt, heuristic (default), random, or wait (host only)")
+    from esper.tamiyo import policy_names
+
+    p.add_argument("--policy", default="heuristic",
+                   help=f"runs/NAME/tamiyo.pt, or a built-in policy: {', '.join(policy_names())} (default heuristic; wait: host only)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--baseline", action="store_true", help="also train the host alone, for comparison")
     p.add_argument("--trust-host-code", action="store_true",
@@ -43,19 +40,18 @@ def add_arguments(p) -> None:
     add_common(p)
 
 
-def _policy_and_config(args):
-    """(policy or None for the built-ins, base config or None)."""
-    if args.policy in POLICY_KINDS:
-        return None, None
-    path = Path(args.policy)
-    if not path.exists():
-        raise UsageError(f"--policy {args.policy}: no such file; give runs/NAME/tamiyo.pt or one of {', '.join(POLICY_KINDS)}")
-    from esper.simic.train_files import load_policy
+def _trained_policy(args):
+    """(the trained policy in the file --policy names, the config it was trained with), or
+    (None, None) for a built-in policy."""
+    from esper.simic.policies import resolve_policy
+    from esper.tamiyo import POLICIES
 
+    if args.policy in POLICIES:
+        return None, None
     try:
-        policy, trained = load_policy(path)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        raise UsageError(f"--policy {args.policy}: {e}") from e
+        policy, _, trained = resolve_policy(args.policy, None)
+    except UsageError as e:
+        raise UsageError(f"--{e}") from e
     if args.config:
         raise UsageError("--config cannot be combined with a trained policy: its settings come from the policy file")
     if args.blend_steps is not None and args.blend_steps != policy.vocab.blend_steps:
@@ -66,7 +62,7 @@ def _policy_and_config(args):
 def run(args) -> int:
     from esper.simic.distributed import stop
 
-    policy, trained = _policy_and_config(args)
+    policy, trained = _trained_policy(args)
     if trained is None and not args.host and not args.config:
         raise UsageError("--host is required (a model file, e.g. examples/host_cnn.py)")
     if trained is not None and not args.host and not args.trust_host_code:
@@ -83,24 +79,17 @@ def run(args) -> int:
 
 
 def _grow(args, cfg, policy, device, out, ranks) -> int:
-    import esper
-    from esper.runs import config as config_io
     from esper.runs import metrics as metrics_io
-    from esper.runs.report import loss_in_units, make_report
-    from esper.simic.baselines import WaitPolicy
+    from esper.runs.grow_run import write_grow_run
+    from esper.runs.report import loss_in_units
     from esper.simic.distributed import decided_on_main, main_first
     from esper.simic.env import GrowthEnv
-    from esper.simic.vectorized import VectorEnv, decide_with, place_data, run_episodes
-    from esper.tamiyo import HeuristicPolicy, RandomPolicy
+    from esper.simic.vectorized import decide_with, grow_once, place_data
+    from esper.tamiyo import build_policy
 
     say = print if ranks.main else (lambda *a, **k: None)
     if policy is None:
-        if args.policy == "heuristic":
-            policy = HeuristicPolicy(cfg.vocabulary, cfg.heuristic)
-        elif args.policy == "random":
-            policy = RandomPolicy(cfg.vocabulary, seed=cfg.seed)
-        else:
-            policy = WaitPolicy()
+        policy = build_policy(args.policy, cfg.vocabulary, heuristic=cfg.heuristic, seed=cfg.seed)
 
     torch.manual_seed(cfg.seed)  # the host's initial weights, when its file draws them
     template, example = load_model_file(cfg.host)
@@ -136,34 +125,25 @@ def _grow(args, cfg, policy, device, out, ranks) -> int:
                 bar.update(1)
                 bar.set_postfix(val_acc=f"{info.val_acc:.3f}", edit=info.edit.op.name)
 
-        start = time.perf_counter()
         try:
-            rollout = run_episodes(VectorEnv([env]), [cfg.seed], decided_on_main(decide_with(chooser_policy), ranks), on_decision)
+            summary = grow_once(env, cfg.seed, decided_on_main(decide_with(chooser_policy), ranks), data.test, on_decision)
         finally:
             if bar is not None:
                 bar.close()
-        summary = rollout.summaries[0].to_dict()
-        summary["test_loss"], summary["test_acc"] = env.evaluate(data.test)
-        summary["wall_seconds"] = time.perf_counter() - start
-        summary["throughput"] = rollout.throughput
         return env, summary
 
     env, summary = grow("grown", policy)
     summary.update(policy=args.policy, host=cfg.host, data=data.name, epochs=cfg.env.epochs, seed=cfg.seed,
                    train_images=len(data.train), task=env.task.name, unit=data.unit, world_size=ranks.world_size)
     if args.baseline:
-        _, base = grow("baseline", WaitPolicy())
+        _, base = grow("baseline", build_policy("wait", cfg.vocabulary))
         summary["baseline"] = {k: base[k] for k in ("val_acc", "val_loss", "test_acc", "test_loss", "best_val_acc", "params",
                                                     "wall_seconds")}
     if not ranks.main:
         return 0
     writer.close()
 
-    esper.save(env.mm, out / "model")
-    (out / "edits.yaml").write_text(yaml.safe_dump([e.to_dict() for e in env.plane.edits], sort_keys=False))
-    config_io.save_yaml(cfg, out / "config.yaml")
-    (out / "summary.json").write_text(json.dumps(metrics_io.clean(summary), indent=2))
-    report = make_report(out)
+    report = write_grow_run(out, summary=summary, edits=env.plane.edits, model=env.mm, config=cfg)
 
     fossils = ", ".join(summary["fossil_blueprints"]) or "none"
     print(f"esper grow: val acc {summary['initial_val_acc']:.3f} -> {summary['val_acc']:.3f}, test acc "

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from esper.graph.modes import eval_mode
 from esper.leyline import EsperError, UsageError
 from esper.runs import config as config_io
 from esper.simic.train_config import TrainConfig, load_config
@@ -131,16 +132,12 @@ def check_host_fits(model: torch.nn.Module, example: torch.Tensor | None, data) 
 
     if example is None or example.shape[1:] != data.train.x.shape[1:] or example.dtype != data.train.x.dtype:
         example = data.train.x[:2].cpu()
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             out = model(example)
     except Exception as e:
         what = "images" if data.unit == "image" else "token sequences"
         raise UsageError(f"the host fails on the data's {what} {tuple(example.shape)}: {type(e).__name__}: {e}") from e
-    finally:
-        model.train(was_training)
     try:
         task_for(data.train.y).check_output(out, example, data)
     except ValueError as e:

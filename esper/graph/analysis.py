@@ -31,6 +31,13 @@ class InjectionPoint:
     shape: tuple[int, ...]  # activation shape, batch first
     depth: int  # nesting depth of `id` (1 = a child of the root)
     index: int  # position along the stream, 0 nearest the input
+    # Lineage: a fossil folded in at a point opens a slot after it (`base+1`, then `base+2`...).
+    base: str = ""  # the injection point the slot descends from; its own id (the default) for an original point
+    generation: int = 0  # fossils folded in at `base` before this slot opened
+
+    def __post_init__(self):
+        if not self.base:
+            object.__setattr__(self, "base", self.id)
 
 
 def _stack(node: fx.Node) -> list[str]:

@@ -18,6 +18,9 @@ def train_mode(module: nn.Module, training: bool) -> Iterator[nn.Module]:
     try:
         yield module
     finally:
+        # The module's own train() first: it may keep flags outside its submodules in step
+        # (an instrumented model's host); then each submodule's own mode.
+        module.train(modes[0][1])
         for m, was in modes:
             m.training = was
 

@@ -16,6 +16,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from esper.graph.modes import eval_mode, train_mode
 from esper.leyline import InputError, TraceError
 
 MAX_LEAF_RETRIES = 8
@@ -140,24 +141,17 @@ def _run_probe(gm: fx.GraphModule, args: tuple) -> None:
 
 def _mode_stable(model: nn.Module, example_inputs: tuple, code: str) -> bool:
     """fx bakes `self.training` branches into the graph; such a graph serves one mode only."""
-    was = model.training
-    model.train(not was)
-    try:
-        other, _ = _fx_trace(model, example_inputs)
-    except _FxFailure:
-        return False
-    finally:
-        model.train(was)
+    with train_mode(model, not model.training):
+        try:
+            other, _ = _fx_trace(model, example_inputs)
+        except _FxFailure:
+            return False
     return other.code == code
 
 
 def _export_graph(model: nn.Module, example_inputs: tuple) -> tuple[fx.Graph, str]:
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         ep = torch.export.export(model, tuple(example_inputs), strict=False)
-    finally:
-        model.train(was)
     user_inputs = list(ep.graph_signature.user_inputs)
     if not user_inputs:
         raise TraceError(f"{type(model).__name__} takes no tensor input to follow", hint="pass example_inputs")
@@ -172,14 +166,13 @@ def trace(model: nn.Module, example_inputs: tuple, prefer: str = "fx") -> TraceR
     fx_failure = ""
     first_failure: _FxFailure | None = None
     if prefer == "fx":
-        was = model.training
         try:
-            model.eval()
-            gm, leaves = _fx_trace(model, example_inputs)
-            if _mode_stable(model, example_inputs, gm.code):
-                _run_probe(gm, example_inputs)
-                first = next(n.name for n in gm.graph.nodes if n.op == "placeholder")
-                return TraceResult("fx", gm.graph, first, leaves)
+            with eval_mode(model):
+                gm, leaves = _fx_trace(model, example_inputs)
+                if _mode_stable(model, example_inputs, gm.code):
+                    _run_probe(gm, example_inputs)
+                    first = next(n.name for n in gm.graph.nodes if n.op == "placeholder")
+                    return TraceResult("fx", gm.graph, first, leaves)
             fx_failure = "the fx graph differs between train and eval mode"
         except _FxFailure as f:
             fx_failure = _describe(f.module, f.cause)
@@ -187,8 +180,6 @@ def trace(model: nn.Module, example_inputs: tuple, prefer: str = "fx") -> TraceR
         except Exception as e:  # the traced graph itself failed to run on the example inputs
             fx_failure = _describe("", e)
             first_failure = _FxFailure("", e)
-        finally:
-            model.train(was)
     try:
         graph, first = _export_graph(model, example_inputs)
     except Exception as e:
@@ -208,10 +199,8 @@ def trace(model: nn.Module, example_inputs: tuple, prefer: str = "fx") -> TraceR
 
 def _check_runs(model: nn.Module, example_inputs: tuple) -> None:
     """When every front-end failed: if the plain model fails too, the inputs are at fault."""
-    was = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(*example_inputs)
     except Exception as e:
         shapes = ", ".join(f"{tuple(a.shape)} {str(a.dtype).removeprefix('torch.')}" for a in example_inputs if isinstance(a, torch.Tensor))
@@ -221,8 +210,6 @@ def _check_runs(model: nn.Module, example_inputs: tuple) -> None:
             f"{shapes}: {_describe('', e)}",
             hint="give an example input the model accepts: batch first, with the rank, channels, size and dtype it expects",
         ) from e
-    finally:
-        model.train(was)
 
 
 def _describe(module: str, cause: BaseException) -> str:

@@ -32,5 +32,9 @@ class GardenerCallbackBase:
             find_instrumented(module), self.policy, optimizer=optimizer, scheduler=scheduler, epochs=decisions, **self.options
         )
 
-    def _decide(self, logged) -> Edit:
+    def _decide(self, logged) -> Edit | None:
+        """One Gardener step on the metrics the trainer logged; past the planned decisions
+        (a trainer that evaluates more often than it was expected to) nothing more grows."""
+        if self.gardener.done:
+            return None
         return self.gardener.step(**{arg: logged.get(name) for arg, name in self.names.items()})

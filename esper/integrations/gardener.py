@@ -16,50 +16,44 @@ DistributedDataParallel wrapper built again after each edit that changes the par
 pass each rank's metrics to `step` (they are averaged over the ranks), and call `report`
 anywhere: rank 0 decides, every rank applies its edit, and rank 0 alone writes.
 
-One `step` is one of Simic's decisions, taken in Simic's order so that a trained Tamiyo
-sees what it saw in training: the plane ticks (closing the epoch just trained), each
-BLENDING seed's contribution is measured on the probe, the observation is built from the
-slots' telemetry and the metrics given (`esper.simic.features`), the policy decides, and
-`plane.apply` performs the edit, which opens the next epoch. Edits are logged at the tick
-count, which is the number of epochs trained, as in `esper grow`.
+The Gardener runs the growth loop of `esper grow` (esper.simic.loop): it takes decision 0
+when it is made (before any training, with `initial_metrics` if given), and each `step`
+closes the interval just trained with the metrics given (the plane ticks, each BLENDING
+seed's contribution is measured on the probe, the reward is counted), then observes,
+decides and applies the next decision, which opens the next interval. A trained Tamiyo
+therefore sees in your loop what it saw in training, and edits are logged at the same
+ticks as in `esper grow`: 0 .. decisions-1. The last `step` only closes.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from collections import Counter
 from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from esper.simic.schedules import SeedGroups
-from esper.kasmina.blending import blend_names
-from esper.kasmina.blueprints import blueprint_ranks, registered_names
+from esper.kasmina.blueprints import registered_names
 from esper.kasmina.model import MorphogeneticModel
-from esper.leyline import Edit, Observation, SeedStage, Vocabulary, edits_to_yaml
-from esper.runs.metrics import JSONL_NAME, clean, write_jsonl_atomic
-from esper.runs.report import make_report, timeline_row
-from esper.simic.baselines import WaitPolicy
+from esper.leyline import Edit, EpisodeSummary, Observation, StepInfo, Vocabulary
+from esper.runs.grow_run import write_grow_run
 from esper.simic.distributed import (
     DataParallelHost,
     Ranks,
     broadcast,
-    check_in_step,
     current,
     guard_on_all_ranks,
     mean_over_ranks,
     share_parameters,
     sync_buffers,
 )
-from esper.simic.features import TrainingSignals, build_observation
+from esper.simic.episode import Numbers
 from esper.simic.host_training import EnvConfig, probe_accuracy, seed_contributions
-from esper.simic.train_files import load_policy
-from esper.tamiyo import HeuristicPolicy, RandomPolicy
+from esper.simic.loop import GrowthLoop, number
+from esper.simic.policies import resolve_policy
+from esper.simic.schedules import SeedGroups
+from esper.tamiyo import HeuristicConfig
 
-BUILT_IN = ("heuristic", "random", "wait")
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
 
 
@@ -74,52 +68,26 @@ def find_instrumented(module: torch.nn.Module) -> MorphogeneticModel:
     return found[0]
 
 
-def _policy(policy, blueprints, blends, blend_steps: int, seed: int | None) -> tuple[object, Vocabulary]:
-    """(policy, its vocabulary) for a built-in name, a tamiyo.pt path or an object."""
-    if isinstance(policy, (str, Path)) and str(policy) not in BUILT_IN:
-        path = Path(policy)
-        if not path.is_file():
-            raise ValueError(f"policy {str(policy)!r} is neither one of {', '.join(BUILT_IN)} nor a file")
-        if blueprints is not None or blends is not None:
-            raise ValueError("a trained policy brings its own blueprints and blends")
-        trained, _ = load_policy(path)  # weights only: never unpickles code
-        return trained, trained.vocab
-    vocab = Vocabulary(*registered_names(blueprints, blends), blend_steps)
-    if policy == "heuristic":
-        return HeuristicPolicy(vocab), vocab
-    if policy == "random":
-        return RandomPolicy(vocab, seed=seed), vocab
-    if policy == "wait":
-        return WaitPolicy(), vocab
-    if not callable(getattr(policy, "decide", None)):
-        raise TypeError(f"a policy needs decide(observations) -> edits; got {type(policy).__name__}")
-    return policy, getattr(policy, "vocab", None) or vocab
-
-
-def _number(value) -> float:
-    """A metric as a float; None (not measured) reads as NaN, which the features mark unknown."""
-    if value is None:
-        return math.nan
-    return float(value.item() if isinstance(value, torch.Tensor) else value)
-
-
 class Gardener:
     """Grows `model` (an instrumented MorphogeneticModel) in a loop you own.
 
-    policy: "heuristic", "random", "wait", a path to a `tamiyo.pt` from `esper train`,
-    or any object with `decide(observations) -> edits`. optimizer: the optimizer that
-    trains `model`; germinated seeds join it as parameter groups and leave it when culled.
-    scheduler: your learning-rate scheduler(s), if any, kept working as groups come and
-    go; each seed group runs at `seed_lr_scale` times the first parameter group's
-    current learning rate. probe: how a BLENDING seed's contribution is measured, as
-    `(x, y)` (classification accuracy of `model(x)` against `y`) or a callable
-    `probe(model) -> float` (higher is better; it runs in eval mode without gradients);
-    None leaves contributions unknown, and then the heuristic never fossilizes. epochs:
-    how many times `step` will be called (the policy sees progress as steps / epochs).
-    blend_steps, blueprints, blends: the blend length in ticks and the vocabulary of the
-    built-in policies (default: every registered blueprint and blend); a trained policy
-    brings its own. seed: the random policy's seed. ranks: the processes of a distributed
-    run (default: torch.distributed's process group, if one is up).
+    policy: a built-in policy's name ("heuristic", "random", "wait": esper.tamiyo.registry),
+    a path to a `tamiyo.pt` from `esper train`, or any object with `decide(observations) ->
+    edits`. optimizer: the optimizer that trains `model`; germinated seeds join it as
+    parameter groups and leave it when culled. scheduler: your learning-rate scheduler(s),
+    if any, kept working as groups come and go; each seed group runs at `seed_lr_scale`
+    times the first parameter group's current learning rate. probe: how a BLENDING seed's
+    contribution is measured, as `(x, y)` (classification accuracy of `model(x)` against
+    `y`) or a callable `probe(model) -> float` (higher is better; it runs in eval mode
+    without gradients); None leaves contributions unknown, and then the heuristic never
+    fossilizes. epochs, decisions_per_epoch: how many epochs you train and how many times
+    per epoch you call `step` (the policy plans for epochs x decisions_per_epoch
+    decisions). initial_metrics: the untrained model's `val_loss` and `val_acc`, seen by
+    decision 0 (as `esper grow` measures them before training); unknown if left out. blend_steps, blueprints, blends: the blend length
+    in ticks and the vocabulary of the built-in policies (default: every registered
+    blueprint and blend); a trained policy brings its own. heuristic: the heuristic's
+    settings. seed: the random policy's seed. ranks: the processes of a distributed run
+    (default: torch.distributed's process group, if one is up).
     """
 
     def __init__(
@@ -129,39 +97,44 @@ class Gardener:
         *,
         optimizer: torch.optim.Optimizer,
         epochs: int,
+        decisions_per_epoch: int = 1,
         scheduler=None,
         probe: tuple[torch.Tensor, torch.Tensor] | Callable[[MorphogeneticModel], float] | None = None,
+        initial_metrics: dict | None = None,
         blend_steps: int = EnvConfig.blend_steps,
         blueprints: list[str] | None = None,
         blends: list[str] | None = None,
+        heuristic: HeuristicConfig | None = None,
         seed_lr_scale: float = 1.0,
         seed: int | None = None,
         ranks: Ranks | None = None,
     ):
         if not isinstance(model, MorphogeneticModel):
             raise TypeError(f"Gardener needs an instrumented model: esper.instrument(model, example_inputs), not {type(model).__name__}")
-        if epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {epochs}")
+        if epochs < 1 or decisions_per_epoch < 1:
+            raise ValueError(f"epochs and decisions_per_epoch must be at least 1, got {epochs}, {decisions_per_epoch}")
         self.model = model
         self.plane = model.plane
         self.epochs = epochs
         self.policy_name = str(policy) if isinstance(policy, (str, Path)) else type(policy).__name__
-        self.policy, self.vocab = _policy(policy, blueprints, blends, blend_steps, seed)
-        causal = self.plane.causal  # on a causal host only causal-safe seeds are offered
-        self.blueprint_ranks, self.usable_blends = blueprint_ranks(causal), blend_names(causal)
+        if isinstance(policy, (str, Path)) and (blueprints is not None or blends is not None) and Path(policy).is_file():
+            raise ValueError("a trained policy brings its own blueprints and blends")
+        vocab = Vocabulary(*registered_names(blueprints, blends), blend_steps)
+        self.policy, self.vocab, _ = resolve_policy(policy, vocab, heuristic=heuristic, seed=seed)
         self.ranks = ranks or current()
         self.plane.defer_culls = self.ranks.spread
         self.score = self._scorer(probe)
         self.plane.attach_optimizer(optimizer)
         self.groups = SeedGroups(optimizer, scheduler, seed_lr_scale)
-        self.groups.sync()
-        self.host_params = model.host_parameter_count()
-        self.history: dict[str, list[float]] = {k: [] for k in METRICS}
-        self.contributions: dict[str, float] = {}
         self._frozen: dict[str, float] = {}
-        self.records: list[dict] = []
-        self.timeline: list[dict] = [timeline_row(self.plane)]
-        self.epoch = 0
+        self.loop = GrowthLoop(model, self.vocab, decisions=epochs * decisions_per_epoch,
+                               decisions_per_epoch=decisions_per_epoch, measure=self._measure, ranks=self.ranks)
+        self.records: list[StepInfo] = []
+        self.observations: list[Observation] = []  # what the policy saw at each decision
+        start = self._numbers(**(initial_metrics or {}))
+        self.loop.start(Numbers.before_training(start.val_loss, start.val_acc))
+        self._decide()
+        self.groups.sync()
 
     def _scorer(self, probe) -> Callable[[], float] | None:
         if probe is None:
@@ -171,6 +144,16 @@ class Gardener:
         if not (isinstance(probe, (tuple, list)) and len(probe) == 2 and all(isinstance(t, torch.Tensor) for t in probe)):
             raise TypeError("probe must be (x, y) tensors, a callable probe(model) -> float, or None")
         return partial(probe_accuracy, self.model, *probe)
+
+    def _measure(self) -> dict[str, float]:
+        if self.score is None:
+            return {}
+        return seed_contributions(self.model, self.score, self.loop.contributions, self._frozen)
+
+    def _numbers(self, train_loss=None, train_acc=None, val_loss=None, val_acc=None) -> Numbers:
+        """The metrics as the loop's Numbers (checked before anything changes), averaged over ranks."""
+        values = mean_over_ranks([number(v) for v in (train_loss, train_acc, val_loss, val_acc)], self.ranks)
+        return Numbers(*values)
 
     def data_parallel(self) -> DataParallelHost:
         """`host()` is the module to train with: the model itself on one process, else a
@@ -182,9 +165,24 @@ class Gardener:
         """The plane's edit log (every decision, WAITs and automatic culls included): replays with esper.replay."""
         return list(self.plane.edits)
 
+    @property
+    def contributions(self) -> dict[str, float]:
+        """Each measured seed's contribution at the last step (slot -> probe score it adds)."""
+        return self.loop.contributions
+
+    @property
+    def timeline(self) -> list[dict]:
+        """Every slot's [stage, alpha, blueprint] at the start and after each step."""
+        return self.loop.record.timeline
+
+    @property
+    def done(self) -> bool:
+        """Every decision was taken and every interval closed."""
+        return self.loop.done
+
     def total_params(self) -> int:
         """Parameters of the model now: the host's and every live or fossilized seed's."""
-        return sum(p.numel() for p in self.model.parameters())
+        return self.loop.total_params()
 
     def after_backward(self) -> list[str]:
         """Call after `loss.backward()`, before `optimizer.step()`: culls seeds whose gradients
@@ -194,84 +192,43 @@ class Gardener:
         self.groups.sync()
         return culled
 
-    def _observe(self, signals: TrainingSignals) -> Observation:
-        telemetry = [slot.telemetry() for slot in self.plane.slots.values()]
-        return build_observation(telemetry, signals, self.contributions, self.vocab.blueprints, self.blueprint_ranks, self.vocab.blends,
-                                 usable_blends=self.usable_blends)
-
-    def step(self, train_loss=None, train_acc=None, val_loss=None, val_acc=None) -> Edit:
-        """End of an epoch: tick, measure, observe, decide, apply. Metrics are floats or
-        0-d tensors, accuracies as fractions; leave out what your task does not have.
-        Returns the edit as logged by the plane."""
-        values = mean_over_ranks([_number(v) for v in (train_loss, train_acc, val_loss, val_acc)], self.ranks)
-        metrics = dict(zip(METRICS, values))
-        signals = TrainingSignals(  # checks the metrics before anything changes
-            decision=self.epoch + 1,
-            total_decisions=self.epochs,
-            host_params=self.host_params,
-            total_params=self.total_params(),
-            **metrics,
-            **{f"{k}_history": list(v) for k, v in self.history.items()},
-        )
+    def step(self, train_loss=None, train_acc=None, val_loss=None, val_acc=None) -> Edit | None:
+        """After each interval you train (an epoch, or 1/decisions_per_epoch of one): close
+        it, then observe, decide and apply the next decision. Metrics are floats or 0-d
+        tensors, accuracies as fractions; leave out what your task does not have. Returns
+        the edit as logged by the plane, or None after the last interval."""
+        if self.loop.done:
+            raise RuntimeError(f"the Gardener planned for {self.loop.decisions} steps (epochs x decisions_per_epoch) "
+                               "and all were taken: give it the number of epochs you train")
+        numbers = self._numbers(train_loss, train_acc, val_loss, val_acc)
         sync_buffers(self.model, self.ranks)
-        self.plane.step()
-        check_in_step(self.model, self.ranks)
-        self.epoch += 1
-        self.timeline.append(timeline_row(self.plane))
-        if self.score is not None:
-            self.contributions = seed_contributions(self.model, self.score, self.contributions, self._frozen)
-        edit = self.policy.decide([self._observe(signals)])[0] if self.ranks.main else None
-        logged = self.plane.apply(broadcast(edit, self.ranks, "sharing rank 0's decision"))
+        self.records.append(self.loop.close(numbers))
+        edit = None if self.loop.done else self._decide()
+        self.groups.sync()  # a scheduler that stepped since the last sync set the seed groups' rates too
+        return edit
+
+    def _decide(self) -> Edit:
+        observation = self.loop.observe()
+        self.observations.append(observation)
+        edit = self.policy.decide([observation])[0] if self.ranks.main else None
+        logged = self.loop.apply(broadcast(edit, self.ranks, "sharing rank 0's decision"))
         share_parameters(self.plane, self.ranks)
-        self.groups.sync()
-        for key, value in metrics.items():
-            self.history[key].append(value)
-        self.records.append({
-            "run": "grown",
-            "step": self.epoch,
-            "epoch": self.epoch,
-            "edit": logged.to_dict(),
-            "edit_at": self.epoch,
-            **metrics,
-            "contributions": dict(self.contributions),
-            "params": self.total_params(),
-            "host_params": self.host_params,
-            "slots": self.timeline[-1],
-        })
         return logged
 
-    def summary(self) -> dict:
-        """The run in numbers, as `esper grow` writes them to summary.json."""
-        fossils = [s.blueprint for s in self.plane.slots.values() if s.stage is SeedStage.FOSSILIZED]
-        ops = Counter(e.op.name for e in self.plane.edits)
-        last = self.records[-1] if self.records else {}
-        return {
-            "policy": self.policy_name,
-            "host": type(self.model.host).__name__,
-            "epochs": self.epochs,
-            "val_acc": last.get("val_acc"),
-            "train_acc": last.get("train_acc"),
-            "germinated": ops["GERMINATE"],
-            "fossilized": len(fossils),
-            "fossil_blueprints": fossils,
-            "culled": ops["CULL"],
-            "params": self.total_params(),
-            "host_params": self.host_params,
-            "param_ratio": self.total_params() / self.host_params - 1.0,
-            "timeline": self.timeline,
-        }
+    def summary(self) -> EpisodeSummary:
+        """The run in numbers, as `esper grow` counts them."""
+        return self.loop.summary()
 
-    def report(self, out_dir) -> Path | None:
-        """Write metrics.jsonl, summary.json, edits.yaml, the plots and report.md of
-        `esper grow` into `out_dir` (needs matplotlib: the `report` extra); returns report.md
-        (on rank 0; other ranks of a distributed run write nothing and get None)."""
+    def save(self, out_dir, report: bool = True) -> Path | None:
+        """Write the run as `esper grow` does (esper.runs.grow_run): the model, edits.yaml,
+        metrics.jsonl, summary.json, and report.md with its plots (needs matplotlib: the
+        `report` extra); returns report.md (on rank 0; other ranks of a distributed run
+        write nothing and get None)."""
         if not self.records:
-            raise RuntimeError("nothing to report yet: call step() at the end of each epoch first")
+            raise RuntimeError("nothing to save yet: call step() after each interval you train first")
         if not self.ranks.main:
             return None
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_jsonl_atomic(out / JSONL_NAME, [{"kind": "epoch", **r} for r in self.records])
-        (out / "summary.json").write_text(json.dumps(clean(self.summary()), indent=2))
-        (out / "edits.yaml").write_text(edits_to_yaml(self.edits))
-        return make_report(out)
+        summary = {**self.summary().to_dict(), "policy": self.policy_name, "host": type(self.model.host).__name__,
+                   "epochs": self.epochs, "decisions_per_epoch": self.loop.decisions_per_epoch}
+        return write_grow_run(out_dir, summary=summary, edits=self.edits, model=self.model,
+                              records=[{"run": "grown", **r.to_dict()} for r in self.records], report=report)

@@ -5,13 +5,19 @@
                              remove_unused_columns=False, label_names=["labels"])
     callback = GardenerCallback(policy="heuristic", probe=score)   # Gardener's options
     Trainer(model=mm, args=args, ..., callbacks=[callback]).train()
-    callback.gardener.edits, callback.gardener.report("runs/hf")
+    callback.gardener.edits, callback.gardener.save("runs/hf")
 
 The Gardener is made when training begins, around the Trainer's own optimizer and
 learning-rate scheduler; it culls seeds with non-finite gradients before each optimizer
 step and decides at each evaluation during training from the evaluation metrics and the
 last logged training loss. The Trainer clips gradients before callbacks see them, so a
 seed whose gradient turns non-finite is culled one step too late to spare that step.
+
+Importing this module makes instrumented models read HOST_ATTRIBUTES through to their host
+(`mm.config`, `mm.main_input_name`, ...), so that the Trainer treats an instrumented
+PreTrainedModel as one. Without it (`import esper` never loads transformers) those names
+are at `mm.host.config` and so on, and a Trainer treats the model as a plain nn.Module.
+`generate` is not forwarded: the host's own would run the host's forward pass, without the seeds.
 """
 
 from __future__ import annotations
@@ -21,6 +27,18 @@ import math
 from transformers import TrainerCallback
 
 from esper.integrations.callbacks import GardenerCallbackBase
+from esper.kasmina.model import MorphogeneticModel
+
+# What the Trainer and the libraries under it read from the model they are given (most by
+# getattr with a default, for a plain nn.Module that lacks them).
+HOST_ATTRIBUTES = (
+    "config", "generation_config", "main_input_name", "name_or_path", "num_parameters", "can_generate",
+    "device", "dtype", "loss_type", "accepts_loss_kwargs", "tp_size", "_tp_size", "is_distributed_loading_by_transformers",
+    "hf_device_map", "hf_quantizer", "is_quantized", "quantization_method", "is_loaded_in_8bit", "is_loaded_in_4bit",
+    "supports_gradient_checkpointing", "is_gradient_checkpointing", "_keys_to_ignore_on_save", "_is_accelerate_prepared",
+    "_is_replica",
+)
+MorphogeneticModel.forward_host_attributes(*HOST_ATTRIBUTES)
 
 
 def evaluations(args, state) -> int:

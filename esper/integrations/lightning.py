@@ -7,7 +7,7 @@
         ...                                                          # self.log("val_loss", ...), "val_acc"...
     callback = GardenerCallback(policy="heuristic", probe=(x_val, y_val))   # Gardener's options
     L.Trainer(max_epochs=E, callbacks=[callback]).fit(Classifier(), train_loader, val_loader)
-    callback.gardener.edits, callback.gardener.report("runs/lightning")
+    callback.gardener.edits, callback.gardener.save("runs/lightning")
 
 When fitting starts, the Gardener is made around the instrumented model inside the
 LightningModule, the first optimizer and every learning-rate scheduler Lightning
@@ -15,6 +15,9 @@ configured; `max_epochs` decisions are expected. Seeds with non-finite gradients
 culled after each backward pass (before clipping), and at the end of each training epoch
 (after that epoch's validation) the policy decides from the metrics logged under the names
 in `metric_names`.
+
+Lightning reads nothing off the instrumented model itself (it trains the LightningModule
+around it), so unlike esper.integrations.hf this module forwards no host attribute.
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ import warnings
 import torch
 from torch import nn
 
+from esper.graph.modes import eval_mode
+
 
 def output_tensors(out) -> list[torch.Tensor]:
     """Every tensor in a (nested) output: a tensor, a dict (a HuggingFace output), a tuple or list."""
@@ -57,17 +59,13 @@ def probe_causality(model: nn.Module, args: tuple, inputs: int = 3, cuts: int = 
     if vocab is not None and vocab < 2:
         return False  # one token id: nothing to change the future to
     g = torch.Generator().manual_seed(seed)
-    was = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             return all(_causal_on(model, _draw(x, vocab, g), args[1:], vocab, cuts, g) for _ in range(inputs))
     except Exception as e:  # the host ran on the example; random inputs of its shape should not fail
         warnings.warn(f"{type(model).__name__}: the causality probe failed ({type(e).__name__}: {e}); treating the "
                       "host as not causal (put `causal: true` in the slot spec to say otherwise)", stacklevel=3)
         return False
-    finally:
-        model.train(was)
 
 
 def _causal_on(model, x, rest, vocab, cuts, g) -> bool:

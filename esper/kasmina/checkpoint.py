@@ -2,7 +2,7 @@
 
     CHECKPOINT/
       manifest.yaml         format, host factory, example input shapes, slot spec, edit log,
-                            tick count, slot states and events, tensor names and the tensors' sha256
+                            tick count, slot states, events and lineage, tensor names and the tensors' sha256
       tensors.safetensors   host and seed weights, buffers, blend schedules
 
 Loading replays the edit log on a fresh host (so every seed module exists again) and
@@ -24,7 +24,7 @@ from torch import nn
 
 from esper.kasmina.hosts import build_host, host_factory_of
 from esper.kasmina.instrument import instrument
-from esper.kasmina.manifest import FORMAT, MANIFEST, TENSORS, check_model, check_tensors, read_manifest
+from esper.kasmina.manifest import FORMAT, MANIFEST, TENSORS, check_model, check_tensors, lineage, read_manifest
 from esper.kasmina.manifest import example_inputs as manifest_examples
 from esper.kasmina.model import MorphogeneticModel
 from esper.kasmina.replay import apply_edits
@@ -59,7 +59,7 @@ def save(mm: MorphogeneticModel, path: str | Path, example_inputs=None) -> Path:
         "edits": [e.to_dict() for e in mm.plane.edits],
         "slots": {
             i: {"stage": s.stage.name, "blueprint": s.blueprint, "blend": s.blend_name, "events": list(s.events),
-                "steps": s.blend.steps if s.blend is not None else None}
+                "steps": s.blend.steps if s.blend is not None else None, **lineage(mm, i)}
             for i, s in mm.plane.slots.items()
         },
         "tensors": {"file": TENSORS, "sha256": digest, "count": len(tensors), "aliases": aliases},

@@ -10,6 +10,7 @@ from torch import nn
 
 from esper.graph import find_injection_points, load_spec, select_points, spec_for, trace
 from esper.graph.analysis import InjectionPoint
+from esper.graph.modes import eval_mode
 from esper.kasmina.causality import output_tensors, probe_causality
 from esper.kasmina.model import MorphogeneticModel
 from esper.leyline import TraceError
@@ -83,13 +84,10 @@ def _hookable(model: nn.Module, args: tuple, points: list[InjectionPoint]) -> li
             calls[path] = []
             mod = model.get_submodule(path)
             handles.append(mod.register_forward_hook(lambda m, i, o, path=path: calls[path].append(_lead_shape(o))))
-    was = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(*args)
     finally:
-        model.train(was)
         for h in handles:
             h.remove()
     kept = []
@@ -111,13 +109,6 @@ def _lead_shape(out):
 
 
 def _same_outputs(host: nn.Module, mm: MorphogeneticModel, args: tuple) -> bool:
-    was = host.training
-    try:
-        host.eval()
-        mm.eval()
-        with torch.no_grad():
-            a, b = output_tensors(host(*args)), output_tensors(mm(*args))
-    finally:
-        host.train(was)
-        mm.train(was)
+    with eval_mode(host), eval_mode(mm), torch.no_grad():
+        a, b = output_tensors(host(*args)), output_tensors(mm(*args))
     return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))

@@ -122,7 +122,7 @@ def _check_slots(f: _Fields, slots) -> None:
     for slot_id, state in slots.items():
         field = f"slots.{slot_id}"
         f.need(isinstance(slot_id, str), field, "must be named by a string")
-        state = f.mapping(state, field, ("stage", "blueprint", "blend", "events"), optional=("steps",))
+        state = f.mapping(state, field, ("stage", "blueprint", "blend", "events"), optional=("steps", "base", "generation"))
         f.need(isinstance(state["stage"], str) and state["stage"] in SeedStage.__members__, f"{field}.stage", f"must be a seed stage, not {_show(state['stage'])}")
         f.text(state["blueprint"], f"{field}.blueprint", optional=True)
         f.text(state["blend"], f"{field}.blend", optional=True)
@@ -131,6 +131,10 @@ def _check_slots(f: _Fields, slots) -> None:
                f"must be a list of strings, not {_show(events)}")
         if state.get("steps") is not None:
             f.whole(state["steps"], f"{field}.steps", 1)
+        if "base" in state:
+            f.text(state["base"], f"{field}.base")
+        if "generation" in state:
+            f.whole(state["generation"], f"{field}.generation", 0)
 
 
 def example_inputs(manifest: dict, where: Path) -> tuple[torch.Tensor, ...]:
@@ -160,10 +164,17 @@ def check_model(manifest: dict, mm: MorphogeneticModel, where: Path) -> None:
            f"lists {sorted(slots)}, but the edit log leaves the slots {list(mm.plane.slots)}")
     for slot_id, slot in mm.plane.slots.items():
         actual = {"stage": slot.stage.name, "blueprint": slot.blueprint, "blend": slot.blend_name,
-                  "steps": slot.blend.steps if slot.blend is not None else None}
+                  "steps": slot.blend.steps if slot.blend is not None else None, **lineage(mm, slot_id)}
         for key, value in actual.items():
-            saved = slots[slot_id].get(key, value)  # checkpoints before `steps` was recorded lack it
+            # Checkpoints from before `steps` and the lineage were recorded lack them: the replay derives them.
+            saved = slots[slot_id].get(key, value)
             f.need(saved == value, f"slots.{slot_id}.{key}", f"is {_show(saved)}, but the edit log gives {_show(value)}")
+
+
+def lineage(mm: MorphogeneticModel, slot_id: str) -> dict:
+    """The injection point a slot descends from and how many fossils came before it there."""
+    point = mm.points[slot_id]
+    return {"base": point.base, "generation": point.generation}
 
 
 def check_tensors(manifest: dict, tensors: dict[str, torch.Tensor], mm: MorphogeneticModel, where: Path) -> dict:

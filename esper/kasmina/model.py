@@ -15,7 +15,9 @@ Two ways to weave the plane in:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
+from typing import ClassVar
 
 import torch
 import torch.fx as fx
@@ -27,19 +29,17 @@ from esper.kasmina.plane import KasminaPlane, module_key
 from esper.leyline import TraceError
 
 
-# What the model forwards to its host: what HuggingFace's and Lightning's trainers read from
-# the model they train (README, "Grow in your own loop"). A name outside this set is an
-# AttributeError, so that a typo does not quietly read a host attribute.
-HOST_ATTRIBUTES = frozenset({
-    "config", "generation_config", "main_input_name", "name_or_path", "num_parameters", "can_generate",
-    "device", "dtype", "loss_type", "accepts_loss_kwargs", "tp_size", "_tp_size", "is_distributed_loading_by_transformers",
-    "hf_device_map", "hf_quantizer", "is_quantized", "quantization_method", "is_loaded_in_8bit", "is_loaded_in_4bit",
-    "supports_gradient_checkpointing", "is_gradient_checkpointing", "_keys_to_ignore_on_save", "_is_accelerate_prepared",
-    "_is_replica",
-})
-
-
 class MorphogeneticModel(nn.Module):
+    # The host attributes read through the model: what a trainer given the model reads off it
+    # (esper.integrations registers the names its trainers need). Any other name the model
+    # lacks is an AttributeError, so that a typo does not quietly read a host attribute.
+    host_attributes: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def forward_host_attributes(cls, *names: str) -> None:
+        """From now on, `model.NAME` reads `model.host.NAME` for each of `names`, on every model of this class."""
+        cls.host_attributes = cls.host_attributes | frozenset(names)
+
     def __init__(self, host: nn.Module, points: list[InjectionPoint], kind: str, graph: fx.Graph | None, spec: dict):
         super().__init__()
         if "plane" in host._modules or hasattr(type(host), "plane"):
@@ -94,10 +94,12 @@ class MorphogeneticModel(nn.Module):
     def fold_fossil(self, slot_id: str) -> str:
         """The fossil in `slot_id` becomes part of the forward pass (fx: `fold_slot`
         replaces the slot's call with its seed's), and a fresh dormant slot opens just after
-        it (`open_slot_after`), so the region can keep growing. Returns the new slot's id."""
+        it (`open_slot_after`), so the region can keep growing. Returns the new slot's id,
+        `BASE+N`: its point (`self.points`) records the original injection point BASE it
+        descends from and its generation, so nothing reads the lineage back from the id."""
         old = self.points[slot_id]
-        new_id = _next_id(slot_id, self.points)
-        self.points[new_id] = InjectionPoint(new_id, old.node, old.module, old.modules, old.shape, old.depth, old.index)
+        new_id = _next_id(old.base, self.points)
+        self.points[new_id] = dataclasses.replace(old, id=new_id, generation=old.generation + 1)
         self.plane.add_slot(new_id, old.shape, after=slot_id)
         if self.kind == "fx":
             node = fold_slot(self._graph, slot_id, f"plane.{module_key(slot_id)}.seed")
@@ -120,7 +122,7 @@ class MorphogeneticModel(nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             host = self.__dict__.get("_host")
-            if host is None or not (name in HOST_ATTRIBUTES or name in self.__dict__.get("_graph_constants", ())):
+            if host is None or not (name in self.host_attributes or name in self.__dict__.get("_graph_constants", ())):
                 raise AttributeError(
                     f"{type(self).__name__} has no attribute {name!r} (the host's own attributes are at .host.{name})"
                 ) from None
@@ -164,8 +166,7 @@ def _route(plane: KasminaPlane, slot_ids: list[str], module, inputs, output):
     return None
 
 
-def _next_id(slot_id: str, taken) -> str:
-    base = slot_id.split("+")[0]
+def _next_id(base: str, taken) -> str:
     n = 1
     while f"{base}+{n}" in taken:
         n += 1

@@ -21,7 +21,7 @@ from esper.kasmina.blueprints import build_blueprint
 from esper.leyline import SeedStage, SlotTelemetry, check_move
 
 S = SeedStage
-STATS_EVERY = 16  # sample input statistics every N forward passes: cheap enough to leave on
+STATS_EVERY = 16  # sample input statistics every N training forward passes: cheap enough to leave on
 
 
 def reads_are_free(device: torch.device) -> bool:
@@ -57,7 +57,10 @@ class SeedSlot(nn.Module):
 
     # ---- forward -------------------------------------------------------------------
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if not _tracing():  # Python counters would make torch.compile recompile every call
+        # Training passes only: evaluations and probes differ between loops, and the same
+        # training run must show a policy the same statistics. Python counters would make
+        # torch.compile recompile every call.
+        if self.training and not _tracing():
             if self._calls % STATS_EVERY == 0:
                 self._sample(h)
             self._calls += 1

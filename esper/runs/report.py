@@ -215,7 +215,7 @@ def _grow_table(summary: dict) -> list[str]:
                         + [f"{summary.get('epochs', '?')} epochs"])
     outcome = (f"{summary.get('germinated', 0)} germinated, {summary.get('fossilized', 0)} fossilized ({fossils}), "
                f"{summary.get('culled', 0)} culled")
-    if "return" in summary:
+    if summary.get("return") is not None:
         outcome += f"; return {summary['return']:.3f}"
     lines.append(f"Policy `{summary.get('policy', '?')}` on `{summary.get('host', '?')}` ({setting}): {outcome}.")
     tp = summary.get("throughput", {})

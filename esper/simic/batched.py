@@ -1,6 +1,7 @@
 """K environments' hosts trained as one model: host layers vmapped, each seed on its own slice.
 
-    results = step_together(envs, edits)        # what VectorEnv.step does with runner="batched"
+    cache = StackCache()                          # the cut graph, kept across decisions
+    results = step_together(envs, edits, cache)   # what VectorEnv.step does with runner="batched"
 
 The K hosts share one architecture; their seeds differ. The model's graph is cut at the
 slots (`host_graph`): every run of host nodes between two slots becomes a segment, and
@@ -19,12 +20,20 @@ blends, the NaN guard and the slot statistics are exactly the ones the sequentia
 uses. Losses are summed over environments, each the mean over its own batch, so every
 environment's gradients are the ones it would have alone.
 
-Around each training chunk the hosts' parameters, buffers and optimizer state are
-stacked from the environments and written back afterwards; between steps every
-environment is exactly what `GrowthEnv.step` leaves, so evaluation, the ablation probe,
-checkpoints and the sequential runner work on it unchanged. The stacked host optimizer is
-the environments' own kind with their state: AdamW and SGD act element by element, so
-stacking does not change their arithmetic. Seeds keep their environment's optimizer.
+The training loop is the sequential runner's own (`host_training.train_chunks`): this
+module supplies only the vmapped forward pass, its loss sum and the stacked hosts'
+optimizer step; gradient clearing, the NaN guard, seed learning rates and each
+environment's optimizer and schedule steps are shared code. The stacked host optimizer
+is the environments' own kind (`make_optimizer`) with their state: AdamW and SGD act
+element by element, so stacking does not change their arithmetic. Seeds keep their
+environment's optimizer, which holds no gradient for the host parameters here and so
+leaves them to the stacked one.
+
+The cut is kept across decisions (`StackCache`) until a fossilization changes it or the
+environments are reset. The hosts' parameters, buffers and optimizer state are copied
+in before each chunk and written back after it: between steps every environment is
+exactly what `GrowthEnv.step` leaves, so evaluation, the ablation probe, checkpoints and
+the sequential runner work on it unchanged.
 
 Not batched: hosts woven in with hooks (no graph to cut), environments with different
 host architectures or training settings (`batching_problem` says which), and random
@@ -35,7 +44,6 @@ environment's own stream.
 from __future__ import annotations
 
 import copy
-import inspect
 import time
 from collections.abc import Iterator, Sequence
 
@@ -46,10 +54,12 @@ from torch.fx.passes.split_module import split_module
 
 from esper.kasmina.plane import module_key
 from esper.leyline import Edit
-from esper.simic.tasks import read_once
+from esper.simic.host_training import make_optimizer, train_chunks
 
 PLANE = "plane."
-SAME_SETTINGS = ("batch_size", "decisions_per_epoch", "epochs", "optimizer", "precision", "augment")
+# The stacked hosts take one optimizer step, with one schedule, for all K environments.
+SAME_SETTINGS = ("batch_size", "decisions_per_epoch", "epochs", "optimizer", "lr", "lr_schedule", "lr_floor", "momentum",
+                 "weight_decay", "precision", "augment")
 
 
 def _plane_calls(mm, graph: fx.Graph) -> dict[str, list[fx.Node]]:
@@ -60,7 +70,7 @@ def _plane_calls(mm, graph: fx.Graph) -> dict[str, list[fx.Node]]:
     chains: dict[str, list[fx.Node]] = {}
     for node in graph.nodes:
         if node.op == "call_module" and node.target.startswith(PLANE):
-            base = slot_of[node.target[len(PLANE) :].split(".")[0]].split("+")[0]
+            base = mm.points[slot_of[node.target[len(PLANE) :].split(".")[0]]].base
             chains.setdefault(base, []).append(node)
     return chains
 
@@ -115,10 +125,25 @@ def batching_problem(envs) -> str | None:
     return None
 
 
-class StackedHosts:
-    """K models' host layers as one vmapped module; see the module docstring."""
+def structure(models: Sequence) -> tuple:
+    """What a StackedHosts is cut from: the models themselves and the plane modules each
+    one's graph calls at each injection point. A fossilization changes the latter (the
+    seed folds into the chain and a slot opens after it); a germination or a cull changes
+    only what a slot module holds, which the sites call live, and no edit changes a
+    host's own parameters."""
+    return tuple(
+        (id(mm), tuple((t, id(mm.get_submodule(t))) for targets in slot_chains(mm).values() for t in targets)) for mm in models
+    )
 
-    def __init__(self, models: Sequence):
+
+class StackedHosts:
+    """K models' host layers as one vmapped module, with their parameters, buffers and host
+    optimizer state stacked along a new leading dimension; see the module docstring.
+
+    The cut (segments, sites, name maps) is made once; `load` copies the models' current
+    values in before a chunk and `store` writes the trained ones back after it."""
+
+    def __init__(self, models: Sequence, cfg):
         self.models = list(models)
         graph, site_nodes = host_graph(self.models[0])
         root = fx.GraphModule(self.models[0], graph)
@@ -147,6 +172,9 @@ class StackedHosts:
         with torch.no_grad():
             self.params = {n: torch.stack([mm.get_parameter(n) for mm in self.models]).requires_grad_() for n in self.param_names}
             self.buffers = {n: torch.stack([mm.get_buffer(n) for mm in self.models]) for n in self.buffer_names}
+        # The environments' own optimizer kind and settings (`make_optimizer`); AdamW and SGD
+        # act element by element, so stacking does not change their arithmetic.
+        self.optimizer = make_optimizer([self.params[n] for n in self.param_names], cfg)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The K models' outputs (K, ...) for their inputs x (K, ...)."""
@@ -189,40 +217,39 @@ class StackedHosts:
             return h  # every slot passed its slice through: no copy
         return torch.stack([o.to(h.dtype) for o in outs])  # a seed may answer autocast with another dtype
 
+    def step(self, lr: float) -> None:
+        """The stacked host parameters' optimizer step, at the environments' host rate."""
+        self.optimizer.param_groups[0]["lr"] = lr
+        self.optimizer.step()
+
     @torch.no_grad()
-    def write_back(self) -> None:
-        """Copy the trained stacked parameters and buffers into each model."""
-        for k, mm in enumerate(self.models):
+    def load(self, trainers: Sequence) -> None:
+        """The models' host parameters and buffers, and their optimizers' state for them
+        (host parameters are all in each optimizer's first group), stacked in."""
+        for n in self.param_names:
+            self.params[n].copy_(torch.stack([mm.get_parameter(n) for mm in self.models]))
+            states = [t.optimizer.state.get(mm.get_parameter(n)) for t, mm in zip(trainers, self.models)]
+            if states[0]:
+                self.optimizer.state[self.params[n]] = {
+                    key: torch.stack([s[key] for s in states]) if _per_element(v) else _copy(v) for key, v in states[0].items()
+                }
+            else:
+                self.optimizer.state.pop(self.params[n], None)
+        for n in self.buffer_names:
+            self.buffers[n].copy_(torch.stack([mm.get_buffer(n) for mm in self.models]))
+
+    @torch.no_grad()
+    def store(self, trainers: Sequence) -> None:
+        """The trained stacked values written back into each model and its optimizer."""
+        for k, (trainer, mm) in enumerate(zip(trainers, self.models)):
             for n in self.param_names:
-                mm.get_parameter(n).copy_(self.params[n][k])
+                p = mm.get_parameter(n)
+                p.copy_(self.params[n][k])
+                state = self.optimizer.state.get(self.params[n])
+                if state:
+                    trainer.optimizer.state[p] = {key: v[k].clone() if _per_element(v) else _copy(v) for key, v in state.items()}
             for n in self.buffer_names:
                 mm.get_buffer(n).copy_(self.buffers[n][k])
-
-
-def _stacked_optimizer(envs, hosts: StackedHosts) -> torch.optim.Optimizer:
-    """An optimizer of the environments' kind over the stacked host parameters, its state
-    stacked from theirs (host parameters are all in each optimizer's first group)."""
-    first = envs[0].trainer.optimizer
-    accepted = inspect.signature(type(first)).parameters
-    group = first.param_groups[0]
-    opt = type(first)([hosts.params[n] for n in hosts.param_names], **{k: v for k, v in group.items() if k in accepted and k != "params"})
-    for n in hosts.param_names:
-        states = [env.trainer.optimizer.state.get(env.mm.get_parameter(n)) for env in envs]
-        if states[0]:
-            opt.state[hosts.params[n]] = {
-                key: torch.stack([s[key] for s in states]) if _per_element(v) else _copy(v) for key, v in states[0].items()
-            }
-    return opt
-
-
-def _unstack_optimizer(opt: torch.optim.Optimizer, envs, hosts: StackedHosts) -> None:
-    for n in hosts.param_names:
-        state = opt.state.get(hosts.params[n])
-        if not state:
-            continue
-        for k, env in enumerate(envs):
-            p = env.mm.get_parameter(n)
-            env.trainer.optimizer.state[p] = {key: v[k].clone() if _per_element(v) else _copy(v) for key, v in state.items()}
 
 
 def _per_element(v) -> bool:
@@ -233,65 +260,60 @@ def _copy(v):
     return v.clone() if isinstance(v, torch.Tensor) else v
 
 
-def guard_together(envs) -> None:
-    """Every environment's plane.guard(), with one read of the device for all of them."""
-    checks = [env.plane.health() for env in envs]
-    if not any(live for live, _ in checks):
-        return  # nothing to read
-    flags = torch.cat([health for _, health in checks]).tolist()
-    for env, (live, _) in zip(envs, checks):
-        env.trainer.guard_culls += env.plane.cull_unhealthy(live, flags[: len(live)])
-        flags = flags[len(live) :]
+class StackCache:
+    """The StackedHosts of one set of K environments, kept from one decision to the next
+    while their `structure` stays the same, so the graph is cut and its segments compiled
+    once per structure rather than once per decision. Values are copied in and out around
+    every chunk all the same: evaluation, the ablation probe, checkpoints and the
+    sequential runner read the environments between chunks, and copying host-sized
+    tensors costs about one optimizer step per chunk."""
+
+    def __init__(self):
+        self._key: tuple | None = None
+        self.hosts: StackedHosts | None = None  # the last one built
+
+    def __call__(self, envs) -> StackedHosts:
+        models = [env.mm for env in envs]
+        key = structure(models)
+        if key != self._key:
+            self.hosts, self._key = StackedHosts(models, envs[0].cfg), key
+        return self.hosts
 
 
-def train_together(envs, chunks: Sequence[Iterator]) -> list[tuple[float | None, float | None, int]]:
-    """Train the K environments' chunks as one (they must hold the same number of equally
-    sized batches); returns each environment's (mean loss, accuracy, images)."""
-    hosts = StackedHosts([env.mm for env in envs])
-    opt = _stacked_optimizer(envs, hosts)
-    k = len(envs)
-    device = envs[0].device
-    loss_sum = torch.zeros(k, device=device)
-    correct = torch.zeros(k, device=device, dtype=torch.long)
-    counts: list = [0] * k  # Python ints where the task knows them, device tensors where not
-    seen = 0
-    for batches in zip(*chunks):
+def train_together(envs, chunks: Sequence[Iterator], cache: StackCache | None = None) -> list[tuple[float | None, float | None, int]]:
+    """Train the K environments' chunks as one (`train_chunks` with the hosts stacked; the
+    chunks must hold equally many equally sized batches); returns each environment's
+    (mean loss, accuracy, images). `cache` keeps the stacked hosts between calls."""
+    hosts = (cache or StackCache())(envs)
+    trainers = [env.trainer for env in envs]
+    hosts.load(trainers)
+
+    def forward_backward(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list:
         x = torch.stack([b[0] for b in batches])
         y = torch.stack([b[1] for b in batches])
-        for env in envs:
-            env.trainer.schedule.adopt_new_groups()
-            env.trainer.optimizer.zero_grad(set_to_none=True)
-        opt.param_groups[0]["lr"] = envs[0].trainer.optimizer.param_groups[0]["lr"]
-        opt.zero_grad(set_to_none=True)
-        with envs[0].trainer.autocast():
+        hosts.optimizer.zero_grad(set_to_none=True)
+        with trainers[0].autocast():
             out = hosts(x)
-            scores = [env.task.score(out[i], y[i]) for i, env in enumerate(envs)]
+            scores = [trainer.task.score(out[k], y[k]) for k, trainer in enumerate(trainers)]
+        # Each environment's loss is the mean over its own batch, so the sum gives every
+        # environment the gradients it would have alone.
         sum(s.loss for s in scores).backward()
-        guard_together(envs)
-        opt.step()
-        for env in envs:
-            env.trainer.optimizer.step()
-            env.trainer.schedule.step()
-        loss_sum += torch.stack([s.loss.detach() * s.count for s in scores])
-        correct += torch.stack([s.correct for s in scores])
-        counts = [c + s.count for c, s in zip(counts, scores)]
-        seen += y.shape[1]
-    if any(next(chunk, None) is not None for chunk in chunks):
-        raise RuntimeError("environments trained together must have chunks of the same length")
-    hosts.write_back()
-    _unstack_optimizer(opt, envs, hosts)
-    if not seen:
-        return [(None, None, 0)] * k
-    values = read_once([*loss_sum.unbind(), *correct.unbind(), *counts])
-    losses, right, count = values[:k], values[k : 2 * k], values[2 * k :]
-    return [(loss / n, r / n, seen) for loss, r, n in zip(losses, right, count)]
+        # Before the guard, which only drops seed gradients: the hosts' step is the same.
+        hosts.step(trainers[0].host_lr)
+        return scores
+
+    trained = train_chunks(trainers, chunks, forward_backward)
+    hosts.store(trainers)
+    return trained
 
 
-def step_together(envs, edits: Sequence[Edit]) -> list:
+def step_together(envs, edits: Sequence[Edit], cache: StackCache | None = None) -> list:
     """GrowthEnv.step for K environments at once: the edits, one batched training chunk,
-    then each environment's evaluation, reward and observation."""
-    logged = [env.apply(edit) for env, edit in zip(envs, edits)]
+    then each environment's evaluation, reward and observation. Pass the same `cache` at
+    every decision to reuse the stacked hosts."""
+    for env, edit in zip(envs, edits):
+        env.apply(edit)
     start = time.perf_counter()
-    trained = train_together(envs, [env.trainer.chunk(env.t) for env in envs])
+    trained = train_together(envs, [env.trainer.chunk(env.t) for env in envs], cache)
     seconds = (time.perf_counter() - start) / len(envs)
-    return [env.finish(edit, loss, acc, images, seconds) for env, edit, (loss, acc, images) in zip(envs, logged, trained)]
+    return [env.finish(loss, acc, images, seconds) for env, (loss, acc, images) in zip(envs, trained)]

@@ -116,8 +116,25 @@ def main_first(ranks: Ranks):
         collective(ranks, "waiting for rank 0 to prepare the data", dist.barrier)
 
 
-# Words in the errors gloo and NCCL raise when a peer is gone or a collective times out.
-_TRANSPORT_WORDS = ("gloo", "nccl", "timed out", "timeout", "connection", "peer", "closed", "socket", "watchdog")
+# What torch raises, typed, when communication fails: NCCL's errors and timeouts, the store's
+# and the network's. DistError is the base of the others (torch 2.11 and 2.14 alike); each is
+# looked up by name so that a build without one still imports.
+_DIST_ERRORS = tuple(
+    t for t in (getattr(dist, n, None) for n in ("DistError", "DistBackendError", "DistNetworkError", "DistStoreError"))
+    if isinstance(t, type)
+)
+# gloo raises a plain RuntimeError when a peer is gone or a collective times out ("Connection
+# closed by peer", "Timed out waiting 5000ms for recv", "Application timeout caused pair
+# closure"): its text is the only way to tell it from a training step's own RuntimeError.
+_GLOO_WORDS = ("gloo", "timed out", "timeout", "connection", "peer", "closed", "socket")
+
+
+def is_transport_failure(e: BaseException) -> bool:
+    """Whether `e` says the ranks could not communicate (rather than that the work failed)."""
+    if isinstance(e, _DIST_ERRORS):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and any(w in text for w in _GLOO_WORDS)
 
 
 def collective(ranks: Ranks, what: str, fn: Callable[[], Any], *, only_transport: bool = False, why: str = "") -> Any:
@@ -129,9 +146,9 @@ def collective(ranks: Ranks, what: str, fn: Callable[[], Any], *, only_transport
     except DistributedError:
         raise
     except Exception as e:
-        text = " ".join(str(e).split())
-        if only_transport and not any(w in text.lower() for w in _TRANSPORT_WORDS):
+        if only_transport and not is_transport_failure(e):
             raise
+        text = " ".join(str(e).split())
         why = why or f"another rank stopped or did not answer within {ranks.timeout:.0f} s"
         raise DistributedError(f"rank {ranks.rank} of {ranks.world_size}: {what} failed: {why} ({type(e).__name__}: {text[:300]})") from e
 

@@ -1,17 +1,16 @@
 """GrowthEnv: one episode grows one instrumented host, with one decision per tick.
 
-An episode (`cfg.epochs` epochs, `cfg.decisions_per_epoch` decisions each):
+An episode (`cfg.epochs` epochs, `cfg.decisions_per_epoch` decisions each) is the growth
+loop (`loop.py`) driven by a HostTrainer:
 
     reset(seed)  fresh host from the factory, instrumented; its own HostTrainer
                  (`host_training.py`: optimizer, learning-rate schedule, precision, batch
-                 order, ablation probe) which seeds join on germination through
-                 `plane.attach_optimizer`; validation loss/accuracy of the untrained
-                 model; the first Observation.
-    step(edit)   apply(edit): plane.apply(edit)   (the one path: the plane logs it)
+                 order, ablation probe) which seeds join on germination; validation loss
+                 and accuracy of the untrained model start the loop; the first Observation.
+    step(edit)   apply(edit): loop.apply(edit)   (the plane applies and logs it)
                  trainer.train_chunk(trainer.chunk(t)): 1/decisions_per_epoch of an epoch
-                 finish(): plane.step()           (one tick: blends advance)
-                 validation loss/accuracy; trainer.measure_contributions()
-                 reward = compute_reward(prev state, this state, edit, done)
+                 finish(): validation loss/accuracy, then loop.close(): plane.step() (one
+                 tick: blends advance), trainer.measure_contributions(), the reward
                  returns StepResult(observation, reward, done, info: StepInfo)
 
 A tick is one decision interval: with the default one decision per epoch, plane.step()
@@ -30,17 +29,16 @@ from typing import Callable
 import torch
 from torch import nn
 
-from esper.kasmina.blending import blend_names
-from esper.kasmina.blueprints import blueprint_ranks, registered_names
+from esper.graph import eval_mode
+from esper.kasmina.blueprints import registered_names
 from esper.kasmina.instrument import instrument
 from esper.kasmina.replay import fossilize_from_start
-from esper.leyline import Edit, EpisodeSummary, Observation, StepInfo
-from esper.runs.report import timeline_row
-from esper.simic.distributed import Ranks, check_in_step
-from esper.simic.episode import EpisodeRecord, Numbers, RngStream
-from esper.simic.features import build_observation
+from esper.leyline import Edit, EpisodeSummary, Observation, StepInfo, Vocabulary
+from esper.simic.distributed import Ranks
+from esper.simic.episode import Numbers, RngStream
 from esper.simic.host_training import EnvConfig, HostTrainer
-from esper.simic.rewards import RewardBreakdown, RewardConfig, RewardState, compute_reward
+from esper.simic.loop import GrowthLoop
+from esper.simic.rewards import RewardBreakdown, RewardConfig
 from esper.simic.tasks import task_for
 
 __all__ = ["EnvConfig", "GrowthEnv", "StepResult"]
@@ -78,7 +76,7 @@ class GrowthEnv:
         self.data = data
         self.cfg = cfg or EnvConfig()
         self.reward_cfg = reward or RewardConfig()
-        self.blueprints, self.blends = registered_names(blueprints, blends)
+        self.vocab = Vocabulary(*registered_names(blueprints, blends), self.cfg.blend_steps)
         self.task = task_for(data.train.y)
         self.device = torch.device(device)
         example = example_input if example_input is not None else data.train.x[:2]
@@ -86,7 +84,7 @@ class GrowthEnv:
         self.rng = RngStream(self.device)
         self.ranks = ranks
         self.mm = None
-        self.done = True
+        self.loop: GrowthLoop | None = None
 
     @property
     def plane(self):
@@ -97,83 +95,62 @@ class GrowthEnv:
         with self.rng(seed):
             host = self.host_factory().to(self.device)
             self.mm = instrument(host, (self.example,), max_slots=cfg.max_slots)
-            with torch.no_grad():
+            with eval_mode(self.mm), torch.no_grad():  # a check: BatchNorm's running statistics stay as they were
                 self.task.check_output(self.mm(self.example), self.example, self.data)
             fossilize_from_start(self.plane, cfg.fossils)
             if cfg.channels_last:
                 self.mm.to(memory_format=torch.channels_last)
             self.trainer = HostTrainer(self.mm, cfg, self.device, self.data, self.task, seed, self.ranks)
-        self.host_params = self.mm.host_parameter_count()
-        self.t = 0
-        self.done = False
-        val_loss, val_acc = self.trainer.evaluate(self.data.val)
-        self.record = EpisodeRecord(self.plane, val_loss, val_acc)
-        telemetry = self._telemetry()
-        self.reward_state = RewardState.from_telemetry(telemetry, val_acc, self.host_params, self.total_params(), {})
-        return self._observe(telemetry)
+        self.loop = GrowthLoop(self.mm, self.vocab, decisions=cfg.decisions, decisions_per_epoch=cfg.decisions_per_epoch,
+                               measure=self.trainer.measure_contributions, reward=self.reward_cfg, ranks=self.ranks)
+        self.loop.start(Numbers.before_training(*self.trainer.evaluate(self.data.val)))
+        return self.loop.observe()
+
+    @property
+    def done(self) -> bool:
+        return self.loop is None or self.loop.done
+
+    @property
+    def t(self) -> int:
+        """Decisions taken so far."""
+        return self.loop.t
 
     def step(self, edit: Edit) -> StepResult:
         """apply(edit), train this step's chunk, finish(): the three parts a batched runner
         interleaves across K environments."""
-        logged = self.apply(edit)
+        self.apply(edit)
         with self.rng():
             start = time.perf_counter()
             train_loss, train_acc, seen = self.trainer.train_chunk(self.trainer.chunk(self.t))
             seconds = time.perf_counter() - start
-        return self.finish(logged, train_loss, train_acc, seen, seconds)
+        return self.finish(train_loss, train_acc, seen, seconds)
 
     def apply(self, edit: Edit) -> Edit:
-        """The step's edit, through the plane (which logs it); returns the logged edit."""
+        """The step's edit, through the loop (the plane logs it); returns the logged edit."""
         if self.done:
             raise RuntimeError("the episode is over: call reset() first")
         with self.rng():
-            logged = self.plane.apply(edit)
+            logged = self.loop.apply(edit)
             if self.cfg.channels_last:  # a new seed's weights: before its optimizer state exists
                 self.mm.to(memory_format=torch.channels_last)
-        self.record.ops[logged.op.name] += 1
         return logged
 
-    def finish(self, logged: Edit, train_loss: float | None, train_acc: float | None, images: int, seconds: float) -> StepResult:
-        """After the chunk: tick the plane, evaluate, measure contributions, reward, observe.
-        A chunk without batches (None) keeps the last training numbers."""
-        if images == 0:
-            train_loss, train_acc = self.record.now.train_loss, self.record.now.train_acc
+    def finish(self, train_loss: float | None, train_acc: float | None, images: int, seconds: float) -> StepResult:
+        """After the chunk: evaluate, then close the loop's interval (tick, measure
+        contributions, reward) and observe. A chunk without batches (None) keeps the last
+        training numbers."""
         with self.rng():
-            self.plane.step()
-            check_in_step(self.mm, self.ranks)
             val_loss, val_acc = self.trainer.evaluate(self.data.val)
-            contributions = self.trainer.measure_contributions()
-        self.t += 1
-        self.done = self.t >= self.cfg.decisions
-        telemetry = self._telemetry()
-        params = self.total_params()
-        state = RewardState.from_telemetry(telemetry, val_acc, self.host_params, params, contributions, prev=self.reward_state)
-        reward = compute_reward(self.reward_state, state, logged, self.done, self.reward_cfg)
-        self.reward_state = state
-        numbers = Numbers(train_loss, train_acc, val_loss, val_acc)
-        slots = timeline_row(self.plane)
-        self.record.add_step(numbers, reward, slots, images, seconds)
-        info = StepInfo(self.t, self.t / self.cfg.decisions_per_epoch, logged, **vars(numbers),
-                        contributions=dict(contributions), reward=reward.as_dict(), params=params,
-                        host_params=self.host_params, slots=slots, images=images, train_seconds=seconds)
-        return StepResult(self._observe(telemetry), reward, self.done, info)
+            info = self.loop.close(Numbers(train_loss, train_acc, val_loss, val_acc), images, seconds)
+        return StepResult(self.loop.observe(), self.loop.reward, self.done, info)
 
     def summary(self) -> EpisodeSummary:
         """The episode in numbers (call after the last step)."""
-        return self.record.summary(self.plane, self.total_params(), self.host_params)
+        return self.loop.summary()
 
     def evaluate(self, split) -> tuple[float, float]:
         """Loss and accuracy (a fraction) of the current model on a TensorData split."""
         return self.trainer.evaluate(split)
 
     def total_params(self) -> int:
-        return sum(p.numel() for p in self.mm.parameters())
-
-    def _telemetry(self):
-        return [slot.telemetry() for slot in self.plane.slots.values()]
-
-    def _observe(self, telemetry) -> Observation:
-        signals = self.record.signals(self.t, self.cfg.decisions, self.host_params, self.total_params())
-        causal = self.plane.causal  # on a causal host only causal-safe seeds are offered
-        return build_observation(telemetry, signals, self.trainer.contributions, self.blueprints, blueprint_ranks(causal),
-                                 self.blends, usable_blends=blend_names(causal))
+        return self.loop.total_params()

@@ -3,6 +3,7 @@ rewards, the edits by op and the slots' timeline, from which its summary is made
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,23 +47,34 @@ class RngStream:
 
 @dataclass
 class Numbers:
-    """The host's training and validation loss and accuracy at one point of the episode."""
+    """The host's training and validation loss and accuracy at one point of the episode;
+    NaN where not measured. Accuracies are fractions."""
 
-    train_loss: float
-    train_acc: float
+    train_loss: float | None
+    train_acc: float | None
     val_loss: float
     val_acc: float
+
+    def __post_init__(self):
+        for name in ("train_acc", "val_acc"):
+            value = getattr(self, name)
+            if value is not None and math.isfinite(value) and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name}={value}: accuracies are fractions in [0, 1], not percentages")
+
+    @classmethod
+    def before_training(cls, val_loss: float, val_acc: float) -> "Numbers":
+        """Before any training the training-set numbers are the validation numbers."""
+        return cls(val_loss, val_acc, val_loss, val_acc)
 
 
 class EpisodeRecord:
     """What an episode did so far. `now` holds the latest numbers and `history` the
-    earlier ones, oldest first; before any training the training-set numbers are the
-    validation numbers."""
+    earlier ones, oldest first."""
 
-    def __init__(self, plane, val_loss: float, val_acc: float):
-        self.now = Numbers(val_loss, val_acc, val_loss, val_acc)
+    def __init__(self, plane, start: Numbers):
+        self.now = start
         self.history: list[Numbers] = []
-        self.initial_val_acc = val_acc
+        self.initial_val_acc = start.val_acc
         self.rewards: list[RewardBreakdown] = []
         self.ops: Counter = Counter()
         self.timeline: list[dict] = [timeline_row(plane)]
@@ -95,7 +107,6 @@ class EpisodeRecord:
         components = {k: sum(r.as_dict()[k] for r in self.rewards) for k in RewardBreakdown.__dataclass_fields__}
         slots = plane.slots.values()
         fossils = [s.blueprint for s in slots if s.stage is SeedStage.FOSSILIZED]
-        auto_culls = sum("non-finite" in e for s in slots for e in s.events)
         return EpisodeSummary(
             episode_return=sum(r.total for r in self.rewards),
             reward=components,
@@ -108,7 +119,7 @@ class EpisodeRecord:
             germinated=self.ops.get("GERMINATE", 0),
             fossilized=len(fossils),
             fossil_blueprints=fossils,
-            culled=self.ops.get("CULL", 0) + auto_culls,
+            culled=sum(e.op is Op.CULL for e in plane.edits),  # the policy's and the plane's own (non-finite seeds)
             live_at_end=sum(s.stage in ACTIVE_STAGES for s in slots),
             params=params,
             host_params=host_params,

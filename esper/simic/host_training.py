@@ -3,16 +3,21 @@ chunks, evaluation and ablation probe.
 
     trainer = HostTrainer(mm, cfg, device, data, task, seed)
     loss, acc, images = trainer.train_chunk(trainer.chunk(t))  # decision t's share of an epoch, one read
-    loss_sum, correct, count = trainer.train_step(x, y)      # device tensors: nothing is read back
     loss, acc = trainer.evaluate(split)                      # one read per split
     contributions = trainer.measure_contributions()          # each blending seed's accuracy, by ablation
 
 `task` (esper.simic.tasks) scores a batch: class ids, or next tokens; loss and accuracy
 are per prediction.
 
-Every GrowthEnv owns one; the batched runner (`esper.simic.batched`) steps the seeds
-of K of them and trains their stacked hosts with an optimizer of the same kind and
-state, so that one and K environments follow the same arithmetic.
+Every GrowthEnv owns one. `train_chunks` is the one training loop: `train_chunk` runs
+it for one trainer, and the batched runner (`esper.simic.batched`) for K of them with
+their hosts stacked into one vmapped model, supplying only that forward pass; the
+gradient clearing, the NaN guard, the seed learning rates and the optimizer and schedule
+steps are the same code for both, so one and K environments follow the same arithmetic.
+
+Learning rates: the host's parameter group follows `lr_factor` over the episode; every
+seed group runs at `cfg.seed_lr_scale` times the host group's current rate
+(`esper.simic.schedules.SeedGroups`, the rule the Gardener applies in a user's loop).
 
 Under torchrun (`ranks.spread`, esper.simic.distributed) every rank walks the same batch
 order; each trains its shard of every batch through DistributedDataParallel, evaluates its
@@ -28,13 +33,15 @@ slower than fp32 for these convolutions.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import islice
 
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 
+from esper.graph import eval_mode
 from esper.leyline import SeedStage
 from esper.simic.distributed import (
     DataParallelHost,
@@ -45,7 +52,8 @@ from esper.simic.distributed import (
     sum_over_ranks,
     sync_buffers,
 )
-from esper.simic.tasks import read_once, task_for
+from esper.simic.schedules import SeedGroups
+from esper.simic.tasks import BatchScore, read_once, task_for
 
 
 @dataclass
@@ -62,7 +70,7 @@ class EnvConfig:
     lr_floor: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 0.01
-    seed_lr: float | None = None  # learning rate of seed parameter groups; None: lr
+    seed_lr_scale: float = 1.0  # seed parameter groups run at this multiple of the host's current lr
     blend_steps: int = 2  # ticks a germinated seed takes to blend in (the policy's Edit.steps)
     max_slots: int | None = None
     contribution_samples: int = 512  # the fixed validation batch for ablations
@@ -79,10 +87,12 @@ class EnvConfig:
             raise ValueError("epochs, decisions_per_epoch, batch_size and blend_steps must be at least 1")
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.lr <= 0 or self.seed_lr_scale <= 0:
+            raise ValueError(f"lr and seed_lr_scale must be positive, got {self.lr}, {self.seed_lr_scale}")
         if self.lr_schedule not in ("constant", "cosine") or not 0 <= self.lr_floor <= 1:
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine' and lr_floor in [0, 1], got {self.lr_schedule!r}, {self.lr_floor}")
+            raise ValueError(
+                f"lr_schedule must be 'constant' or 'cosine' and lr_floor in [0, 1], got {self.lr_schedule!r}, {self.lr_floor}"
+            )
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
 
@@ -108,27 +118,11 @@ def lr_factor(cfg: EnvConfig, progress: float) -> float:
     return cfg.lr_floor + (1 - cfg.lr_floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-class EpisodeSchedule(torch.optim.lr_scheduler.LRScheduler):
-    """`lr_factor` over the episode's optimizer steps, for every parameter group, those
-    that seeds add after the schedule was made included: each decays from the rate it
-    joined with (its `initial_lr`, torch's own key). Step it after each optimizer step."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, cfg: EnvConfig, total_steps: int):
-        self.cfg, self.total_steps = cfg, total_steps
-        super().__init__(optimizer)
-
-    def get_lr(self) -> list[float]:
-        factor = lr_factor(self.cfg, self.last_epoch / self.total_steps)
-        return [group.setdefault("initial_lr", group["lr"]) * factor for group in self.optimizer.param_groups]
-
-    def adopt_new_groups(self) -> None:
-        """Give groups added since the last step (germinated seeds) the current point of
-        the schedule, before the optimizer uses them."""
-        factor = lr_factor(self.cfg, self.last_epoch / self.total_steps)
-        for group in self.optimizer.param_groups:
-            if "initial_lr" not in group:
-                group["initial_lr"] = group["lr"]
-                group["lr"] = group["initial_lr"] * factor
+def episode_schedule(optimizer: torch.optim.Optimizer, cfg: EnvConfig, total_steps: int) -> LambdaLR:
+    """`lr_factor` over the episode's `total_steps` optimizer steps: group lr = initial lr x
+    factor. Step it after each optimizer step; `SeedGroups` keeps its per-group lists in
+    step with the seed groups that come and go."""
+    return LambdaLR(optimizer, lambda step: lr_factor(cfg, step / total_steps))
 
 
 class HostTrainer:
@@ -146,8 +140,9 @@ class HostTrainer:
         self.data = data
         self.batches_per_epoch = max(1, math.ceil(len(data.train) / cfg.batch_size))
         self.optimizer = make_optimizer(list(mm.parameters()), cfg)
-        mm.plane.attach_optimizer(self.optimizer, **({"lr": cfg.seed_lr} if cfg.seed_lr else {}))
-        self.schedule = EpisodeSchedule(self.optimizer, cfg, self.batches_per_epoch * cfg.epochs)
+        mm.plane.attach_optimizer(self.optimizer)
+        self.schedule = episode_schedule(self.optimizer, cfg, self.batches_per_epoch * cfg.epochs)
+        self.seed_groups = SeedGroups(self.optimizer, self.schedule, cfg.seed_lr_scale)
         self.guard_culls: list[str] = []
         n = min(cfg.contribution_samples, len(data.val))
         self.probe = (self.place(data.val.x[:n]), data.val.y[:n].to(device))
@@ -174,32 +169,13 @@ class HostTrainer:
     def train_chunk(self, batches) -> tuple[float | None, float | None, int]:
         """One optimizer step per batch; the chunk's mean loss and accuracy (None without
         batches) and its count of examples, read from the device once."""
-        loss_sum, correct, count, seen = torch.zeros((), device=self.device), 0, 0, 0
-        for x, y in batches:
-            batch_loss, batch_correct, batch_count = self.train_step(x, y)
-            loss_sum, correct, count = loss_sum + batch_loss, correct + batch_correct, count + batch_count
-            seen += len(y)
-        if self.ranks.spread:
-            sync_buffers(self.mm, self.ranks)
-            loss_sum, correct, count = sum_over_ranks(self._sums(loss_sum, correct, count), self.ranks).unbind()
-        loss_sum, correct, count = read_once([loss_sum, correct, count])
-        return (loss_sum / count, correct / count, seen) if count else (None, None, seen)
+        return train_chunks([self], [batches], self._forward_backward)[0]
 
-    def autocast(self):
-        if self.cfg.precision == "bf16" and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
-
-    def place(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last and x.dim() == 4 else x
-
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int | torch.Tensor]:
-        """One optimizer step on (x, y); returns the batch's summed loss, correct count and
-        count of predictions, on the device (of this rank's shard). plane.guard() culls
-        seeds with non-finite gradients first."""
-        self.schedule.adopt_new_groups()
-        self.optimizer.zero_grad(set_to_none=True)
+    def _forward_backward(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[BatchScore]:
+        """`train_chunks`' step for this trainer alone: under torchrun, on this rank's shard
+        through DistributedDataParallel, its loss weighted so that the all-reduced gradient
+        is the global batch's."""
+        [(x, y)] = batches
         model, share = self.model(), 1.0
         if self.ranks.spread:
             x, y, share = shard(x, y, self.ranks)
@@ -211,29 +187,48 @@ class HostTrainer:
             return score
 
         if self.ranks.spread:  # DDP all-reduces the gradients inside backward()
-            score = collective(self.ranks, "a training step's gradient all-reduce", forward_backward, only_transport=True)
-        else:
-            score = forward_backward()
-        self.guard_culls += guard_on_all_ranks(self.mm.plane, self.ranks)
+            return [collective(self.ranks, "a training step's gradient all-reduce", forward_backward, only_transport=True)]
+        return [forward_backward()]
+
+    def before_step(self) -> None:
+        """Every step starts from no gradients (None: the optimizer skips what got none)."""
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def after_step(self, culled: list[str]) -> None:
+        """The optimizer step, once the guard has culled `culled` (its seed groups are gone
+        from the optimizer): seed groups take their learning rate, then the schedule moves on."""
+        self.guard_culls += culled
+        self.seed_groups.sync()
         self.optimizer.step()
         self.schedule.step()
-        return score.loss.detach() * score.count, score.correct, score.count
+
+    @property
+    def host_lr(self) -> float:
+        """The host parameter group's learning rate for the coming optimizer step."""
+        return self.optimizer.param_groups[0]["lr"]
+
+    def autocast(self):
+        if self.cfg.precision == "bf16" and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def place(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last and x.dim() == 4 else x
 
     @torch.no_grad()
     def evaluate(self, split) -> tuple[float, float]:
         """Loss and accuracy (a fraction) per prediction of the current model on a TensorData split."""
-        was_training = self.mm.training
-        self.mm.eval()
         if self.ranks.spread:
             n, r, w = len(split), self.ranks.rank, self.ranks.world_size
             split = type(split)(split.x[n * r // w : n * (r + 1) // w], split.y[n * r // w : n * (r + 1) // w])
         loss_sum, correct, seen = torch.zeros((), device=self.device, dtype=torch.float64), 0, 0
-        for x, y in split.batches(self.cfg.eval_batch_size, shuffle=False):
-            x, y = self.place(x), y.to(self.device, non_blocking=True)
-            with self.autocast():
-                score = self.task.score(self.mm(x), y)
-            loss_sum, correct, seen = loss_sum + score.loss.double() * score.count, correct + score.correct, seen + score.count
-        self.mm.train(was_training)
+        with eval_mode(self.mm):
+            for x, y in split.batches(self.cfg.eval_batch_size, shuffle=False):
+                x, y = self.place(x), y.to(self.device, non_blocking=True)
+                with self.autocast():
+                    score = self.task.score(self.mm(x), y)
+                loss_sum, correct, seen = loss_sum + score.loss.double() * score.count, correct + score.correct, seen + score.count
         if self.ranks.spread:
             loss_sum, correct, seen = sum_over_ranks(self._sums(loss_sum, correct, seen), self.ranks).unbind()
         loss_sum, correct, seen = read_once([loss_sum, correct, seen])
@@ -249,6 +244,67 @@ class HostTrainer:
         with self.autocast():
             self.contributions = seed_contributions(self.mm, probe, self.contributions, self._frozen)
         return self.contributions
+
+
+def train_chunks(
+    trainers: Sequence[HostTrainer], chunks: Sequence[Iterator], forward_backward: Callable[[list], list[BatchScore]]
+) -> list[tuple[float | None, float | None, int]]:
+    """K trainers in lockstep, one optimizer step per batch of their chunks (which must hold
+    equally many equally sized batches); returns each one's mean loss and accuracy (None
+    without batches) and count of examples, read from the device once. Each step:
+
+        every trainer clears its gradients
+        forward_backward(batches)  one (x, y) per trainer: their losses, backpropagated,
+                                   and their BatchScores (the batched runner also steps its
+                                   stacked host parameters here, which no trainer's
+                                   optimizer holds)
+        guard(trainers)            seeds with non-finite outputs or gradients are culled
+        every trainer's after_step(culled): seed learning rates, optimizer, schedule
+
+    Sums per trainer: loss_sum += mean loss x count, correct += right predictions.
+    """
+    k, device = len(trainers), trainers[0].device
+    loss_sums: list = [torch.zeros((), device=device)] * k
+    corrects: list = [0] * k
+    counts: list = [0] * k  # Python ints where the task knows them, device tensors where not
+    seen = 0
+    for batches in zip(*chunks):
+        for trainer in trainers:
+            trainer.before_step()
+        scores = forward_backward(list(batches))
+        for trainer, culled in zip(trainers, guard(trainers)):
+            trainer.after_step(culled)
+        loss_sums = [a + s.loss.detach() * s.count for a, s in zip(loss_sums, scores)]
+        corrects = [a + s.correct for a, s in zip(corrects, scores)]
+        counts = [a + s.count for a, s in zip(counts, scores)]
+        seen += len(batches[0][1])
+    if any(next(chunk, None) is not None for chunk in chunks):
+        raise RuntimeError("trainers in lockstep need chunks of the same length")
+    sums = [*loss_sums, *corrects, *counts]
+    if trainers[0].ranks.spread:
+        for trainer in trainers:
+            sync_buffers(trainer.mm, trainer.ranks)
+        sums = sum_over_ranks(trainers[0]._sums(*sums), trainers[0].ranks).unbind()
+    values = read_once(sums)
+    return [(loss / n, right / n, seen) if n else (None, None, seen)
+            for loss, right, n in zip(values[:k], values[k : 2 * k], values[2 * k :])]
+
+
+def guard(trainers: Sequence[HostTrainer]) -> list[list[str]]:
+    """Each trainer's `plane.guard()` (agreed by every rank under torchrun): the slots it
+    culled, with one read of the device for all the trainers."""
+    planes = [trainer.mm.plane for trainer in trainers]
+    if trainers[0].ranks.spread:
+        return [guard_on_all_ranks(plane, trainer.ranks) for plane, trainer in zip(planes, trainers)]
+    checks = [plane.health() for plane in planes]
+    if not any(live for live, _ in checks):
+        return [[] for _ in planes]  # nothing to read
+    flags = torch.cat([health for _, health in checks]).tolist()
+    culled = []
+    for plane, (live, _) in zip(planes, checks):
+        culled.append(plane.cull_unhealthy(live, flags[: len(live)]))
+        flags = flags[len(live) :]
+    return culled
 
 
 def probe_accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
@@ -277,14 +333,11 @@ def seed_contributions(
     blending = [i for i, s in plane.slots.items() if s.stage is SeedStage.BLENDING]
     result = {}
     if blending:
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             with_all = score()
             for slot_id in blending:
                 with plane.ablate(slot_id):
                     result[slot_id] = with_all - score()
-        model.train(was_training)
     for slot_id, slot in plane.slots.items():
         if slot.stage is SeedStage.FOSSILIZED:
             frozen.setdefault(slot_id, previous.get(slot_id, 0.0))

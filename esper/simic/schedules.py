@@ -1,13 +1,17 @@
-"""Seed parameter groups inside a user's optimizer and learning-rate schedulers.
+"""Seed parameter groups inside an optimizer and its learning-rate schedulers: a user's
+(the Gardener's) or an episode's (HostTrainer's), by the same rule.
 
 `plane.attach_optimizer` adds a parameter group when a seed germinates and removes it
 when the seed is culled. torch's schedulers keep per-group lists (`base_lrs`,
 `lr_lambdas`, `max_lrs`...) sized when they were built and zip them strictly with the
 optimizer's groups, so the first `scheduler.step()` after a germination would raise, and
 some schedulers (OneCycleLR) also read their own keys from every group. `SeedGroups`
-keeps both in step, and sets every seed group's learning rate to `scale` times the
-optimizer's first group's current one, whatever the schedule did to it: seeds follow the
-schedule of the host.
+keeps both in step, and sets every seed group's learning rate by one rule (`seed_lr`):
+
+    seed lr = scale x lead lr     lead: the optimizer's first group (the host's), as the
+                                  schedule set it for the coming step
+
+whatever the schedule did to the seed group itself: seeds follow the schedule of the host.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ def _unwrapped(schedulers) -> Iterator:
 
 
 class SeedGroups:
+    """The seed groups of `optimizer`, and the per-group lists of `schedulers`, kept in
+    step with each other; see the module docstring."""
+
     def __init__(self, optimizer: torch.optim.Optimizer, schedulers=None, scale: float = 1.0):
         if scale <= 0:
             raise ValueError(f"seed_lr_scale must be positive, got {scale}")
@@ -45,7 +52,8 @@ class SeedGroups:
         self._groups = list(optimizer.param_groups)
 
     def sync(self) -> None:
-        """Call whenever groups may have come or gone, before the optimizer steps."""
+        """Call before every optimizer step, after anything that may add or remove groups
+        (an edit, the NaN guard)."""
         groups = self.optimizer.param_groups
         if len(groups) != len(self._groups) or any(a is not b for a, b in zip(groups, self._groups)):
             self._resize(groups)
@@ -55,7 +63,13 @@ class SeedGroups:
                 for key, value in lead.items():
                     if key != "params":
                         group.setdefault(key, value)
-                group["lr"] = lead["lr"] * self.scale
+                group["lr"] = self.seed_lr(group, lead)
+
+    def seed_lr(self, group: dict, lead: dict) -> float:
+        """The learning rate of seed group `group` for the coming step: the one place the
+        rule lives, so that a per-seed schedule (say, a decay from the seed's germination)
+        is a change here alone."""
+        return lead["lr"] * self.scale
 
     def _resize(self, groups: list[dict]) -> None:
         """Old groups keep their entries; a new group takes the first group's."""

@@ -50,11 +50,11 @@ from esper.simic.train_files import (
 from esper.simic.vectorized import Rollout, VectorEnv, choose_with_actions, merge_rollouts, run_episodes, sample_with
 from esper.simic.warm_start import discounted_returns
 from esper.tamiyo import (
-    HeuristicPolicy,
     RolloutBuffer,
     TamiyoPolicy,
     agreement,
     behaviour_clone,
+    build_policy,
     fit_value,
     health_warnings,
     make_optimizer,
@@ -202,7 +202,7 @@ class Trainer:
         start = time.perf_counter()
         while self.state.warm_done < cfg.warm_start:
             k = min(cfg.envs * self.ranks.world_size, cfg.warm_start - self.state.warm_done)
-            teacher = HeuristicPolicy(cfg.vocabulary, cfg.heuristic)
+            teacher = build_policy("heuristic", cfg.vocabulary, heuristic=cfg.heuristic)
             rollout, seeds = self._rollout("warm", self.state.warm_done, k, choose_with_actions(teacher))
             if rollout is not None:
                 for decision in rollout.decisions:

@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 import torch
 
 from esper.leyline import Edit, EpisodeSummary, Observation, batch_observations
-from esper.simic.batched import batching_problem, step_together
+from esper.simic.batched import StackCache, batching_problem, step_together
 from esper.simic.env import GrowthEnv, StepResult
 from esper.tamiyo import Action, ActionSample, TamiyoPolicy
 
@@ -71,6 +71,7 @@ class VectorEnv:
             raise ValueError(f"need {self.num_envs} seeds, got {len(seeds)}")
         observations = [env.reset(seed) for env, seed in zip(self.envs, seeds)]
         self.batched = self._choose_batched()
+        self.cache = StackCache()  # the batched runner's stacked hosts, kept until an edit changes the structure
         return observations
 
     def _choose_batched(self) -> bool:
@@ -86,7 +87,7 @@ class VectorEnv:
             raise ValueError(f"need {self.num_envs} edits, got {len(edits)}")
         start = time.perf_counter()
         if self.batched:
-            results = step_together(self.envs, edits)
+            results = step_together(self.envs, edits, self.cache)
         else:
             results = [env.step(edit) for env, edit in zip(self.envs, edits)]
         self.host_seconds += time.perf_counter() - start
@@ -192,6 +193,20 @@ def run_episodes(
         "policy_calls": len(decisions),
     }
     return Rollout(decisions, [env.summary() for env in venv.envs], throughput)
+
+
+def grow_once(env: GrowthEnv, seed: int, choose: Chooser, test=None, on_decision: Callable[[Decision], None] | None = None) -> dict:
+    """One episode of one environment, as a grow run records it (summary.json): the
+    episode's summary, wall time and throughput, and the loss and accuracy on `test` (a
+    TensorData split) when given."""
+    start = time.perf_counter()
+    rollout = run_episodes(VectorEnv([env]), [seed], choose, on_decision)
+    summary = rollout.summaries[0].to_dict()
+    if test is not None:
+        summary["test_loss"], summary["test_acc"] = env.evaluate(test)
+    summary["wall_seconds"] = time.perf_counter() - start
+    summary["throughput"] = rollout.throughput
+    return summary
 
 
 # ---- choosers: one call per decision for every kind of policy ---------------------------------

@@ -15,9 +15,11 @@ from esper.tamiyo.ppo import (
     ppo_update,
 )
 from esper.tamiyo.random_policy import RandomPolicy
+from esper.tamiyo.registry import POLICIES, WaitPolicy, build_policy, policy_names, register_policy
 
 __all__ = [
     "HEADS",
+    "POLICIES",
     "Action",
     "ActionMasks",
     "ActionSample",
@@ -29,8 +31,10 @@ __all__ = [
     "RandomPolicy",
     "RolloutBuffer",
     "TamiyoPolicy",
+    "WaitPolicy",
     "agreement",
     "behaviour_clone",
+    "build_policy",
     "compute_gae",
     "explained_variance",
     "fit_value",
@@ -38,5 +42,7 @@ __all__ = [
     "make_optimizer",
     "masks_for",
     "mean_or_nan",
+    "policy_names",
     "ppo_update",
+    "register_policy",
 ]

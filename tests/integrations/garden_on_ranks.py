@@ -6,7 +6,7 @@ tests/integrations/test_gardener_distributed.py.
 Each rank trains on its half of every batch through `gardener.data_parallel()`; rank 0's
 scripted policy germinates, blends and fossilizes a seed (rank 1's would only wait). The
 ranks draw from different RNG streams on purpose. Writes OUT/rank<R>.pt: a hash of every
-parameter and buffer after each epoch, the edit log, and what `report` returned.
+parameter and buffer after each epoch, the edit log, and what `save` returned.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def main(out: Path) -> None:
             out_val = mm(data.val.x[rank::world])
         gardener.step(val_acc=(out_val.argmax(-1) == data.val.y[rank::world]).float().mean())
         hashes.append(state_hash(mm))
-    report = gardener.report(out / "report")
+    report = gardener.save(out / "report")
     torch.save({"hashes": hashes, "edits": [e.to_dict() for e in gardener.edits], "report": str(report)},
                out / f"rank{rank}.pt")
     dist.destroy_process_group()

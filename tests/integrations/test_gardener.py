@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import esper
-from esper.leyline import Edit, Op, SeedStage
+from esper.graph import eval_mode
+from esper.leyline import Edit, Op, SeedStage, UsageError
 from esper.simic.host_training import probe_accuracy
 from esper.simic.training import TrainConfig, save_policy
 from esper.tamiyo import TamiyoPolicy
@@ -37,7 +38,12 @@ def grown(tmp_path_factory):
     def probe(model):
         return -F.cross_entropy(model(x_probe), y_probe).item()
 
-    gardener = esper.Gardener(mm, "heuristic", optimizer=opt, probe=probe, epochs=EPOCHS)
+    def validation():
+        with eval_mode(mm), torch.no_grad():
+            out = mm(data.val.x)
+        return {"val_loss": F.cross_entropy(out, data.val.y), "val_acc": (out.argmax(-1) == data.val.y).float().mean()}
+
+    gardener = esper.Gardener(mm, "heuristic", optimizer=opt, probe=probe, epochs=EPOCHS, initial_metrics=validation())
     for _ in range(EPOCHS):
         mm.train()
         loss_sum = correct = 0.0
@@ -50,11 +56,7 @@ def grown(tmp_path_factory):
             opt.step()
             loss_sum += loss.item() * len(y)
             correct += (out.argmax(-1) == y).sum().item()
-        mm.eval()
-        with torch.no_grad():
-            out = mm(data.val.x)
-        gardener.step(train_loss=loss_sum / len(data.train), train_acc=correct / len(data.train),
-                      val_loss=F.cross_entropy(out, data.val.y), val_acc=(out.argmax(-1) == data.val.y).float().mean())
+        gardener.step(train_loss=loss_sum / len(data.train), train_acc=correct / len(data.train), **validation())
     return mm, gardener, data.train.x[:2], tmp_path_factory.mktemp("grown")
 
 
@@ -68,7 +70,7 @@ def test_the_heuristic_germinates_blends_and_fossilizes_a_seed_in_a_plain_loop(g
     moves = [(e.op, e.slot) for e in gardener.edits if e.op is not Op.WAIT]
     slot = moves[0][1]
     assert moves == [(Op.GERMINATE, slot), (Op.ADVANCE, slot), (Op.ADVANCE, slot), (Op.FOSSILIZE, slot)]
-    assert [e.tick for e in gardener.edits] == list(range(1, EPOCHS + 1))  # one decision per epoch trained
+    assert [e.tick for e in gardener.edits] == list(range(EPOCHS))  # decision 0 before training, then one per epoch
     stages = [row[slot][0] for row in gardener.timeline]
     assert "TRAINING" in stages and "BLENDING" in stages
     assert mm.plane.slot(slot).stage is S.FOSSILIZED and f"{slot}+1" in mm.plane.slots
@@ -84,30 +86,38 @@ def test_the_edit_log_replays_to_the_same_structure(grown):
 
 def test_the_report_is_the_one_esper_grow_writes(grown):
     mm, gardener, example, out = grown
-    text = gardener.report(out).read_text()
-    for name in ("accuracy.png", "slots.png", "params.png", "edits.yaml", "metrics.jsonl", "summary.json"):
-        assert (out / name).is_file() and name in text
+    text = gardener.save(out).read_text()
+    for name in ("accuracy.png", "slots.png", "params.png", "edits.yaml", "metrics.jsonl", "summary.json", "model"):
+        assert (out / name).exists() and name in text
     assert "1 germinated, 1 fossilized (depthwise), 0 culled" in text
     summary = json.loads((out / "summary.json").read_text())
     assert summary["host"] == "TinyCNN" and summary["params"] > summary["host_params"]
     assert structure(esper.replay(TinyCNN(10), (example,), out / "edits.yaml", spec=mm.spec)) == structure(mm)
 
 
-def test_each_step_observes_the_metrics_given_and_its_edit_opens_the_next_epoch():
+def test_decision_0_comes_before_training_and_each_step_observes_the_metrics_given():
     mm, opt, _ = tiny()
     policy = Scripted(grow("block2", steps=2))
-    gardener = esper.Gardener(mm, policy, optimizer=opt, epochs=4)
-    first = gardener.step(train_loss=1.2, val_loss=1.0, val_acc=0.25)  # a task without training accuracy
-    obs = policy.seen[0]
-    assert obs.global_feature("progress") == pytest.approx(0.25)
-    assert obs.global_feature("val_acc") == pytest.approx(0.25) and obs.global_feature("train_acc") == 0
-    assert obs.global_feature("delta_1_known") == 0
-    assert first == Edit(Op.GERMINATE, "block2", "depthwise", "linear", 2, tick=1) and mm.plane.ticks == 1
+    gardener = esper.Gardener(mm, policy, optimizer=opt, epochs=4, initial_metrics={"val_loss": 1.4, "val_acc": 0.25})
+    opening = policy.seen[0]
+    assert opening.global_feature("progress") == 0 and opening.global_feature("delta_1_known") == 0
+    # before training, the training-set numbers are the validation numbers (as in esper grow)
+    assert opening.global_feature("val_acc") == pytest.approx(0.25) == opening.global_feature("train_acc")
+    assert mm.plane.edits[-1] == Edit(Op.GERMINATE, "block2", "depthwise", "linear", 2, tick=0) and mm.plane.ticks == 0
     assert any("esper_slot" in group for group in opt.param_groups)  # the seed joined the user's optimizer
-    gardener.step(train_loss=torch.tensor(1.0), val_loss=0.9, val_acc=torch.tensor(0.5))
+    advanced = gardener.step(train_loss=1.2, val_loss=1.0, val_acc=0.5)  # a task without training accuracy
     obs = policy.seen[1]
+    assert obs.global_feature("progress") == pytest.approx(0.25)
+    assert obs.global_feature("val_acc") == pytest.approx(0.5) and obs.global_feature("train_acc") == 0
     assert obs.global_feature("delta_1_known") == 1 and obs.global_feature("val_acc_delta_1") > 0
-    assert obs.stages()[obs.slot_ids.index("block2")] is S.GERMINATED and mm.plane.edits[-1].tick == 2
+    assert obs.stages()[obs.slot_ids.index("block2")] is S.GERMINATED
+    assert advanced == Edit(Op.ADVANCE, "block2", tick=1) and mm.plane.ticks == 1
+    assert gardener.step(train_loss=torch.tensor(1.0), val_loss=0.9, val_acc=torch.tensor(0.6)).tick == 2
+    gardener.step()
+    assert gardener.step() is None and gardener.done  # the last step closes the run: no edit after training
+    assert [e.tick for e in gardener.edits] == [0, 1, 2, 3] and len(gardener.records) == 4
+    with pytest.raises(RuntimeError, match="planned for 4 steps"):
+        gardener.step()
 
 
 def test_a_blending_seed_is_measured_on_the_probe_and_its_fossil_keeps_the_value():
@@ -115,7 +125,7 @@ def test_a_blending_seed_is_measured_on_the_probe_and_its_fossil_keeps_the_value
     policy = Scripted(grow("block2") + [Edit(Op.WAIT), Edit(Op.FOSSILIZE, "block2")])
     x, y = data.val.x, data.val.y
     gardener = esper.Gardener(mm, policy, optimizer=opt, probe=(x, y), epochs=6)
-    for _ in range(3):
+    for _ in range(2):  # decision 0 germinated; these advance to TRAINING, then BLENDING
         gardener.step()
     with torch.no_grad():  # a host whose predictions vary, and a seed that changes them
         mm.head.weight.normal_(0, 3)
@@ -138,7 +148,6 @@ def test_a_blending_seed_is_measured_on_the_probe_and_its_fossil_keeps_the_value
 def test_after_backward_culls_a_seed_with_non_finite_gradients_and_its_group_leaves():
     mm, opt, data = tiny()
     gardener = esper.Gardener(mm, Scripted(grow("block2")), optimizer=opt, epochs=4)
-    gardener.step()
     gardener.step()  # TRAINING: the seed learns from the task loss
     F.cross_entropy(mm(data.train.x[:8]), data.train.y[:8]).backward()
     mm.plane.seed_parameters("block2")[0].grad.fill_(float("nan"))
@@ -166,7 +175,7 @@ def test_a_trained_policy_loads_by_path_without_unpickling_code(tmp_path):
     assert gardener.step(val_acc=0.5) == mm.plane.edits[-1]
     marker = tmp_path / "ran"
     torch.save(RunsCode(marker), tmp_path / "evil.pt")
-    with pytest.raises(ValueError, match="not a Tamiyo policy"):
+    with pytest.raises(UsageError, match="not a Tamiyo policy"):
         esper.Gardener(mm, tmp_path / "evil.pt", optimizer=opt, epochs=2)
     assert not marker.exists()
 
@@ -175,11 +184,11 @@ def test_wrong_inputs_say_what_to_do():
     mm, opt, _ = tiny()
     with pytest.raises(TypeError, match="esper.instrument"):
         esper.Gardener(TinyCNN(), optimizer=opt, epochs=2)
-    with pytest.raises(ValueError, match="neither one of heuristic, random, wait nor a file"):
+    with pytest.raises(UsageError, match="no such file, and not one of the built-in policies heuristic, random, wait"):
         esper.Gardener(mm, "heuristics", optimizer=opt, epochs=2)
     gardener = esper.Gardener(mm, "random", optimizer=opt, epochs=2, seed=0)
     with pytest.raises(ValueError, match="fractions"):
         gardener.step(val_acc=45.0)
     assert mm.plane.ticks == 0 and not gardener.records  # refused before anything changed
     with pytest.raises(RuntimeError, match="call step"):
-        gardener.report("unused")
+        gardener.save("unused")

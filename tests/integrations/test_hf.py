@@ -1,19 +1,25 @@
-"""GardenerCallback inside a HuggingFace transformers.Trainer on a tiny BERT classifier."""
+"""GardenerCallback inside a HuggingFace transformers.Trainer on a tiny BERT classifier, and
+the host attributes the Trainer reads through an instrumented model."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import esper
 from esper.integrations.gardener import Gardener
+from esper.kasmina.model import MorphogeneticModel
 from esper.leyline import Op
+from tests.helpers import ROOT, tiny_bert
 from tests.integrations.helpers import Scripted, count_calls, grow
 
 pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate (in the test extra)")
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments  # noqa: E402
 
-from esper.integrations.hf import GardenerCallback  # noqa: E402
+from esper.integrations.hf import HOST_ATTRIBUTES, GardenerCallback  # noqa: E402
 
 
 def accuracy(prediction) -> dict:
@@ -44,10 +50,11 @@ def test_the_trainer_grows_a_seed_deciding_at_each_evaluation(tmp_path, monkeypa
     hf.train()
     gardener = callback.gardener
     assert gardener.epochs == 4  # 8 steps, an evaluation every 2
-    assert [(e.op, e.tick) for e in gardener.edits] == [(Op.GERMINATE, 1), (Op.ADVANCE, 2), (Op.ADVANCE, 3), (Op.WAIT, 4)]
+    # decision 0 when training begins, then one per closed interval but the last
+    assert [(e.op, e.tick) for e in gardener.edits] == [(Op.GERMINATE, 0), (Op.ADVANCE, 1), (Op.ADVANCE, 2), (Op.WAIT, 3)]
     evaluated = [r["eval_accuracy"] for r in hf.state.log_history if "eval_accuracy" in r]
-    assert [o.global_feature("val_acc") for o in policy.seen] == pytest.approx(evaluated)
-    assert all(o.global_feature("train_loss") > 0 for o in policy.seen)
+    assert [o.global_feature("val_acc") for o in policy.seen[1:]] == pytest.approx(evaluated[:-1])
+    assert all(o.global_feature("train_loss") > 0 for o in policy.seen[1:]) and gardener.done
     # The seed joined the Trainer's optimizer, its scheduler kept stepping, and it trained.
     groups = hf.optimizer.param_groups
     seed_groups = [g for g in groups if g.get("esper_slot") == slot]
@@ -62,3 +69,27 @@ def test_a_trainer_that_would_drop_the_inputs_is_refused(tmp_path):
     hf = trainer(tmp_path, GardenerCallback(Scripted()), remove_unused_columns=True)
     with pytest.raises(ValueError, match="remove_unused_columns=False"):
         hf.train()
+
+
+def test_what_the_trainer_reads_is_read_through_to_the_host():
+    model, ids = tiny_bert()
+    mm = esper.instrument(model, (ids,))
+    assert set(HOST_ATTRIBUTES) <= MorphogeneticModel.host_attributes
+    assert mm.config is model.config and mm.main_input_name == model.main_input_name == "input_ids"
+    assert mm.num_parameters() == model.num_parameters() and mm.dtype == model.dtype and not mm.can_generate()
+    with pytest.raises(AttributeError, match="the host's own attributes are at .host.generate"):
+        mm.generate  # the host's would run without the seeds
+
+
+def test_the_names_are_forwarded_once_this_module_is_imported_and_not_before():
+    code = (
+        "import esper, torch\n"
+        "from tests.helpers import tiny_bert\n"
+        "model, ids = tiny_bert()\n"
+        "mm = esper.instrument(model, (ids,))\n"
+        "assert not hasattr(mm, 'config')\n"
+        "import esper.integrations.hf\n"
+        "assert mm.config is model.config\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -63,8 +63,9 @@ def test_lightning_grows_a_seed_deciding_at_each_epoch_end(monkeypatch):
     trainer.fit(module, loader(data.train), loader(data.val))
     gardener = callback.gardener
     assert gardener.epochs == 4 and gardener.model is module.net
-    assert [(e.op, e.tick) for e in gardener.edits] == [(Op.GERMINATE, 1), (Op.ADVANCE, 2), (Op.ADVANCE, 3), (Op.WAIT, 4)]
-    assert [o.global_feature("val_acc") for o in policy.seen] == pytest.approx(accuracies.values)
+    # decision 0 when training begins, then one per closed interval but the last
+    assert [(e.op, e.tick) for e in gardener.edits] == [(Op.GERMINATE, 0), (Op.ADVANCE, 1), (Op.ADVANCE, 2), (Op.WAIT, 3)]
+    assert [o.global_feature("val_acc") for o in policy.seen[1:]] == pytest.approx(accuracies.values[:-1]) and gardener.done
     # The seed trained in Lightning's optimizer at the rate its scheduler gave the host.
     groups = trainer.optimizers[0].param_groups
     assert [g.get("esper_slot") for g in groups] == [None, "block2"]

@@ -26,7 +26,7 @@ def test_seed_groups_follow_the_schedule_as_they_join_and_leave(name):
     mm, opt, data = tiny()
     scheduler = SCHEDULERS[name](opt)
     culled_then_another = [Edit(Op.CULL, "block2"), Edit(Op.GERMINATE, "block1", "norm", "linear", 1)]
-    gardener = esper.Gardener(mm, Scripted(grow("block2") + culled_then_another), optimizer=opt,
+    gardener = esper.Gardener(mm, Scripted([Edit(Op.WAIT), *grow("block2"), *culled_then_another]), optimizer=opt,
                               scheduler=scheduler, epochs=6, seed_lr_scale=0.5)
     x, y = data.train.x[:16], data.train.y[:16]
     seeds = []

@@ -9,7 +9,13 @@ import torch
 import esper
 from esper.kasmina.export import deployable
 from esper.leyline import ExportError
-from tests.helpers import HostCNN, onnx_outputs, tiny_bert
+from tests.helpers import HostCNN, named, onnx_outputs, tiny_bert
+
+# The exported graph may lower an operation differently from eager (a decomposed batch
+# norm, a fused add), so the artifact and the model agree up to rounding only. The models
+# here are float64: that rounding is ~1e-15, and torch's float64 tolerance (1e-7) sits
+# far above it and far below what a dropped fossil or a stale weight would change.
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _grown():
@@ -30,6 +36,7 @@ def _run_without_esper(program, x, y):
         f"m = torch.export.load({str(program)!r}).module()\n"
         f"x, y = torch.load({str(x)!r}), torch.load({str(y)!r})\n"
         "out = m(x)\n"
+        "assert out.dtype == y.dtype == torch.float64, (out.dtype, y.dtype)\n"
         "assert not any(k == 'esper' or k.startswith('esper.') or k.startswith('kernels') for k in sys.modules), 'esper was imported'\n"
         "print(float((out - y).abs().max()))\n"
     )
@@ -44,7 +51,7 @@ def test_exported_fossil_matches_in_a_process_without_esper(tmp_path):
     esper.export(mm, (x,), tmp_path / "model.pt2")
     torch.save(x, tmp_path / "x.pt")
     torch.save(mm(x).detach(), tmp_path / "y.pt")
-    assert _run_without_esper(tmp_path / "model.pt2", tmp_path / "x.pt", tmp_path / "y.pt") <= 1e-5
+    assert _run_without_esper(tmp_path / "model.pt2", tmp_path / "x.pt", tmp_path / "y.pt") <= 1e-7
 
 
 def test_deployable_graph_has_no_slots_and_only_aten_ops(tmp_path):
@@ -84,7 +91,8 @@ def test_hooked_host_exports_too(tmp_path):
     expected = mm(ids).last_hidden_state
     got = loaded(ids)
     got = got["last_hidden_state"] if isinstance(got, dict) else got[0]
-    assert torch.allclose(got, expected, atol=1e-5)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, expected, msg=named("last_hidden_state"))
 
 
 def test_onnx_export_computes_what_the_model_does(tmp_path):
@@ -93,7 +101,7 @@ def test_onnx_export_computes_what_the_model_does(tmp_path):
     esper.export(mm, (torch.randn(1, 3, 32, 32),), tmp_path / "m.onnx", format="onnx")
     expected = mm(x).detach()
     assert not torch.allclose(expected, mm.host(x), atol=1e-3)  # the fossil is in what is compared
-    torch.testing.assert_close(onnx_outputs(tmp_path / "m.onnx", x), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(onnx_outputs(tmp_path / "m.onnx", x), expected)
 
 
 def test_onnx_without_its_extra_says_how_to_get_it(tmp_path, monkeypatch):

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import esper
-from tests.helpers import HostCNN, tiny_bert
+from esper.kasmina.model import MorphogeneticModel
+from tests.helpers import HostCNN
 
 
 def test_a_name_the_model_does_not_have_is_an_attribute_error_not_a_host_attribute():
@@ -16,10 +17,13 @@ def test_a_name_the_model_does_not_have_is_an_attribute_error_not_a_host_attribu
         mm.plnae  # a typo
 
 
-def test_what_huggingface_trainers_read_is_forwarded_to_the_host():
-    model, ids = tiny_bert()
-    mm = esper.instrument(model, (ids,))
-    assert mm.config is model.config and mm.main_input_name == model.main_input_name
+def test_a_registered_host_attribute_is_read_through_to_the_host(monkeypatch):
+    monkeypatch.setattr(MorphogeneticModel, "host_attributes", MorphogeneticModel.host_attributes)  # restored after
+    mm = esper.instrument(HostCNN(), (torch.randn(2, 3, 16, 16),))
+    MorphogeneticModel.forward_host_attributes("blocks")
+    assert mm.blocks == 3
+    with pytest.raises(AttributeError, match="bloks"):
+        mm.bloks
 
 
 def test_fossilizing_folds_the_seed_through_the_models_graph_host():

@@ -6,9 +6,10 @@ Plays a fixed script on rank 0 (rank 1's policy would play only WAITs, so any ed
 applies came from rank 0): germinate two seeds, fossilize one, cull the other. Writes
 OUT/rank<R>.pt: every tick's hash of all parameter and buffer bytes, the edit log, the
 final test accuracy and the final state. HOST is `batchnorm` or `groupnorm` (whose
-training does not depend on how a batch is split). With `hang`, rank 1 stops answering
-after the second tick; with `die`, it exits there. With `nan`, block2 grows a seed whose
-output is NaN on batches of odd size: under two ranks only rank 1's shards are odd.
+training does not depend on how a batch is split; it runs in float64, see main). With
+`hang`, rank 1 stops answering after the second tick; with `die`, it exits there. With
+`nan`, block2 grows a seed whose output is NaN on batches of odd size: under two ranks
+only rank 1's shards are odd.
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ class GroupNormCNN(TinyCNN):
 def main(out: str, host: str, fault: str) -> None:
     torch.set_num_threads(1)
     ranks, device = start("cpu", timeout=10 if fault in ("hang", "die") else 120)
+    if host == "groupnorm":
+        # One process and two sum the gradient in different orders. AdamW divides each
+        # gradient by its running RMS, so where a gradient is nearly zero float32 rounding
+        # noise becomes a step of up to lr: the runs would part by an amount that depends
+        # on the CPU. In float64 the noise is ~1e-16 of the gradient's scale, far below
+        # AdamW's eps (1e-8), and the grown models agree to ~1e-15.
+        torch.set_default_dtype(torch.float64)
     template = TinyCNN() if host == "batchnorm" else GroupNormCNN()
     # 99 training images in batches of 25: two ranks split them 12/13, 12/13, 12/13, 12/12,
     # so the loss weighting is exercised.

@@ -7,7 +7,7 @@ import torch
 
 import esper
 from esper.leyline import Edit, Op, SeedStage, Vocabulary
-from esper.simic.baselines import WaitPolicy
+from esper.tamiyo import WaitPolicy
 from esper.kasmina.hosts import reinitialized_copies
 from esper.simic.env import EnvConfig, GrowthEnv
 from esper.simic.rewards import RewardBreakdown
@@ -163,7 +163,7 @@ def test_heuristic_fossilizes_a_seed_on_the_synthetic_task(synthetic_small):
 
     cfg = EnvConfig(epochs=8, batch_size=64)
     env = GrowthEnv(reinitialized_copies(HostCNN()), synthetic_small, cfg)
-    heuristic = HeuristicPolicy(Vocabulary(env.blueprints, env.blends, cfg.blend_steps), HeuristicConfig(tolerance=1.0, decline=1.0))
+    heuristic = HeuristicPolicy(Vocabulary(env.vocab.blueprints, env.vocab.blends, cfg.blend_steps), HeuristicConfig(tolerance=1.0, decline=1.0))
     rollout = play(env, heuristic, seed=0)
     summary = rollout.summaries[0]
     assert summary.germinated == 1
@@ -204,4 +204,4 @@ def test_channels_last_trains_the_same_model_in_the_other_layout():
     seed = runs[True].plane.seed_parameters("block2")
     assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) for p in seed)
     for key in ("train_loss", "val_loss"):
-        assert getattr(runs[True].record.now, key) == pytest.approx(getattr(runs[False].record.now, key), rel=1e-3)
+        assert getattr(runs[True].loop.record.now, key) == pytest.approx(getattr(runs[False].loop.record.now, key), rel=1e-3)

@@ -38,11 +38,11 @@ def test_a_causal_host_is_offered_causal_safe_seeds_only(recall):
     env = gpt_env(recall)
     obs = env.reset(0)
     assert env.task.name == "next_token" and env.plane.causal
-    offered = {env.blueprints[j] for j in obs.blueprint_mask[0].nonzero().flatten().tolist()}
+    offered = {env.vocab.blueprints[j] for j in obs.blueprint_mask[0].nonzero().flatten().tolist()}
     assert offered == {"causal_attention", "lora", "mlp", "norm"}
-    assert [b for b, ok in zip(env.blends, obs.blend_mask.tolist()) if ok] == blend_names(causal=True)
+    assert [b for b, ok in zip(env.vocab.blends, obs.blend_mask.tolist()) if ok] == blend_names(causal=True)
     # a random policy explores every legal choice: none is refused by the plane, none could see the future
-    rollout = run_episodes(VectorEnv([env]), [0], decide_with(RandomPolicy(Vocabulary(env.blueprints, env.blends, 1), seed=0)))
+    rollout = run_episodes(VectorEnv([env]), [0], decide_with(RandomPolicy(Vocabulary(env.vocab.blueprints, env.vocab.blends, 1), seed=0)))
     grown = [e for e in env.plane.edits if e.op is Op.GERMINATE]
     assert not {e.blueprint for e in grown} & UNSAFE_BLUEPRINTS and all(e.blend != "gated" for e in grown)
     summary = rollout.summaries[0]
@@ -51,7 +51,7 @@ def test_a_causal_host_is_offered_causal_safe_seeds_only(recall):
 
 def test_the_heuristic_grows_a_transformer_on_next_token_accuracy(recall):
     env = gpt_env(recall, epochs=8)
-    policy = HeuristicPolicy(Vocabulary(env.blueprints, env.blends, 1), HeuristicConfig(blueprint_preference=["attention", "mlp"]))
+    policy = HeuristicPolicy(Vocabulary(env.vocab.blueprints, env.vocab.blends, 1), HeuristicConfig(blueprint_preference=["attention", "mlp"]))
     rollout = run_episodes(VectorEnv([env]), [0], decide_with(policy))
     germinated = [e for e in env.plane.edits if e.op is Op.GERMINATE]
     assert germinated and all(e.blueprint == "mlp" for e in germinated)  # its first choice is masked here

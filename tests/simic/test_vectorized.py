@@ -50,7 +50,7 @@ def test_two_environments_run_in_lockstep_with_one_call_per_decision(toy):
 
 def test_tamiyo_acts_once_per_decision_on_the_whole_batch(toy, monkeypatch):
     envs = make_envs(toy, epochs=2)
-    policy = TamiyoPolicy(Vocabulary(envs[0].blueprints, envs[0].blends, 2), hidden=16)
+    policy = TamiyoPolicy(Vocabulary(envs[0].vocab.blueprints, envs[0].vocab.blends, 2), hidden=16)
     sizes = []
     act = policy.act
 
@@ -74,7 +74,7 @@ def test_heuristic_drives_every_environment_through_a_whole_seed_life(toy):
     # Eight epochs: room to germinate (after three of history), train, blend over two and fossilize.
     # Cull rules off, since a toy probe's contributions are noise (tests/tamiyo covers them).
     envs = make_envs(toy, epochs=8)
-    heuristic = HeuristicPolicy(Vocabulary(envs[0].blueprints, envs[0].blends, 2), HeuristicConfig(tolerance=1.0, decline=1.0))
+    heuristic = HeuristicPolicy(Vocabulary(envs[0].vocab.blueprints, envs[0].vocab.blends, 2), HeuristicConfig(tolerance=1.0, decline=1.0))
     rollout = run_episodes(VectorEnv(envs), [0, 1], decide_with(heuristic))
     assert all(len(d.edits) == 2 for d in rollout.decisions)
     assert torch.isfinite(torch.tensor([s.episode_return for s in rollout.summaries])).all()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given
@@ -17,11 +20,23 @@ from esper.tamiyo import (
     TamiyoPolicy,
     masks_for,
 )
+from tests.helpers import named
 from tests.tamiyo.factory import BLENDS, BLUEPRINTS, STEPS, VOCAB, make_observation, observations
 
 torch.manual_seed(0)
 POLICY = TamiyoPolicy(VOCAB, hidden=32)
 S = SeedStage
+# For comparing two paths to the same numbers: batches of different sizes and padding take
+# different matrix kernels and attention paths (act runs without autograd, evaluate with
+# it), which round differently. In float64 that rounding is ~1e-15, so torch's float64
+# tolerance (1e-7) catches a wrong mask, a padded slot that leaks into the attention or a
+# head fed the wrong row, however small its effect.
+POLICY64 = copy.deepcopy(POLICY).double()
+
+
+def float64(batch):
+    return dataclasses.replace(batch, global_features=batch.global_features.double(),
+                               slot_features=batch.slot_features.double())
 
 
 def assert_legal(obs: Observation, action: Action) -> None:
@@ -102,30 +117,31 @@ def test_evaluate_reproduces_act_with_stored_masks():
     for step in range(4):
         # Different slot counts per environment, so act pads differently from the minibatches.
         obs_list = [make_observation(stages[: 1 + (e + step) % 6], seed=10 * step + e) for e in range(num_envs)]
-        sample = POLICY.act(batch_observations(obs_list))
+        sample = POLICY64.act(float64(batch_observations(obs_list)))
         buffer.add(obs_list, sample, [0.0] * num_envs, [False] * num_envs)
         samples.append(sample)
     buffer.compute_returns(torch.zeros(num_envs), 0.99, 0.95)
     old_log_prob = torch.cat([s.log_prob for s in samples])
     old_value = torch.cat([s.value for s in samples])
+    assert old_log_prob.dtype == torch.float64
     index = torch.randperm(len(buffer))[:13]
     batch, actions, masks, stored_log_prob, _, _ = buffer.minibatch(index)
-    log_prob, entropy, value = POLICY.evaluate(batch, actions, masks)
-    torch.testing.assert_close(stored_log_prob, old_log_prob[index])
-    torch.testing.assert_close(log_prob, old_log_prob[index], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(value, old_value[index], atol=1e-5, rtol=1e-5)
+    log_prob, entropy, value = POLICY64.evaluate(float64(batch), actions, masks)
+    torch.testing.assert_close(stored_log_prob, old_log_prob[index], rtol=0, atol=0)  # a copy
+    torch.testing.assert_close(log_prob, old_log_prob[index], msg=named("log_prob"))
+    torch.testing.assert_close(value, old_value[index], msg=named("value"))
     assert set(entropy) == set(HEADS)
 
 
 def test_same_weights_act_on_any_slot_count():
     small = make_observation([S.DORMANT, S.TRAINING], seed=3)
     large = make_observation([S.DORMANT, S.GERMINATED, S.TRAINING, S.BLENDING, S.FOSSILIZED, S.CULLED, S.DORMANT], seed=4)
-    alone = [POLICY.act(batch_observations([o]), deterministic=True) for o in (small, large)]
-    together = POLICY.act(batch_observations([small, large]), deterministic=True)
+    alone = [POLICY64.act(float64(batch_observations([o])), deterministic=True) for o in (small, large)]
+    together = POLICY64.act(float64(batch_observations([small, large])), deterministic=True)
     for i, sample in enumerate(alone):
         assert together.row(i) == sample.row(0)
-        torch.testing.assert_close(together.log_prob[i], sample.log_prob[0], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(together.value[i], sample.value[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(together.log_prob[i], sample.log_prob[0], msg=named(f"log_prob {i}"))
+        torch.testing.assert_close(together.value[i], sample.value[0], msg=named(f"value {i}"))
     edits = POLICY.decide([small, large])
     assert len(edits) == 2 and all(isinstance(e, Edit) for e in edits)
 

@@ -167,13 +167,25 @@ def test_gradients_are_clipped_to_max_grad_norm():
     assert float(step.norm()) == pytest.approx(0.1 * 0.01, rel=1e-3)  # SGD moved by lr times the clipped gradient
 
 
+def _sixteenths(a):
+    """Advantages on a grid of 1/16: then a * 4 + 3, their mean (a sum over 16 rows, over
+    16) and each deviation from it are exact in fp32, the deviations' squares and sum are
+    exact in the float64 torch accumulates the variance in, and a square root scales
+    exactly by 4. So normalising 4 a + 3 gives the same bits as normalising a; a scale
+    of 10 would round differently, and leave a step that differs by rounding."""
+    a = (16 * a).round() / 16
+    assert a.std() >= 0.25  # so that the + 1e-8 under the division rounds away in both
+    return a
+
+
 def test_advantages_are_normalised_per_minibatch():
-    # Normalised, a positive affine change of the advantages leaves the policy step as it was.
-    _, _, step, _ = _one_step()
-    _, _, shifted, _ = _one_step(advantages=lambda a: 10 * a + 3)
-    torch.testing.assert_close(shifted, step, rtol=1e-4, atol=1e-7)
-    _, _, raw, _ = _one_step(normalize_advantages=False)
-    _, _, raw_shifted, _ = _one_step(advantages=lambda a: 10 * a + 3, normalize_advantages=False)
+    # Normalised, a positive affine change of the advantages leaves the policy step as it was,
+    # to the bit (see _sixteenths): a missed mean or deviation changes it by far more.
+    _, _, step, _ = _one_step(advantages=_sixteenths)
+    _, _, shifted, _ = _one_step(advantages=lambda a: 4 * _sixteenths(a) + 3)
+    torch.testing.assert_close(shifted, step, rtol=0, atol=0)
+    _, _, raw, _ = _one_step(advantages=_sixteenths, normalize_advantages=False)
+    _, _, raw_shifted, _ = _one_step(advantages=lambda a: 4 * _sixteenths(a) + 3, normalize_advantages=False)
     assert not torch.allclose(raw_shifted, raw, rtol=1e-2)
 
 

@@ -1,0 +1,139 @@
+"""The growth loop: one decision interval after another, the same for every way of growing.
+
+    loop = GrowthLoop(mm, vocab, decisions=T, measure=...)
+    loop.start(numbers)              # the untrained model's numbers: decision 0 is observable
+    while not loop.done:
+        obs = loop.observe()         # observe
+        loop.apply(policy.decide([obs])[0])   # decide, apply: the plane logs the edit at tick t
+        ...train the interval, then measure its numbers (training chunk, validation)...
+        info = loop.close(numbers)   # tick, measure contributions, reward -> StepInfo
+
+`GrowthEnv` (and so `esper grow`, `esper train` and the evidence tools) runs it with the
+numbers of `HostTrainer`'s chunks; the `Gardener` (and so the HuggingFace and Lightning
+callbacks) with the numbers a user's loop measured. Both evaluate a trained interval
+before its tick, as a user's loop does at the end of an epoch, so a policy sees the same
+observations, in the same order, wherever it runs: decisions at ticks 0..T-1, edits
+logged at those ticks, and T StepInfos.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from esper.kasmina.blending import blend_names
+from esper.kasmina.blueprints import blueprint_ranks
+from esper.leyline import Edit, EpisodeSummary, Observation, StepInfo, Vocabulary
+from esper.runs.report import timeline_row
+from esper.simic.distributed import Ranks, check_in_step
+from esper.simic.episode import EpisodeRecord, Numbers
+from esper.simic.features import build_observation
+from esper.simic.rewards import RewardBreakdown, RewardConfig, RewardState, compute_reward
+
+
+class GrowthLoop:
+    """The decisions of one growth run of `decisions` intervals, `decisions_per_epoch` of
+    them an epoch. `measure()` returns each BLENDING seed's (and fossil's) contribution
+    after a tick, or {} when nothing measures them."""
+
+    def __init__(
+        self,
+        mm,
+        vocab: Vocabulary,
+        *,
+        decisions: int,
+        decisions_per_epoch: int = 1,
+        measure: Callable[[], dict[str, float]] | None = None,
+        reward: RewardConfig | None = None,
+        ranks: Ranks = Ranks(),
+    ):
+        if decisions < 1 or decisions_per_epoch < 1:
+            raise ValueError(f"decisions and decisions_per_epoch must be at least 1, got {decisions}, {decisions_per_epoch}")
+        self.mm = mm
+        self.plane = mm.plane
+        self.vocab = vocab
+        self.decisions = decisions
+        self.decisions_per_epoch = decisions_per_epoch
+        self.measure = measure or dict
+        self.reward_cfg = reward or RewardConfig()
+        self.ranks = ranks
+        causal = self.plane.causal  # on a causal host only causal-safe seeds are offered
+        self.blueprint_ranks, self.usable_blends = blueprint_ranks(causal), blend_names(causal)
+        self.host_params = mm.host_parameter_count()
+        self.contributions: dict[str, float] = {}
+        self.t = 0
+        self.record: EpisodeRecord | None = None
+        self._edit: Edit | None = None  # the edit that opened the interval now running
+
+    @property
+    def done(self) -> bool:
+        return self.t >= self.decisions
+
+    @property
+    def reward(self) -> RewardBreakdown:
+        """The last closed interval's reward."""
+        return self.record.rewards[-1]
+
+    def total_params(self) -> int:
+        return sum(p.numel() for p in self.mm.parameters())
+
+    def start(self, numbers: Numbers) -> None:
+        """Begin at decision 0 with the numbers of the model before training (NaN: unknown)."""
+        self.record = EpisodeRecord(self.plane, numbers)
+        self._reward_state = RewardState.from_telemetry(self._telemetry(), numbers.val_acc, self.host_params,
+                                                        self.total_params(), {})
+
+    def observe(self) -> Observation:
+        signals = self.record.signals(self.t, self.decisions, self.host_params, self.total_params())
+        return build_observation(self._telemetry(), signals, self.contributions, list(self.vocab.blueprints),
+                                 self.blueprint_ranks, list(self.vocab.blends), usable_blends=self.usable_blends)
+
+    def apply(self, edit: Edit) -> Edit:
+        """Decision t's edit, through the plane (which logs it); returns the logged edit."""
+        if self.done:
+            raise RuntimeError(f"the growth run is over: all {self.decisions} decisions were taken")
+        if self._edit is not None:
+            raise RuntimeError(f"decision {self.t} was applied already: close() the interval it opened first")
+        self._edit = self.plane.apply(edit)
+        self.record.ops[self._edit.op.name] += 1
+        return self._edit
+
+    def close(self, numbers: Numbers, images: int = 0, seconds: float = 0.0) -> StepInfo:
+        """End interval t with its numbers (training numbers of None: no batches, keep the
+        last ones): tick the plane, measure the contributions, reward, record."""
+        if self._edit is None:
+            raise RuntimeError(f"interval {self.t} has no edit: apply() decision {self.t} first")
+        if numbers.train_loss is None:
+            numbers = Numbers(self.record.now.train_loss, self.record.now.train_acc, numbers.val_loss, numbers.val_acc)
+        self.plane.step()
+        check_in_step(self.mm, self.ranks)
+        self.contributions = self.measure()
+        self.t += 1
+        telemetry = self._telemetry()
+        params = self.total_params()
+        state = RewardState.from_telemetry(telemetry, numbers.val_acc, self.host_params, params, self.contributions,
+                                           prev=self._reward_state)
+        reward = compute_reward(self._reward_state, state, self._edit, self.done, self.reward_cfg)
+        self._reward_state = state
+        slots = timeline_row(self.plane)
+        self.record.add_step(numbers, reward, slots, images, seconds)
+        info = StepInfo(self.t, self.t / self.decisions_per_epoch, self._edit, **vars(numbers),
+                        contributions=dict(self.contributions), reward=reward.as_dict(), params=params,
+                        host_params=self.host_params, slots=slots, images=images, train_seconds=seconds)
+        self._edit = None
+        return info
+
+    def summary(self) -> EpisodeSummary:
+        return self.record.summary(self.plane, self.total_params(), self.host_params)
+
+    def _telemetry(self):
+        return [slot.telemetry() for slot in self.plane.slots.values()]
+
+
+def number(value) -> float:
+    """A metric as a float; None (not measured) reads as NaN, which the features mark unknown."""
+    if value is None:
+        return math.nan
+    return float(value.item() if isinstance(value, torch.Tensor) else value)
