@@ -11,8 +11,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 def build_model() -> GPT2LMHeadModel:
     # bos/eos inside the vocabulary, and no key/value cache: a model that is still growing trains without one.
-    config = GPT2Config(vocab_size=256, n_positions=64, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0,
-                        use_cache=False)
+    config = GPT2Config(vocab_size=256, n_positions=64, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0, use_cache=False)
     return GPT2LMHeadModel(config)
 
 

@@ -93,9 +93,7 @@ def blend(h: torch.Tensor, s: torch.Tensor, alpha: torch.Tensor | float) -> torc
     the arithmetic runs in fp32.
     """
     if s.shape != h.shape or s.dtype != h.dtype:
-        raise ValueError(
-            f"blend: s {tuple(s.shape)} {s.dtype} must match h {tuple(h.shape)} {h.dtype}"
-        )
+        raise ValueError(f"blend: s {tuple(s.shape)} {s.dtype} must match h {tuple(h.shape)} {h.dtype}")
     if not isinstance(alpha, torch.Tensor):
         alpha = torch.tensor(float(alpha), device=h.device)
     elif alpha.dim() == 0 and alpha.device != h.device:
@@ -118,9 +116,7 @@ def straight_through(h: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     for finite ``s`` (an inf or NaN there turns the output NaN).
     """
     if s.shape != h.shape or s.dtype != h.dtype:
-        raise ValueError(
-            f"straight_through: s {tuple(s.shape)} {s.dtype} must match h {tuple(h.shape)} {h.dtype}"
-        )
+        raise ValueError(f"straight_through: s {tuple(s.shape)} {s.dtype} must match h {tuple(h.shape)} {h.dtype}")
     if _use_triton(h):
         return torch.ops.esper.straight_through(h, s)
     return straight_through_reference(h, s)

@@ -99,12 +99,7 @@ def plan(shape: torch.Size, alpha_shape: torch.Size) -> Plan | None:
 
 def supports(h: torch.Tensor, alpha: torch.Tensor) -> bool:
     """Whether the Triton blend handles these inputs (else the caller uses the reference)."""
-    return (
-        HAS_TRITON
-        and h.dtype in _KERNEL_DTYPES
-        and alpha.device == h.device
-        and plan(h.shape, alpha.shape) is not None
-    )
+    return HAS_TRITON and h.dtype in _KERNEL_DTYPES and alpha.device == h.device and plan(h.shape, alpha.shape) is not None
 
 
 # Elements per tile: 16 per thread at 4 warps keeps enough bytes in flight for HBM.

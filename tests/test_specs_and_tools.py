@@ -44,8 +44,7 @@ def test_the_training_spec_trains_shortened(tmp_path, monkeypatch):
 
 
 def _tool(*args, env=None):
-    r = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, **(env or {})})
+    r = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
     assert r.returncode == 0, r.stderr[-2000:]
     return r.stdout
 

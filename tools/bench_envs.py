@@ -32,11 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from host_cnn import HostCNN  # noqa: E402
 
 from esper.data.splits import DataSplits, TensorData  # noqa: E402
-from esper.leyline import Edit, Op  # noqa: E402
 from esper.kasmina.hosts import reinitialized_copies  # noqa: E402
+from esper.leyline import Edit, Op  # noqa: E402
 from esper.simic.env import EnvConfig, GrowthEnv  # noqa: E402
 from esper.simic.vectorized import VectorEnv  # noqa: E402
-
 
 
 def random_data(n: int, device: torch.device, classes: int = 10, size: int = 32) -> DataSplits:
@@ -57,8 +56,14 @@ def plan(step: int, blueprint: str) -> Edit:
 
 
 def measure(k: int, runner: str, args, data: DataSplits, device: torch.device) -> dict:
-    cfg = EnvConfig(epochs=args.steps + 1, batch_size=args.batch_size, eval_batch_size=1000, precision=args.precision,
-                    channels_last=args.channels_last, contribution_samples=256)
+    cfg = EnvConfig(
+        epochs=args.steps + 1,
+        batch_size=args.batch_size,
+        eval_batch_size=1000,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        contribution_samples=256,
+    )
     envs = [GrowthEnv(reinitialized_copies(HostCNN(width=args.width)), data, cfg, device=device) for _ in range(k)]
     venv = VectorEnv(envs, runner=runner)
     venv.reset(list(range(k)))
@@ -69,8 +74,15 @@ def measure(k: int, runner: str, args, data: DataSplits, device: torch.device) -
         images += sum(r.info.images for r in results)
         train_seconds += sum(r.info.train_seconds for r in results)
     wall = time.perf_counter() - start
-    return {"k": k, "runner": runner, "images": images, "train_seconds": train_seconds, "step_seconds": wall,
-            "train_ips": images / train_seconds, "step_ips": images / wall}
+    return {
+        "k": k,
+        "runner": runner,
+        "images": images,
+        "train_seconds": train_seconds,
+        "step_seconds": wall,
+        "train_ips": images / train_seconds,
+        "step_ips": images / wall,
+    }
 
 
 def main(argv=None) -> list[dict]:
@@ -83,8 +95,12 @@ def main(argv=None) -> list[dict]:
     add("--batch-size", type=int, default=256, help="per environment")
     add("--width", type=int, default=32, help="HostCNN's first-block channels")
     add("--steps", type=int, default=3, help="timed decisions after the warm-up one")
-    add("--precision", choices=["fp32", "bf16"], default="fp32",
-        help="bf16 autocasts on CUDA; HostCNN's BatchNorm then runs sequentially only (see esper/simic/batched.py)")
+    add(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16 autocasts on CUDA; HostCNN's BatchNorm then runs sequentially only (see esper/simic/batched.py)",
+    )
     add("--channels-last", action="store_true")
     add("--blueprint", default="conv_enhance", help="the seed every environment grows in block2")
     add("--json", help="also write the rows to this file")
@@ -92,8 +108,10 @@ def main(argv=None) -> list[dict]:
     device = torch.device(args.device)
     data = random_data(args.images, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"device: {name}  torch {torch.__version__}  HostCNN width {args.width}, batch {args.batch_size} per env, "
-          f"{args.precision}{', channels_last' if args.channels_last else ''}")
+    print(
+        f"device: {name}  torch {torch.__version__}  HostCNN width {args.width}, batch {args.batch_size} per env, "
+        f"{args.precision}{', channels_last' if args.channels_last else ''}"
+    )
     header = f"{'K':>3}  {'runner':<11}{'train img/s':>13}{'step img/s':>12}{'vs 1 env':>10}"
     print(header)
     print("-" * len(header))

@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-import esper  # noqa: E402
 from host_cnn import HostCNN  # noqa: E402
+
+import esper  # noqa: E402
 
 
 class HandWritten(nn.Module):

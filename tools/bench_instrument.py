@@ -20,9 +20,10 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-import esper  # noqa: E402
 from host_cnn import HostCNN  # noqa: E402
 from tiny_gpt import TinyGPT  # noqa: E402
+
+import esper  # noqa: E402
 
 
 def _bert():

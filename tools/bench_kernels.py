@@ -22,9 +22,8 @@ import statistics
 import time
 from collections.abc import Callable
 
-import torch
-
 import esper.kernels as K
+import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 B, D = 32, 1024  # h is (B, T, D); T follows from the working set
@@ -130,9 +129,7 @@ def bench_config(dtype, mb: float, layout: str, device: str, reps: int, warmup: 
 
 def main(argv=None) -> list[dict]:
     """Print the table; return its rows (with "target" and "vs_compile" for the kernel's)."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--mb", type=float, nargs="+", default=[256, 1024], help="working sets in MB (h + s + out)")
     add("--dtypes", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"])
@@ -170,9 +167,19 @@ def main(argv=None) -> list[dict]:
             for pass_name, name, ms, gbs, ratio in rows:
                 label = f"{dtype_name:<6}{mb:>7g}  {pass_name:<15}{name:<9}"
                 print(f"{label}{ms:>10.3f}{gbs:>10.1f}{ratio:>8.0%}")
-                results.append({"dtype": dtype_name, "mb": mb, "pass": pass_name, "variant": name, "ms": ms,
-                                "gbs": gbs, "vs_copy": ratio, "vs_compile": compile_ms[pass_name] / ms,
-                                "target": TARGETS[pass_name] if name == "kernel" else None})
+                results.append(
+                    {
+                        "dtype": dtype_name,
+                        "mb": mb,
+                        "pass": pass_name,
+                        "variant": name,
+                        "ms": ms,
+                        "gbs": gbs,
+                        "vs_copy": ratio,
+                        "vs_compile": compile_ms[pass_name] / ms,
+                        "target": TARGETS[pass_name] if name == "kernel" else None,
+                    }
+                )
                 target = TARGETS[pass_name]
                 if name == "kernel" and ratio < target:
                     misses.append(f"{dtype_name} {mb:g} MB {pass_name}: {ratio:.0%} < {target:.0%}")

@@ -45,21 +45,33 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=4, help="esper train: episodes (one PPO update per round)")
     p.add_argument("--cores", type=int, default=os.cpu_count())
     args = p.parse_args()
-    common = ["--host", "examples/host_cnn.py", "--data", "synthetic", "--limit", str(args.limit),
-              "--epochs", str(args.epochs), "--no-progress"]
+    common = [
+        "--host",
+        "examples/host_cnn.py",
+        "--data",
+        "synthetic",
+        "--limit",
+        str(args.limit),
+        "--epochs",
+        str(args.epochs),
+        "--no-progress",
+    ]
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in (1, 2):
             out = Path(tmp) / f"grow{n}"
             wall = torchrun(n, ["grow", "--policy", "heuristic", "--out", str(out), *common], args.cores)
             s = json.loads((out / "summary.json").read_text())
-            rows[("grow", n)] = (wall, s["throughput"]["images_per_second"], s["throughput"]["decisions_per_second"],
-                                 f"test acc {s['test_acc']:.3f}")
+            rows[("grow", n)] = (
+                wall,
+                s["throughput"]["images_per_second"],
+                s["throughput"]["decisions_per_second"],
+                f"test acc {s['test_acc']:.3f}",
+            )
         for n in (1, 2):
             out = Path(tmp) / f"train{n}"
             envs = args.episodes // n
-            wall = torchrun(n, ["train", "--episodes", str(args.episodes), "--envs", str(envs), "--out", str(out), *common],
-                            args.cores)
+            wall = torchrun(n, ["train", "--episodes", str(args.episodes), "--envs", str(envs), "--out", str(out), *common], args.cores)
             tp = last_record(out / "metrics.jsonl", "update")["throughput"]
             rows[("train", n)] = (wall, tp["images_per_second"], tp["decisions_per_second"], f"{envs} env(s) per process")
     print(f"{args.cores} cores; synthetic, {args.limit} images, {args.epochs} epochs; train: {args.episodes} episodes")

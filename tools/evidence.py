@@ -52,13 +52,13 @@ from esper.data.splits import DataSplits, TensorData, load_data  # noqa: E402
 from esper.leyline import SeedStage, Vocabulary  # noqa: E402
 from esper.runs.grow_run import write_grow_run  # noqa: E402
 from esper.runs.metrics import read_jsonl  # noqa: E402
-from esper.tamiyo import build_policy  # noqa: E402
 from esper.simic.env import EnvConfig, GrowthEnv  # noqa: E402
 from esper.simic.rewards import RewardConfig  # noqa: E402
 from esper.simic.train_config import TrainConfig, episode_seed  # noqa: E402
 from esper.simic.train_files import load_policy  # noqa: E402
 from esper.simic.training import Trainer  # noqa: E402
 from esper.simic.vectorized import decide_with, grow_once  # noqa: E402
+from esper.tamiyo import build_policy  # noqa: E402
 
 CIFAR_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 BLUEPRINTS = ["attention", "conv_enhance", "depthwise", "norm"]  # every blueprint of a conv slot
@@ -89,8 +89,7 @@ class Scale:
 
 
 def _env(**kw) -> EnvConfig:
-    return EnvConfig(**{"decisions_per_epoch": 2, "blend_steps": 2, "contribution_samples": 500,
-                        "eval_batch_size": 1000, "lr": 2e-3, **kw})
+    return EnvConfig(**{"decisions_per_epoch": 2, "blend_steps": 2, "contribution_samples": 500, "eval_batch_size": 1000, "lr": 2e-3, **kw})
 
 
 # The regime: a narrow HostCNN that underfits CIFAR-10 in this budget, so a bigger model
@@ -98,12 +97,58 @@ def _env(**kw) -> EnvConfig:
 # seed can germinate early and blend within an epoch, and a reward that grants growth up
 # to the host's own size for free and charges for more.
 SCALES = {
-    "smoke": Scale("smoke", "synthetic", 400, 200, 200, 8, 4, 2, 2, 1, 1, 300, 1,
-                   env=_env(epochs=2, batch_size=64), reward=RewardConfig(param_budget=1.0)),
-    "cpu": Scale("cpu", str(CIFAR_ARCHIVE), 10_000, 2_000, None, 16, 5, 5, 24, 4, 8, 2_000, 4,
-                 env=_env(epochs=8, batch_size=128, channels_last=True), reward=RewardConfig(param_budget=1.0)),
-    "gpu": Scale("gpu", str(CIFAR_ARCHIVE), 45_000, 5_000, None, 32, 5, 10, 256, 16, 64, 6_000, 8, device="cuda",
-                 env=_env(epochs=15, batch_size=256, augment=True), reward=RewardConfig(param_budget=1.0)),
+    "smoke": Scale(
+        "smoke",
+        "synthetic",
+        400,
+        200,
+        200,
+        8,
+        4,
+        2,
+        2,
+        1,
+        1,
+        300,
+        1,
+        env=_env(epochs=2, batch_size=64),
+        reward=RewardConfig(param_budget=1.0),
+    ),
+    "cpu": Scale(
+        "cpu",
+        str(CIFAR_ARCHIVE),
+        10_000,
+        2_000,
+        None,
+        16,
+        5,
+        5,
+        24,
+        4,
+        8,
+        2_000,
+        4,
+        env=_env(epochs=8, batch_size=128, channels_last=True),
+        reward=RewardConfig(param_budget=1.0),
+    ),
+    "gpu": Scale(
+        "gpu",
+        str(CIFAR_ARCHIVE),
+        45_000,
+        5_000,
+        None,
+        32,
+        5,
+        10,
+        256,
+        16,
+        64,
+        6_000,
+        8,
+        device="cuda",
+        env=_env(epochs=15, batch_size=256, augment=True),
+        reward=RewardConfig(param_budget=1.0),
+    ),
 }
 STATIC_CANDIDATES = {  # name -> (blueprint, which slots)
     "conv_enhance@deepest": ("conv_enhance", "deepest"),
@@ -127,10 +172,20 @@ def load_regime_data(scale: Scale, root: str) -> tuple[DataSplits, dict]:
     # The synthetic task is generated at the size asked for; a real dataset is loaded whole.
     total = scale.train_images + scale.val_images
     synthetic = scale.data == "synthetic"
-    data = load_data(scale.data, root=root, seed=0, progress=True, limit=total if synthetic else None,
-                     val_fraction=scale.val_images / total if synthetic else 0.1)
-    splits = dataclasses.replace(data, train=_subset(data.train, scale.train_images, 1),
-                                 val=_subset(data.val, scale.val_images, 2), test=_subset(data.test, scale.test_images, 3))
+    data = load_data(
+        scale.data,
+        root=root,
+        seed=0,
+        progress=True,
+        limit=total if synthetic else None,
+        val_fraction=scale.val_images / total if synthetic else 0.1,
+    )
+    splits = dataclasses.replace(
+        data,
+        train=_subset(data.train, scale.train_images, 1),
+        val=_subset(data.val, scale.val_images, 2),
+        test=_subset(data.test, scale.test_images, 3),
+    )
     return splits, dataset_record(scale.data, data.name, {"seed": 0, "limit": total})
 
 
@@ -177,21 +232,44 @@ class Benchmark:
         if (arm, seed) in self.runs:
             return self.runs[(arm, seed)]
         template = host if host is not None else self.host
-        env = GrowthEnv(lambda: copy.deepcopy(template), self.data, env_cfg or self.scale.env, self.scale.reward,
-                        blueprints=BLUEPRINTS, blends=BLENDS, device=self.scale.device, example_input=self.example)
+        env = GrowthEnv(
+            lambda: copy.deepcopy(template),
+            self.data,
+            env_cfg or self.scale.env,
+            self.scale.reward,
+            blueprints=BLUEPRINTS,
+            blends=BLENDS,
+            device=self.scale.device,
+            example_input=self.example,
+        )
         s = grow_once(env, seed, decide_with(policy), self._on_device(self.data.test))
         write_grow_run(self.work / "runs" / f"{arm.replace(':', '-')}-{seed}", summary=s, edits=env.plane.edits, report=False)
         fossils = {i: sl.blueprint for i, sl in env.plane.slots.items() if sl.stage is SeedStage.FOSSILIZED}
-        record = {"arm": arm, "seed": seed, "test_acc": s["test_acc"], "test_loss": s["test_loss"], "val_acc": s["val_acc"],
-                  "train_acc": s["train_acc"], "params": s["params"], "host_params": s["host_params"],
-                  "params_added": s["params"] - s["host_params"], "seconds": s["wall_seconds"],
-                  "fossils": fossils, "germinated": s["germinated"], "culled": s["culled"], "return": s["return"],
-                  "edits": [e.to_dict() for e in env.plane.edits]}
+        record = {
+            "arm": arm,
+            "seed": seed,
+            "test_acc": s["test_acc"],
+            "test_loss": s["test_loss"],
+            "val_acc": s["val_acc"],
+            "train_acc": s["train_acc"],
+            "params": s["params"],
+            "host_params": s["host_params"],
+            "params_added": s["params"] - s["host_params"],
+            "seconds": s["wall_seconds"],
+            "fossils": fossils,
+            "germinated": s["germinated"],
+            "culled": s["culled"],
+            "return": s["return"],
+            "edits": [e.to_dict() for e in env.plane.edits],
+        }
         self.runs[(arm, seed)] = record
         with open(self.log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        print(f"  {arm:>18} seed {seed}: test {s['test_acc']:.4f} val {s['val_acc']:.4f} params +{record['params_added']:,} "
-              f"fossils {fossils or '-'} ({record['seconds']:.0f}s)", flush=True)
+        print(
+            f"  {arm:>18} seed {seed}: test {s['test_acc']:.4f} val {s['val_acc']:.4f} params +{record['params_added']:,} "
+            f"fossils {fossils or '-'} ({record['seconds']:.0f}s)",
+            flush=True,
+        )
         return record
 
     def _on_device(self, split: TensorData) -> TensorData:
@@ -220,14 +298,28 @@ class Benchmark:
         budget = self.scale.reward.param_budget * self.runs[("host", 0)]["params"]
         affordable = [n for n in val if self.runs[(f"static:{n}", 0)]["params_added"] <= budget] or [best]
         preferred = STATIC_CANDIDATES[max(affordable, key=val.get)][0]
-        print(f"  static = {best} (best validation accuracy); the heuristic prefers {preferred} "
-              "(the best candidate within the reward's parameter budget)", flush=True)
+        print(
+            f"  static = {best} (best validation accuracy); the heuristic prefers {preferred} "
+            "(the best candidate within the reward's parameter budget)",
+            flush=True,
+        )
         return best, preferred
 
     def train_config(self, preferred: str, data: str, episodes: int, limit: int | None = None) -> TrainConfig:
         s = self.scale
-        cfg = TrainConfig(data=data, limit=limit, episodes=episodes, envs=s.envs, seed=1000, device=s.device,
-                          warm_start=s.warm_start, blueprints=BLUEPRINTS, blends=BLENDS, env=s.env, reward=s.reward)
+        cfg = TrainConfig(
+            data=data,
+            limit=limit,
+            episodes=episodes,
+            envs=s.envs,
+            seed=1000,
+            device=s.device,
+            warm_start=s.warm_start,
+            blueprints=BLUEPRINTS,
+            blends=BLENDS,
+            env=s.env,
+            reward=s.reward,
+        )
         cfg.heuristic.blueprint_preference = [preferred] + [b for b in BLUEPRINTS if b != preferred]
         cfg.heuristic.max_active = 4  # more live seeds than HostCNN has slots: one in every slot, deepest first
         # A seed blended in after a few ticks of isolated training has not yet been trained
@@ -288,8 +380,13 @@ class Benchmark:
                 self.run("tamiyo-deep", seed, tamiyo, host=self.deep)
 
         self._phase("policies", policies)
-        return {"static": best, "preferred": preferred, "seconds": time.perf_counter() - start, "phases": dict(self.phase_seconds),
-                "train_dirs": {"tamiyo": str(self.work / "tamiyo"), "tamiyo-synthetic": str(self.work / "tamiyo-synthetic")}}
+        return {
+            "static": best,
+            "preferred": preferred,
+            "seconds": time.perf_counter() - start,
+            "phases": dict(self.phase_seconds),
+            "train_dirs": {"tamiyo": str(self.work / "tamiyo"), "tamiyo-synthetic": str(self.work / "tamiyo-synthetic")},
+        }
 
 
 def main(argv=None) -> int:
@@ -312,9 +409,15 @@ def main(argv=None) -> int:
         print(f"evidence: no dataset at {scale.data}; pass --data PATH to the CIFAR-10 ImageFolder archive", file=sys.stderr)
         return 2
     work = Path(args.work or ROOT / "runs" / f"evidence-{scale.name}")
-    bench = Benchmark(scale, work, Path(args.out), args.data_root, args.jobs,
-                      ["--scale", args.scale, "--work", str(work), "--data-root", args.data_root, "--data", scale.data,
-                       "--device", scale.device] + (["--threads", str(args.threads)] if args.threads else []))
+    bench = Benchmark(
+        scale,
+        work,
+        Path(args.out),
+        args.data_root,
+        args.jobs,
+        ["--scale", args.scale, "--work", str(work), "--data-root", args.data_root, "--data", scale.data, "--device", scale.device]
+        + (["--threads", str(args.threads)] if args.threads else []),
+    )
     if args.train_only:
         bench.train_policies(args.train_only)
         return 0

@@ -19,8 +19,38 @@ from esper.runs.report import make_report
 from esper.tamiyo import mean_or_nan
 
 # Student t quantiles t(0.975, df) for df = 1..30; beyond, the normal 1.96 is close enough.
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+_T975 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
 ARM_ORDER = ["host", "static", "random", "heuristic", "tamiyo", "tamiyo-synthetic", "host-deep", "tamiyo-deep"]
 ARM_NOTES = {
     "host": "the host alone",
@@ -86,14 +116,24 @@ def verdicts(arms: dict, pairs: dict) -> list[tuple[str, bool | None, str]]:
     out = []
     growth = [a for a in ("random", "heuristic", "tamiyo", "tamiyo-synthetic") if a in pairs]
     winners = [a for a in growth if pairs[a]["n"] > 1 and pairs[a]["ci95"][0] > 0]
-    out.append(("A growth policy beats the host alone (paired 95% interval above zero)", bool(winners) if growth else None,
-                ", ".join(winners) or "none"))
+    out.append(
+        (
+            "A growth policy beats the host alone (paired 95% interval above zero)",
+            bool(winners) if growth else None,
+            ", ".join(winners) or "none",
+        )
+    )
     if "tamiyo" in arms and "heuristic" in arms:
         t, h = mean_or_nan(arms["tamiyo"]["test_acc"]), mean_or_nan(arms["heuristic"]["test_acc"])
         tp, hp = mean_or_nan(arms["tamiyo"]["params_added"]), mean_or_nan(arms["heuristic"]["params_added"])
         ok = t > h or (abs(t - h) < 0.002 and tp < hp)
-        out.append(("Tamiyo beats the heuristic (mean test accuracy, or a tie with fewer parameters)", ok,
-                    f"tamiyo {t:.4f} (+{tp:,.0f} params) vs heuristic {h:.4f} (+{hp:,.0f})"))
+        out.append(
+            (
+                "Tamiyo beats the heuristic (mean test accuracy, or a tie with fewer parameters)",
+                ok,
+                f"tamiyo {t:.4f} (+{tp:,.0f} params) vs heuristic {h:.4f} (+{hp:,.0f})",
+            )
+        )
     if "static" in pairs:
         gain, added = pairs["static"]["mean_diff"], mean_or_nan(arms["static"]["params_added"])
         best = None
@@ -102,11 +142,17 @@ def verdicts(arms: dict, pairs: dict) -> list[tuple[str, bool | None, str]]:
             cost = mean_or_nan(arms[a]["params_added"]) / added if added > 0 else math.nan
             if share >= 0.7 and cost <= 0.5:
                 best = f"{a}: {share:.0%} of static's gain with {cost:.0%} of its added parameters"
-        shares = "; ".join(
-            f"{a} {pairs[a]['mean_diff'] / gain:.0%} of the gain, {mean_or_nan(arms[a]['params_added']) / added:.0%} of the parameters"
-            for a in growth) if gain > 0 and added > 0 else "static shows no gain"
-        out.append(("A growth policy reaches 70% of static's gain with at most 50% of its added parameters", best is not None,
-                    best or shares))
+        shares = (
+            "; ".join(
+                f"{a} {pairs[a]['mean_diff'] / gain:.0%} of the gain, {mean_or_nan(arms[a]['params_added']) / added:.0%} of the parameters"
+                for a in growth
+            )
+            if gain > 0 and added > 0
+            else "static shows no gain"
+        )
+        out.append(
+            ("A growth policy reaches 70% of static's gain with at most 50% of its added parameters", best is not None, best or shares)
+        )
     return out
 
 
@@ -147,17 +193,32 @@ def write_evidence(bench, outcome: dict) -> tuple[Path, Path]:
     scale, runs = bench.scale, bench.runs
     arms, pairs = summarize(runs)
     headroom = {k[0]: r["test_acc"] for k, r in runs.items() if k[1] == 0 and (k[0] == "host" or k[0].startswith("static:"))}
-    regime = {"data": bench.dataset, "train_images": len(bench.data.train), "val_images": len(bench.data.val),
-              "test_images": len(bench.data.test), "host": f"HostCNN(width={scale.width})",
-              "deep_host": f"HostCNN(width={scale.width}, blocks={scale.deep_blocks})", "device": scale.device,
-              "env": to_dict(scale.env), "reward": to_dict(scale.reward), "static": outcome["static"],
-              "heuristic_prefers": outcome["preferred"],
-              "train_episodes": scale.train_episodes, "warm_start": scale.warm_start}
-    result = {"scale": scale.name, "regime": regime, "headroom": headroom,
-              "arms": {a: {k: arms[a][k] for k in ("seeds", "test_acc", "val_acc", "params_added", "seconds", "fossils")} for a in arms},
-              "paired": pairs, "verdicts": [{"question": q, "met": ok, "detail": d} for q, ok, d in verdicts(arms, pairs)],
-              "seconds": outcome["seconds"], "phases": outcome["phases"],
-              "run_seconds": sum(r["seconds"] for r in runs.values())}
+    regime = {
+        "data": bench.dataset,
+        "train_images": len(bench.data.train),
+        "val_images": len(bench.data.val),
+        "test_images": len(bench.data.test),
+        "host": f"HostCNN(width={scale.width})",
+        "deep_host": f"HostCNN(width={scale.width}, blocks={scale.deep_blocks})",
+        "device": scale.device,
+        "env": to_dict(scale.env),
+        "reward": to_dict(scale.reward),
+        "static": outcome["static"],
+        "heuristic_prefers": outcome["preferred"],
+        "train_episodes": scale.train_episodes,
+        "warm_start": scale.warm_start,
+    }
+    result = {
+        "scale": scale.name,
+        "regime": regime,
+        "headroom": headroom,
+        "arms": {a: {k: arms[a][k] for k in ("seeds", "test_acc", "val_acc", "params_added", "seconds", "fossils")} for a in arms},
+        "paired": pairs,
+        "verdicts": [{"question": q, "met": ok, "detail": d} for q, ok, d in verdicts(arms, pairs)],
+        "seconds": outcome["seconds"],
+        "phases": outcome["phases"],
+        "run_seconds": sum(r["seconds"] for r in runs.values()),
+    }
     prefix = f"evidence-{scale.name}" if scale.name != "cpu" else "evidence"
     json_path = out / f"{prefix}.json"
     json_path.write_text(json.dumps(clean(result), indent=2))
@@ -173,30 +234,47 @@ def write_evidence(bench, outcome: dict) -> tuple[Path, Path]:
 
     host_params = next(iter(runs.values()))["host_params"]
     run_minutes = sum(r["seconds"] for r in runs.values()) / 60
-    lines = [f"# Does growth help? Evidence at scale `{scale.name}`", "",
-             f"Produced by `python tools/evidence.py --scale {scale.name}`; its last invocation took "
-             f"{outcome['seconds'] / 60:.1f} minutes ({', '.join(f'{k} {v / 60:.1f}' for k, v in outcome['phases'].items())} "
-             f"min; runs already in the log are not repeated) and the {len(runs)} evaluation runs "
-             f"{run_minutes:.1f} minutes of one process between them. The raw numbers are in `evidence.json`.", "",
-             f"**Regime.** {regime['host']} ({host_params:,} parameters) on {len(bench.data.train):,} training images of "
-             f"`{bench.dataset.get('file', bench.dataset['name'])}`, {len(bench.data.val):,} validation and {len(bench.data.test):,} test images; "
-             f"{scale.env.epochs} epochs, {scale.env.decisions_per_epoch} decisions per epoch, AdamW lr {scale.env.lr} with "
-             f"cosine decay, batch {scale.env.batch_size}; reward: growth up to {scale.reward.param_budget:.0%} of the host "
-             f"free, {scale.reward.param_cost} per host-size beyond. Seeds {bench.eval_seeds[0]}..{bench.eval_seeds[-1]}, "
-             f"each arm from the same initialisation and batch order.", "",
-             "## Headroom (seed 0)", "", "| model | test accuracy | parameters added |", "|---|---|---|"]
+    lines = [
+        f"# Does growth help? Evidence at scale `{scale.name}`",
+        "",
+        f"Produced by `python tools/evidence.py --scale {scale.name}`; its last invocation took "
+        f"{outcome['seconds'] / 60:.1f} minutes ({', '.join(f'{k} {v / 60:.1f}' for k, v in outcome['phases'].items())} "
+        f"min; runs already in the log are not repeated) and the {len(runs)} evaluation runs "
+        f"{run_minutes:.1f} minutes of one process between them. The raw numbers are in `evidence.json`.",
+        "",
+        f"**Regime.** {regime['host']} ({host_params:,} parameters) on {len(bench.data.train):,} training images of "
+        f"`{bench.dataset.get('file', bench.dataset['name'])}`, {len(bench.data.val):,} validation and "
+        f"{len(bench.data.test):,} test images; "
+        f"{scale.env.epochs} epochs, {scale.env.decisions_per_epoch} decisions per epoch, AdamW lr {scale.env.lr} with "
+        f"cosine decay, batch {scale.env.batch_size}; reward: growth up to {scale.reward.param_budget:.0%} of the host "
+        f"free, {scale.reward.param_cost} per host-size beyond. Seeds {bench.eval_seeds[0]}..{bench.eval_seeds[-1]}, "
+        f"each arm from the same initialisation and batch order.",
+        "",
+        "## Headroom (seed 0)",
+        "",
+        "| model | test accuracy | parameters added |",
+        "|---|---|---|",
+    ]
     for key, acc in headroom.items():
         lines.append(f"| {key} | {acc:.4f} | {runs[(key, 0)]['params_added']:,} |")
-    lines += ["", f"`static` below is `{outcome['static']}`, the candidate with the best validation accuracy. The "
-              f"heuristic prefers `{outcome['preferred']}`, the blueprint of the best candidate within the reward's "
-              "parameter budget.", "",
-              "## Arms", "", "| arm | what | test accuracy (mean ± std) | paired diff vs reference [95% CI] | "
-              "params added (mean) | seconds (mean) |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"`static` below is `{outcome['static']}`, the candidate with the best validation accuracy. The "
+        f"heuristic prefers `{outcome['preferred']}`, the blueprint of the best candidate within the reward's "
+        "parameter budget.",
+        "",
+        "## Arms",
+        "",
+        "| arm | what | test accuracy (mean ± std) | paired diff vs reference [95% CI] | params added (mean) | seconds (mean) |",
+        "|---|---|---|---|---|---|",
+    ]
     for arm in [a for a in ARM_ORDER if a in arms]:
         a, p = arms[arm], pairs.get(arm)
         diff = f"{p['mean_diff'] * 100:+.2f} pts [{p['ci95'][0] * 100:+.2f}, {p['ci95'][1] * 100:+.2f}] vs {p['reference']}" if p else "—"
-        lines.append(f"| {arm} | {ARM_NOTES[arm]} | {mean_or_nan(a['test_acc']):.4f} ± {std(a['test_acc']):.4f} | {diff} | "
-                     f"{mean_or_nan(a['params_added']):,.0f} | {mean_or_nan(a['seconds']):.0f} |")
+        lines.append(
+            f"| {arm} | {ARM_NOTES[arm]} | {mean_or_nan(a['test_acc']):.4f} ± {std(a['test_acc']):.4f} | {diff} | "
+            f"{mean_or_nan(a['params_added']):,.0f} | {mean_or_nan(a['seconds']):.0f} |"
+        )
     lines += ["", "## Verdicts", ""]
     for q, ok, detail in verdicts(arms, pairs):
         lines.append(f"- **{'met' if ok else 'not met' if ok is not None else 'not measured'}**: {q}. {detail}.")

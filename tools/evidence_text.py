@@ -90,20 +90,30 @@ class TextBenchmark:
         if (arm, seed) in self.runs:
             return self.runs[(arm, seed)]
         env_cfg = dataclasses.replace(self.regime.env, fossils=fossils or {})
-        env = GrowthEnv(lambda: copy.deepcopy(self.host), self.data, env_cfg, self.regime.reward,
-                        blueprints=BLUEPRINTS, blends=BLENDS)
+        env = GrowthEnv(lambda: copy.deepcopy(self.host), self.data, env_cfg, self.regime.reward, blueprints=BLUEPRINTS, blends=BLENDS)
         s = grow_once(env, seed, decide_with(policy), self.data.test)
         write_grow_run(self.work / "runs" / f"{arm.replace(':', '-')}-{seed}", summary=s, edits=env.plane.edits, report=False)
-        record = {"arm": arm, "seed": seed, "test_bits": s["test_loss"] / LN2, "test_acc": s["test_acc"],
-                  "val_bits": s["val_loss"] / LN2, "val_acc": s["val_acc"],
-                  "params_added": s["params"] - s["host_params"], "host_params": s["host_params"],
-                  "seconds": s["wall_seconds"], "fossils": s["fossil_blueprints"],
-                  "edits": [e.to_dict() for e in env.plane.edits]}
+        record = {
+            "arm": arm,
+            "seed": seed,
+            "test_bits": s["test_loss"] / LN2,
+            "test_acc": s["test_acc"],
+            "val_bits": s["val_loss"] / LN2,
+            "val_acc": s["val_acc"],
+            "params_added": s["params"] - s["host_params"],
+            "host_params": s["host_params"],
+            "seconds": s["wall_seconds"],
+            "fossils": s["fossil_blueprints"],
+            "edits": [e.to_dict() for e in env.plane.edits],
+        }
         self.runs[(arm, seed)] = record
         with open(self.log_path, "a") as f:
             f.write(json.dumps(clean(record)) + "\n")
-        print(f"  {arm:>22} seed {seed}: test {record['test_bits']:.4f} bits/char, acc {s['test_acc']:.4f}, "
-              f"+{record['params_added']:,} params, fossils {record['fossils'] or '-'} ({record['seconds']:.0f}s)", flush=True)
+        print(
+            f"  {arm:>22} seed {seed}: test {record['test_bits']:.4f} bits/char, acc {s['test_acc']:.4f}, "
+            f"+{record['params_added']:,} params, fossils {record['fossils'] or '-'} ({record['seconds']:.0f}s)",
+            flush=True,
+        )
         return record
 
     def slots(self) -> list[str]:
@@ -124,8 +134,9 @@ class TextBenchmark:
         print(f"  the heuristic prefers {preferred}; static = {best}@all (best validation loss)", flush=True)
         # The CNN benchmark's settings (tools/evidence.py): a seed may grow in every slot,
         # deepest first, and only a clearly harmful one is culled.
-        heuristic = HeuristicConfig(blueprint_preference=[preferred] + [b for b in BLUEPRINTS if b != preferred],
-                                    max_active=4, tolerance=0.1, decline=0.1)
+        heuristic = HeuristicConfig(
+            blueprint_preference=[preferred] + [b for b in BLUEPRINTS if b != preferred], max_active=4, tolerance=0.1, decline=0.1
+        )
         policy = build_policy("heuristic", Vocabulary(BLUEPRINTS, BLENDS, self.regime.env.blend_steps), heuristic=heuristic)
         for seed in range(self.regime.seeds):
             self.run("host", seed, HOST_ALONE)
@@ -158,22 +169,30 @@ def section(bench: TextBenchmark, outcome: dict, arms: dict, command: str) -> st
     r, d = bench.regime, bench.data
     host_params = bench.runs[("host", 0)]["host_params"]
     digest = hashlib.sha256(bench.text.read_bytes()).hexdigest()[:12]
-    lines = [TEXT_SECTION, "", "## TinyGPT on text", "",
-             f"Produced by `OMP_NUM_THREADS=1 {command} --threads 1`: {len(bench.runs)} runs, "
-             f"{sum(x['seconds'] for x in bench.runs.values()) / 60:.0f} minutes of one process on this project's 2-core "
-             f"machine (runs already in its log are not repeated); numbers in `evidence-text.json`. TinyGPT (dim {r.dim}, {r.depth} blocks, {host_params:,} parameters) "
-             f"learns the characters of `{bench.text.name}` ({bench.text.stat().st_size:,} bytes, sha256 {digest}..., "
-             f"{d.num_classes} distinct characters; torch {torch.__version__}): "
-             f"{len(d.train):,} training windows of {r.context} characters (starting every {r.context // 8}), "
-             f"{len(d.val):,} validation and {len(d.test):,} test windows from contiguous blocks of the text "
-             f"({r.val_fraction:.0%} each, at its end); {r.env.epochs} epochs, {r.env.decisions_per_epoch} decisions per "
-             f"epoch, AdamW lr {r.env.lr} with cosine decay, batch {r.env.batch_size}; the reward pays next-token validation "
-             f"accuracy and grants growth up to {r.reward.param_budget:.0%} of the host free. Seeds 0..{r.seeds - 1}, each arm "
-             "from the same initialisation and batch order. The heuristic prefers "
-             f"`{outcome['preferred']}` (the static model with the lowest validation loss within that budget, seed 0); "
-             f"`static` is `{outcome['static']}`, fossilized in every slot from the first step.", "",
-             "| arm | test bits per character (mean ± std) | vs host alone [95% CI] | next-token test accuracy | "
-             "vs host alone [95% CI] | parameters added (mean) | seconds (mean) |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        TEXT_SECTION,
+        "",
+        "## TinyGPT on text",
+        "",
+        f"Produced by `OMP_NUM_THREADS=1 {command} --threads 1`: {len(bench.runs)} runs, "
+        f"{sum(x['seconds'] for x in bench.runs.values()) / 60:.0f} minutes of one process on this project's 2-core "
+        f"machine (runs already in its log are not repeated); numbers in `evidence-text.json`. "
+        f"TinyGPT (dim {r.dim}, {r.depth} blocks, {host_params:,} parameters) "
+        f"learns the characters of `{bench.text.name}` ({bench.text.stat().st_size:,} bytes, sha256 {digest}..., "
+        f"{d.num_classes} distinct characters; torch {torch.__version__}): "
+        f"{len(d.train):,} training windows of {r.context} characters (starting every {r.context // 8}), "
+        f"{len(d.val):,} validation and {len(d.test):,} test windows from contiguous blocks of the text "
+        f"({r.val_fraction:.0%} each, at its end); {r.env.epochs} epochs, {r.env.decisions_per_epoch} decisions per "
+        f"epoch, AdamW lr {r.env.lr} with cosine decay, batch {r.env.batch_size}; the reward pays next-token validation "
+        f"accuracy and grants growth up to {r.reward.param_budget:.0%} of the host free. Seeds 0..{r.seeds - 1}, each arm "
+        "from the same initialisation and batch order. The heuristic prefers "
+        f"`{outcome['preferred']}` (the static model with the lowest validation loss within that budget, seed 0); "
+        f"`static` is `{outcome['static']}`, fossilized in every slot from the first step.",
+        "",
+        "| arm | test bits per character (mean ± std) | vs host alone [95% CI] | next-token test accuracy | "
+        "vs host alone [95% CI] | parameters added (mean) | seconds (mean) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for arm, a in arms.items():
         if not a["seeds"]:
             continue
@@ -183,19 +202,30 @@ def section(bench: TextBenchmark, outcome: dict, arms: dict, command: str) -> st
             + (f"{bits['mean_diff']:+.4f} [{bits['ci95'][0]:+.4f}, {bits['ci95'][1]:+.4f}]" if bits else "")
             + f" | {mean_or_nan(a['test_acc']):.4f} ± {std(a['test_acc']):.4f} | "
             + (f"{acc['mean_diff'] * 100:+.2f} pts [{acc['ci95'][0] * 100:+.2f}, {acc['ci95'][1] * 100:+.2f}]" if acc else "")
-            + f" | {mean_or_nan(a['params_added']):,.0f} | {mean_or_nan(a['seconds']):.0f} |")
+            + f" | {mean_or_nan(a['params_added']):,.0f} | {mean_or_nan(a['seconds']):.0f} |"
+        )
     grown = [f for fossils in arms["heuristic"]["fossils"] for f in fossils]
-    lines += ["", "Headroom on seed 0 (validation bits per character): "
-              + ", ".join(f"{k[0].split(':')[1]} {v['val_bits']:.4f} (+{v['params_added']:,})" for k, v in bench.runs.items()
-                          if k[0].startswith("static:")) + f"; host {bench.runs[('host', 0)]['val_bits']:.4f}. "
-              f"The heuristic fossilized {len(grown)} seeds over {arms['heuristic']['seeds']} runs"
-              + (f" ({', '.join(sorted(set(grown)))})." if grown else "."), ""]
+    lines += [
+        "",
+        "Headroom on seed 0 (validation bits per character): "
+        + ", ".join(
+            f"{k[0].split(':')[1]} {v['val_bits']:.4f} (+{v['params_added']:,})"
+            for k, v in bench.runs.items()
+            if k[0].startswith("static:")
+        )
+        + f"; host {bench.runs[('host', 0)]['val_bits']:.4f}. "
+        f"The heuristic fossilized {len(grown)} seeds over {arms['heuristic']['seeds']} runs"
+        + (f" ({', '.join(sorted(set(grown)))})." if grown else "."),
+        "",
+    ]
     lines += [f"- **{arm}**: {verdict(arms[arm]['bits_vs_host'])}" for arm in ("heuristic", "static") if arms[arm]["seeds"] > 1]
     gain, added = arms["static"]["bits_vs_host"]["mean_diff"], mean_or_nan(arms["static"]["params_added"])
     if gain < 0 and added > 0:
         share = arms["heuristic"]["bits_vs_host"]["mean_diff"] / gain + 0.0  # + 0.0: no "-0%"
-        lines.append(f"- **heuristic against static**: {share:.0%} of the static model's gain in bits per character, "
-                     f"with {mean_or_nan(arms['heuristic']['params_added']) / added:.0%} of its added parameters.")
+        lines.append(
+            f"- **heuristic against static**: {share:.0%} of the static model's gain in bits per character, "
+            f"with {mean_or_nan(arms['heuristic']['params_added']) / added:.0%} of its added parameters."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -213,9 +243,21 @@ def write(bench: TextBenchmark, outcome: dict, out: Path, command: str, prefix: 
     arms = summarize(bench.runs, bench.regime.seeds)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / f"{prefix}.json"
-    json_path.write_text(json.dumps(clean({"command": command, "outcome": outcome, "arms": arms,
-                                           "headroom": {arm: r for (arm, seed), r in bench.runs.items()
-                                                        if seed == 0 and (arm == "host" or arm.startswith("static:"))}}), indent=2))
+    json_path.write_text(
+        json.dumps(
+            clean(
+                {
+                    "command": command,
+                    "outcome": outcome,
+                    "arms": arms,
+                    "headroom": {
+                        arm: r for (arm, seed), r in bench.runs.items() if seed == 0 and (arm == "host" or arm.startswith("static:"))
+                    },
+                }
+            ),
+            indent=2,
+        )
+    )
     md_path = out / "evidence.md"
     kept = md_path.read_text().split(TEXT_SECTION)[0].rstrip("\n") + "\n\n" if md_path.exists() else ""
     md_path.write_text(kept + section(bench, outcome, arms, command))

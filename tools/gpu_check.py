@@ -61,8 +61,14 @@ def timed(results: dict, name: str, fn):
 
 def kernel_tests(cpu: bool) -> dict:
     env = {**os.environ, "TRITON_INTERPRET": "1" if cpu else "0"}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/kernels"],
-                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/kernels"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     summary = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-300:]
     print(summary)
     counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|errors?|skipped)", summary)}
@@ -73,9 +79,28 @@ def grow(data: str, out: Path, cpu: bool) -> dict:
     device = "cpu" if cpu else "cuda"
     size = ["--limit", "256", "--epochs", "1", "--batch-size", "64"] if cpu else ["--epochs", "8", "--batch-size", "256"]
     fast = [] if cpu else ["--precision", "bf16", "--channels-last"]
-    cmd = [sys.executable, "-m", "esper", "grow", "--host", "examples/host_cnn.py", "--data", data, "--policy", "heuristic",
-           "--baseline", "--device", device, "--out", str(out), "--no-progress", "--data-root", str(out.parent / "data"),
-           *size, *fast]
+    cmd = [
+        sys.executable,
+        "-m",
+        "esper",
+        "grow",
+        "--host",
+        "examples/host_cnn.py",
+        "--data",
+        data,
+        "--policy",
+        "heuristic",
+        "--baseline",
+        "--device",
+        device,
+        "--out",
+        str(out),
+        "--no-progress",
+        "--data-root",
+        str(out.parent / "data"),
+        *size,
+        *fast,
+    ]
     print(" ".join(cmd[2:]), flush=True)
     start = time.perf_counter()
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
@@ -85,10 +110,18 @@ def grow(data: str, out: Path, cpu: bool) -> dict:
         raise RuntimeError(f"esper grow exited with {r.returncode}")
     s = json.loads((out / "summary.json").read_text())
     tp = s.get("throughput", {})
-    return {"command": "esper " + " ".join(cmd[3:]), "wall_seconds": wall, "grown_seconds": s["wall_seconds"],
-            "baseline_seconds": s["baseline"]["wall_seconds"], "test_acc": s["test_acc"],
-            "baseline_test_acc": s["baseline"]["test_acc"], "params": s["params"], "baseline_params": s["baseline"]["params"],
-            "images_per_second": tp.get("images_per_second"), "fossils": s["fossil_blueprints"]}
+    return {
+        "command": "esper " + " ".join(cmd[3:]),
+        "wall_seconds": wall,
+        "grown_seconds": s["wall_seconds"],
+        "baseline_seconds": s["baseline"]["wall_seconds"],
+        "test_acc": s["test_acc"],
+        "baseline_test_acc": s["baseline"]["test_acc"],
+        "params": s["params"],
+        "baseline_params": s["baseline"]["params"],
+        "images_per_second": tp.get("images_per_second"),
+        "fossils": s["fossil_blueprints"],
+    }
 
 
 def claims(results: dict) -> list[tuple[str, str, str, str]]:
@@ -97,11 +130,16 @@ def claims(results: dict) -> list[tuple[str, str, str, str]]:
     kernels = results.get("kernels", {}).get("result") or []
     for r in (r for r in kernels if r["variant"] == "kernel" and r["pass"] in TARGETS):
         key, target = TARGETS[r["pass"]]
-        rows.append((f"blend {r['pass']} {r['dtype']} {r['mb']:g} MB vs copy", f">= {target:.0%}", f"{r[key]:.0%}",
-                     _met(r[key] >= target)))
+        rows.append((f"blend {r['pass']} {r['dtype']} {r['mb']:g} MB vs copy", f">= {target:.0%}", f"{r[key]:.0%}", _met(r[key] >= target)))
         if r["pass"] == "fwd+bwd":
-            rows.append((f"blend fwd+bwd {r['dtype']} {r['mb']:g} MB vs torch.compile", f">= {COMPILE_TARGET}x",
-                         f"{r['vs_compile']:.2f}x", _met(r["vs_compile"] >= COMPILE_TARGET)))
+            rows.append(
+                (
+                    f"blend fwd+bwd {r['dtype']} {r['mb']:g} MB vs torch.compile",
+                    f">= {COMPILE_TARGET}x",
+                    f"{r['vs_compile']:.2f}x",
+                    _met(r["vs_compile"] >= COMPILE_TARGET),
+                )
+            )
     tests = results.get("tests", {}).get("result")
     if tests:
         rows.append(("kernel tests on this device", "all pass", tests["summary"], _met(tests["returncode"] == 0)))
@@ -109,8 +147,14 @@ def claims(results: dict) -> list[tuple[str, str, str, str]]:
     for r in envs:
         if r["k"] > 1 and r["vs_one"]:
             met = _met(r["vs_one"] >= ENVS_TARGET) if r["k"] == 16 and r["runner"] == "batched" else ""
-            rows.append((f"K={r['k']} {r['runner']} train img/s vs one env", f">= {ENVS_TARGET}x" if met else "",
-                         f"{r['train_ips']:,.0f} ({r['vs_one']:.2f}x)", met))
+            rows.append(
+                (
+                    f"K={r['k']} {r['runner']} train img/s vs one env",
+                    f">= {ENVS_TARGET}x" if met else "",
+                    f"{r['train_ips']:,.0f} ({r['vs_one']:.2f}x)",
+                    met,
+                )
+            )
     g = results.get("grow", {}).get("result")
     if g:
         rows.append(("esper grow (heuristic) test accuracy, wall", "", f"{g['test_acc']:.3f}, {g['grown_seconds']:.0f} s", ""))
@@ -126,8 +170,12 @@ def _met(ok: bool) -> str:
 
 
 def markdown(results: dict) -> str:
-    lines = [f"Device: {results['device']}; torch {results['torch']}, triton {results['triton']}", "",
-             "| claim | target | measured | met |", "|---|---|---|---|"]
+    lines = [
+        f"Device: {results['device']}; torch {results['torch']}, triton {results['triton']}",
+        "",
+        "| claim | target | measured | met |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {' | '.join(row)} |" for row in claims(results)]
     parts = ", ".join(f"{k} {v['seconds']:.0f} s" for k, v in results.items() if isinstance(v, dict) and "seconds" in v)
     return "\n".join(lines + ["", f"Time: {parts}."])
@@ -156,8 +204,11 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     import triton
 
-    results: dict = {"device": "cpu" if args.cpu else torch.cuda.get_device_name(), "torch": torch.__version__,
-                     "triton": triton.__version__}
+    results: dict = {
+        "device": "cpu" if args.cpu else torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+    }
     kernel_args = ["--cpu", "--mb", "0.05", "--reps", "1", "--warmup", "0"] if args.cpu else ["--mb", "256", "1024"]
     env_args = ["--device", "cpu", "--ks", "1", "2", "--images", "128", "--width", "8", "--steps", "1"] if args.cpu else []
     parts = {

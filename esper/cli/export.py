@@ -21,8 +21,9 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="the file to write (e.g. model.pt2)")
     p.add_argument("--finalize", choices=["cull", "fossilize"], help="what to do with seeds still unfinished")
     p.add_argument("--host", help="model file to build the host from (a fresh instance of the saved architecture)")
-    p.add_argument("--trust-host-code", action="store_true",
-                   help="without --host, build the host by running the factory the checkpoint names")
+    p.add_argument(
+        "--trust-host-code", action="store_true", help="without --host, build the host by running the factory the checkpoint names"
+    )
     p.add_argument("--input-shape", help="example input shape for tracing (default: the checkpoint's)")
 
 

@@ -23,20 +23,24 @@ import copy
 
 import torch
 
-from esper.leyline import UsageError
 from esper.cli.runs import add_common, build_config, check_device, check_host_fits, check_out_dir, join_ranks, load_dataset
 from esper.kasmina.hosts import load_model_file
+from esper.leyline import UsageError
 
 
 def add_arguments(p) -> None:
     from esper.tamiyo import policy_names
 
-    p.add_argument("--policy", default="heuristic",
-                   help=f"runs/NAME/tamiyo.pt, or a built-in policy: {', '.join(policy_names())} (default heuristic; wait: host only)")
+    p.add_argument(
+        "--policy",
+        default="heuristic",
+        help=f"runs/NAME/tamiyo.pt, or a built-in policy: {', '.join(policy_names())} (default heuristic; wait: host only)",
+    )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--baseline", action="store_true", help="also train the host alone, for comparison")
-    p.add_argument("--trust-host-code", action="store_true",
-                   help="with a trained policy and no --host, run the model file the policy's settings name")
+    p.add_argument(
+        "--trust-host-code", action="store_true", help="with a trained policy and no --host, run the model file the policy's settings name"
+    )
     add_common(p)
 
 
@@ -66,8 +70,10 @@ def run(args) -> int:
     if trained is None and not args.host and not args.config:
         raise UsageError("--host is required (a model file, e.g. examples/host_cnn.py)")
     if trained is not None and not args.host and not args.trust_host_code:
-        raise UsageError(f"--policy {args.policy} names the model file {trained.host}, which would run: pass "
-                         "--host MODEL.py, or --trust-host-code if you trust whoever made the policy file")
+        raise UsageError(
+            f"--policy {args.policy} names the model file {trained.host}, which would run: pass "
+            "--host MODEL.py, or --trust-host-code if you trust whoever made the policy file"
+        )
     cfg = build_config(args, trained)
     device = check_device(cfg.device)
     out = check_out_dir(args.out)
@@ -105,12 +111,23 @@ def _grow(args, cfg, policy, device, out, ranks) -> int:
         writer = metrics_io.MetricsWriter(out, tensorboard=False)
     examples = "images" if data.unit == "image" else f"sequences of {data.train.x.shape[1]} {data.unit}s"
     spread = f", {ranks.world_size} processes" if ranks.spread else ""
-    say(f"esper grow: {cfg.host} with policy {args.policy}, {cfg.env.epochs} epochs on {len(data.train)} "
-        f"{data.name} {examples} (on {where}{spread}), output in {out}")
+    say(
+        f"esper grow: {cfg.host} with policy {args.policy}, {cfg.env.epochs} epochs on {len(data.train)} "
+        f"{data.name} {examples} (on {where}{spread}), output in {out}"
+    )
 
     def grow(run_name: str, chooser_policy) -> tuple[GrowthEnv, dict]:
-        env = GrowthEnv(lambda: copy.deepcopy(template), data, cfg.env, cfg.reward, blueprints=cfg.blueprints,
-                        blends=cfg.blends, device=device, example_input=example, ranks=ranks)
+        env = GrowthEnv(
+            lambda: copy.deepcopy(template),
+            data,
+            cfg.env,
+            cfg.reward,
+            blueprints=cfg.blueprints,
+            blends=cfg.blends,
+            device=device,
+            example_input=example,
+            ranks=ranks,
+        )
         bar = None
         if show:
             from tqdm import tqdm
@@ -133,12 +150,22 @@ def _grow(args, cfg, policy, device, out, ranks) -> int:
         return env, summary
 
     env, summary = grow("grown", policy)
-    summary.update(policy=args.policy, host=cfg.host, data=data.name, epochs=cfg.env.epochs, seed=cfg.seed,
-                   train_images=len(data.train), task=env.task.name, unit=data.unit, world_size=ranks.world_size)
+    summary.update(
+        policy=args.policy,
+        host=cfg.host,
+        data=data.name,
+        epochs=cfg.env.epochs,
+        seed=cfg.seed,
+        train_images=len(data.train),
+        task=env.task.name,
+        unit=data.unit,
+        world_size=ranks.world_size,
+    )
     if args.baseline:
         _, base = grow("baseline", build_policy("wait", cfg.vocabulary))
-        summary["baseline"] = {k: base[k] for k in ("val_acc", "val_loss", "test_acc", "test_loss", "best_val_acc", "params",
-                                                    "wall_seconds")}
+        summary["baseline"] = {
+            k: base[k] for k in ("val_acc", "val_loss", "test_acc", "test_loss", "best_val_acc", "params", "wall_seconds")
+        }
     if not ranks.main:
         return 0
     writer.close()
@@ -146,9 +173,11 @@ def _grow(args, cfg, policy, device, out, ranks) -> int:
     report = write_grow_run(out, summary=summary, edits=env.plane.edits, model=env.mm, config=cfg)
 
     fossils = ", ".join(summary["fossil_blueprints"]) or "none"
-    print(f"esper grow: val acc {summary['initial_val_acc']:.3f} -> {summary['val_acc']:.3f}, test acc "
-          f"{summary['test_acc']:.3f}; {summary['fossilized']} seed(s) fossilized ({fossils}), "
-          f"parameters +{summary['param_ratio']:.1%}; {summary['wall_seconds']:.0f}s")
+    print(
+        f"esper grow: val acc {summary['initial_val_acc']:.3f} -> {summary['val_acc']:.3f}, test acc "
+        f"{summary['test_acc']:.3f}; {summary['fossilized']} seed(s) fossilized ({fossils}), "
+        f"parameters +{summary['param_ratio']:.1%}; {summary['wall_seconds']:.0f}s"
+    )
     next_token = summary["task"] == "next_token"
     if next_token:
         print(f"  test loss {summary['test_loss']:.3f} nats per {data.unit} ({loss_in_units(summary['test_loss'], data.unit)})")

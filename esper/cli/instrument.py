@@ -52,12 +52,16 @@ def run(args) -> int:
         slots = [{k: r[k] for k in ("id", "target", "shape")} for r in rows]
         print(json.dumps({"slots": slots, "params": mm.host_parameter_count(), "trace": mm.kind, "causal": mm.plane.causal}))
         return 0
-    print(f"{type(model).__name__}: {mm.host_parameter_count():,} parameters, traced with {mm.kind}, "
-          f"{len(rows)} slots of {len(mm.candidates)} candidate points")
+    print(
+        f"{type(model).__name__}: {mm.host_parameter_count():,} parameters, traced with {mm.kind}, "
+        f"{len(rows)} slots of {len(mm.candidates)} candidate points"
+    )
     how = "as the spec says" if args.spec and load_spec(args.spec).get("causal") is not None else "probed"
     if mm.plane.causal:
-        print(f"causal along the sequence ({how}): only causal-safe blueprints ({', '.join(blueprints_for(3, causal=True))}) "
-              f"and blends ({', '.join(blend_names(causal=True))}) may grow")
+        print(
+            f"causal along the sequence ({how}): only causal-safe blueprints ({', '.join(blueprints_for(3, causal=True))}) "
+            f"and blends ({', '.join(blend_names(causal=True))}) may grow"
+        )
     elif has_sequence_axis(example):
         print(f"not causal along the sequence ({how}): every blueprint may grow")
     else:

@@ -26,8 +26,9 @@ def example_input(text: str) -> torch.Tensor:
     size = math.prod(shape) * 4
     memory = _physical_memory()
     if size > memory:
-        raise UsageError(f"--input-shape {text}: out of memory: the input alone takes {size / 1e9:,.1f} GB "
-                         f"and this machine has {memory / 1e9:,.1f} GB")
+        raise UsageError(
+            f"--input-shape {text}: out of memory: the input alone takes {size / 1e9:,.1f} GB and this machine has {memory / 1e9:,.1f} GB"
+        )
     try:
         return torch.randn(shape)
     except (RuntimeError, MemoryError) as e:

@@ -53,12 +53,19 @@ SETTINGS = {
 def add_common(p: argparse.ArgumentParser) -> None:
     """Flags both commands take. Every default is None: unset flags leave the config alone."""
     p.add_argument("--host", help="model file: build_model(), `model`, or one nn.Module class (e.g. examples/host_cnn.py)")
-    p.add_argument("--data", help="'synthetic' (default), 'cifar10', an ImageFolder directory / .tar.gz, or a sequence "
-                   "task: 'text:PATH' (characters of a text file), 'bytes:PATH', 'seq-synthetic'")
+    p.add_argument(
+        "--data",
+        help="'synthetic' (default), 'cifar10', an ImageFolder directory / .tar.gz, or a sequence "
+        "task: 'text:PATH' (characters of a text file), 'bytes:PATH', 'seq-synthetic'",
+    )
     p.add_argument("--data-root", help="where datasets are downloaded and cached (default ~/.cache/esper)")
     p.add_argument("--download", action="store_const", const=True, help="download the dataset if it is missing")
-    p.add_argument("--limit", type=int, help=f"training images to use (default: {SYNTHETIC_LIMIT} for synthetic and seq-synthetic, "
-                   "all otherwise); for text, training windows")
+    p.add_argument(
+        "--limit",
+        type=int,
+        help=f"training images to use (default: {SYNTHETIC_LIMIT} for synthetic and seq-synthetic, "
+        "all otherwise); for text, training windows",
+    )
     p.add_argument("--context", type=int, help="tokens per sequence for sequence data (default 64)")
     p.add_argument("--epochs", type=int, help="epochs per episode (default 8)")
     p.add_argument("--decisions-per-epoch", type=int, help="growth decisions per epoch (default 1)")
@@ -87,7 +94,12 @@ def build_config(args: argparse.Namespace, base: TrainConfig | None = None) -> T
         if base is None:
             base = load_config(args.config) if getattr(args, "config", None) else TrainConfig()
         cfg = config_io.with_overrides(base, explicit_settings(args))
-        if cfg.limit is None and cfg.data in ("synthetic", "seq-synthetic") and "limit" not in explicit_settings(args) and not getattr(args, "config", None):
+        if (
+            cfg.limit is None
+            and cfg.data in ("synthetic", "seq-synthetic")
+            and "limit" not in explicit_settings(args)
+            and not getattr(args, "config", None)
+        ):
             cfg = config_io.with_overrides(cfg, {"limit": SYNTHETIC_LIMIT})
         return cfg.resolved()
     except (ValueError, FileNotFoundError, TypeError) as e:
@@ -111,8 +123,15 @@ def load_dataset(cfg: TrainConfig, progress: bool = True):
 
     try:
         return load_data(
-            cfg.data, root=cfg.data_root, download=cfg.download, val_fraction=cfg.val_fraction,
-            seed=cfg.seed, limit=cfg.limit, device="cpu", progress=progress, context=cfg.context,
+            cfg.data,
+            root=cfg.data_root,
+            download=cfg.download,
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+            limit=cfg.limit,
+            device="cpu",
+            progress=progress,
+            context=cfg.context,
         )
     except (EsperError, ValueError, FileNotFoundError, OSError) as e:
         raise UsageError(f"--data {cfg.data}: {e}") from e

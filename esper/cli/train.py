@@ -18,17 +18,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from esper.leyline import UsageError
 from esper.cli.runs import add_common, build_config, check_device, check_host_fits, check_out_dir, join_ranks, load_dataset
 from esper.kasmina.hosts import load_model_file
+from esper.leyline import UsageError
 
 
 def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
     p.add_argument("--episodes", type=int, help="PPO episodes in all (default 16)")
     p.add_argument("--envs", type=int, help="environments in lockstep, K (default 4)")
-    p.add_argument("--runner", choices=["sequential", "batched", "auto"],
-                   help="train the K hosts one by one, or together as one vmapped model (default auto: batched on CUDA)")
+    p.add_argument(
+        "--runner",
+        choices=["sequential", "batched", "auto"],
+        help="train the K hosts one by one, or together as one vmapped model (default auto: batched on CUDA)",
+    )
     p.add_argument("--warm-start", type=int, help="heuristic episodes to behaviour-clone before PPO (default 0)")
     p.add_argument("--ppo-lr", type=float, help="Tamiyo's learning rate (default 3e-4)")
     p.add_argument("--checkpoint-every", type=int, help="episodes between checkpoints (default 1: every round)")
@@ -85,16 +88,20 @@ def _train(args) -> int:
     except ValueError as e:  # a resume whose settings differ, a host that does not fit the data
         raise UsageError(str(e)) from e
     spread = f" on each of {ranks.world_size} processes" if ranks.spread else ""
-    say(f"esper train: {cfg.episodes} episodes on {cfg.envs} environments{spread} x {cfg.env.epochs} epochs, "
+    say(
+        f"esper train: {cfg.episodes} episodes on {cfg.envs} environments{spread} x {cfg.env.epochs} epochs, "
         f"{len(data.train)} training {'images' if data.unit == 'image' else 'sequences'} ({data.name}, on {where}), "
-        f"run directory {out}")
+        f"run directory {out}"
+    )
     result = trainer.run()
     if not ranks.main:
         return 0
     last = result["history"][-1] if result["history"] else {}
     print(f"esper train: {result['episodes']} episodes, {result['updates']} PPO updates; policy written to {out / POLICY}")
     if last:
-        print(f"  last update: explained variance {last['explained_variance']:.3f}, "
-              + ", ".join(f"{k.split('/')[1]} entropy {v:.2f}" for k, v in last.items() if k.startswith("entropy_norm/")))
+        print(
+            f"  last update: explained variance {last['explained_variance']:.3f}, "
+            + ", ".join(f"{k.split('/')[1]} entropy {v:.2f}" for k, v in last.items() if k.startswith("entropy_norm/"))
+        )
     print(f"  report: esper report {out}")
     return 0

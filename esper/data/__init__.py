@@ -1,1 +1,1 @@
-"""Data: datasets (synthetic and CIFAR-10 images, ImageFolder directories and archives, text, synthetic recall) as train/val/test tensors."""
+"""Data: datasets (synthetic and CIFAR-10 images, ImageFolder directories and archives, text, synthetic recall) as tensors."""

@@ -266,8 +266,10 @@ def _list_images(d: Path, classes: list[str] | None = None) -> tuple[list[Path],
     if not paths:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in class folders under {d}")
     if len(set(labels)) < 2:
-        raise DataError(f"{d} holds images of one class only ({classes[labels[0]]}): "
-                        "a classifier needs a folder of images for each of at least two classes")
+        raise DataError(
+            f"{d} holds images of one class only ({classes[labels[0]]}): "
+            "a classifier needs a folder of images for each of at least two classes"
+        )
     return paths, labels, classes
 
 

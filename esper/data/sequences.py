@@ -69,8 +69,9 @@ def text(path: Path, context: int, val_fraction: float, limit: int | None, byte_
         try:
             chars = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}): "
-                            f"use bytes:{path} to model its bytes instead") from None
+            raise DataError(
+                f"{path} is not UTF-8 text ({e.reason} at byte {e.start}): use bytes:{path} to model its bytes instead"
+            ) from None
         classes, unit = sorted(set(chars)), "character"
         index = {c: i for i, c in enumerate(classes)}
         ids = torch.tensor([index[c] for c in chars], dtype=torch.long)
@@ -80,12 +81,13 @@ def text(path: Path, context: int, val_fraction: float, limit: int | None, byte_
     held = math.floor(n * val_fraction)
     if min(held, n - 2 * held) < context + 1:
         need = math.ceil((context + 1) / min(val_fraction, 1 - 2 * val_fraction))
-        raise DataError(f"{path} has {n:,} {unit}s, too few for a context of {context}: the training, validation and "
-                        f"test blocks ({1 - 2 * val_fraction:.0%}, {val_fraction:.0%}, {val_fraction:.0%}) need "
-                        f"{context + 1} {unit}s apiece, so at least {need:,} in all; use a shorter --context or a longer file")
+        raise DataError(
+            f"{path} has {n:,} {unit}s, too few for a context of {context}: the training, validation and "
+            f"test blocks ({1 - 2 * val_fraction:.0%}, {val_fraction:.0%}, {val_fraction:.0%}) need "
+            f"{context + 1} {unit}s apiece, so at least {need:,} in all; use a shorter --context or a longer file"
+        )
     blocks = {"train": ids[: n - 2 * held], "val": ids[n - 2 * held : n - held], "test": ids[n - held :]}
-    parts = {name: _windows(block, context, max(1, context // 8) if name == "train" else context)
-             for name, block in blocks.items()}
+    parts = {name: _windows(block, context, max(1, context // 8) if name == "train" else context) for name, block in blocks.items()}
     if limit is not None:
         parts["train"] = tuple(t[:limit] for t in parts["train"])
     return RawSequences(parts, classes, unit, f"{path.name} ({unit}s)")

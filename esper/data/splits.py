@@ -51,8 +51,10 @@ class TensorData:
         augment applies a random 4-pixel-padded crop and horizontal flip to each image.
         """
         if augment and self.x.dim() != 4:
-            raise DataError(f"augment crops and flips images (N×3×H×W); these examples are {tuple(self.x.shape[1:])} "
-                            "token sequences: train them without augment")
+            raise DataError(
+                f"augment crops and flips images (N×3×H×W); these examples are {tuple(self.x.shape[1:])} "
+                "token sequences: train them without augment"
+            )
         device = self.x.device
         n = len(self)
         order = torch.randperm(n, device=device, generator=generator) if shuffle else torch.arange(n, device=device)

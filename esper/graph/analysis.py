@@ -48,8 +48,22 @@ def _stack(node: fx.Node) -> list[str]:
 # Ops that read only a tensor's shape, dtype or device, never its values: what they
 # build (masks, position ids) is a side input, not part of the stream.
 _VALUE_FREE = {
-    "size", "dim", "shape", "dtype", "device", "new_ones", "new_zeros", "new_empty", "new_full",
-    "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "sym_size",
+    "size",
+    "dim",
+    "shape",
+    "dtype",
+    "device",
+    "new_ones",
+    "new_zeros",
+    "new_empty",
+    "new_full",
+    "zeros_like",
+    "ones_like",
+    "empty_like",
+    "full_like",
+    "rand_like",
+    "randn_like",
+    "sym_size",
 }
 
 

@@ -165,8 +165,7 @@ def select_points(
 def _named(chosen: list[InjectionPoint], points: list[InjectionPoint]) -> list[InjectionPoint]:
     """The chosen points, refused when there are none or their names clash."""
     if not chosen:
-        raise SpecError(f"the slot spec selects none of the {len(points)} injection points: "
-                        f"{', '.join(p.id for p in points)}")
+        raise SpecError(f"the slot spec selects none of the {len(points)} injection points: {', '.join(p.id for p in points)}")
     ids = [p.id for p in chosen]
     if len(set(ids)) != len(ids):
         raise SpecError(f"slot names must be unique, got {ids}")

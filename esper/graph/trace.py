@@ -206,8 +206,7 @@ def _check_runs(model: nn.Module, example_inputs: tuple) -> None:
         shapes = ", ".join(f"{tuple(a.shape)} {str(a.dtype).removeprefix('torch.')}" for a in example_inputs if isinstance(a, torch.Tensor))
         memory = isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError)) or "allocate" in str(e)
         raise InputError(
-            f"{type(model).__name__} {'runs out of memory' if memory else 'fails'} on the example input "
-            f"{shapes}: {_describe('', e)}",
+            f"{type(model).__name__} {'runs out of memory' if memory else 'fails'} on the example input {shapes}: {_describe('', e)}",
             hint="give an example input the model accepts: batch first, with the rank, channels, size and dtype it expects",
         ) from e
 

@@ -27,7 +27,8 @@ class GardenerCallbackBase:
             raise DistributedError(
                 "the trainer callbacks do not grow under distributed training yet: the trainer builds its "
                 "DistributedDataParallel wrapper once, and it would never see a new seed's parameters; "
-                "grow with esper.Gardener in your own loop (gardener.data_parallel()) or `torchrun -m esper grow`")
+                "grow with esper.Gardener in your own loop (gardener.data_parallel()) or `torchrun -m esper grow`"
+            )
         self.gardener = Gardener(
             find_instrumented(module), self.policy, optimizer=optimizer, scheduler=scheduler, epochs=decisions, **self.options
         )

@@ -62,8 +62,7 @@ def find_instrumented(module: torch.nn.Module) -> MorphogeneticModel:
     found = [m for m in module.modules() if isinstance(m, MorphogeneticModel)]
     if len(found) != 1:
         raise ValueError(
-            f"expected one instrumented model (esper.instrument(model, example_inputs)) in {type(module).__name__}, "
-            f"found {len(found)}"
+            f"expected one instrumented model (esper.instrument(model, example_inputs)) in {type(module).__name__}, found {len(found)}"
         )
     return found[0]
 
@@ -127,8 +126,14 @@ class Gardener:
         self.plane.attach_optimizer(optimizer)
         self.groups = SeedGroups(optimizer, scheduler, seed_lr_scale)
         self._frozen: dict[str, float] = {}
-        self.loop = GrowthLoop(model, self.vocab, decisions=epochs * decisions_per_epoch,
-                               decisions_per_epoch=decisions_per_epoch, measure=self._measure, ranks=self.ranks)
+        self.loop = GrowthLoop(
+            model,
+            self.vocab,
+            decisions=epochs * decisions_per_epoch,
+            decisions_per_epoch=decisions_per_epoch,
+            measure=self._measure,
+            ranks=self.ranks,
+        )
         self.records: list[StepInfo] = []
         self.observations: list[Observation] = []  # what the policy saw at each decision
         start = self._numbers(**(initial_metrics or {}))
@@ -198,8 +203,10 @@ class Gardener:
         tensors, accuracies as fractions; leave out what your task does not have. Returns
         the edit as logged by the plane, or None after the last interval."""
         if self.loop.done:
-            raise RuntimeError(f"the Gardener planned for {self.loop.decisions} steps (epochs x decisions_per_epoch) "
-                               "and all were taken: give it the number of epochs you train")
+            raise RuntimeError(
+                f"the Gardener planned for {self.loop.decisions} steps (epochs x decisions_per_epoch) "
+                "and all were taken: give it the number of epochs you train"
+            )
         numbers = self._numbers(train_loss, train_acc, val_loss, val_acc)
         sync_buffers(self.model, self.ranks)
         self.records.append(self.loop.close(numbers))
@@ -228,7 +235,18 @@ class Gardener:
             raise RuntimeError("nothing to save yet: call step() after each interval you train first")
         if not self.ranks.main:
             return None
-        summary = {**self.summary().to_dict(), "policy": self.policy_name, "host": type(self.model.host).__name__,
-                   "epochs": self.epochs, "decisions_per_epoch": self.loop.decisions_per_epoch}
-        return write_grow_run(out_dir, summary=summary, edits=self.edits, model=self.model,
-                              records=[{"run": "grown", **r.to_dict()} for r in self.records], report=report)
+        summary = {
+            **self.summary().to_dict(),
+            "policy": self.policy_name,
+            "host": type(self.model.host).__name__,
+            "epochs": self.epochs,
+            "decisions_per_epoch": self.loop.decisions_per_epoch,
+        }
+        return write_grow_run(
+            out_dir,
+            summary=summary,
+            edits=self.edits,
+            model=self.model,
+            records=[{"run": "grown", **r.to_dict()} for r in self.records],
+            report=report,
+        )

@@ -32,10 +32,29 @@ from esper.kasmina.model import MorphogeneticModel
 # What the Trainer and the libraries under it read from the model they are given (most by
 # getattr with a default, for a plain nn.Module that lacks them).
 HOST_ATTRIBUTES = (
-    "config", "generation_config", "main_input_name", "name_or_path", "num_parameters", "can_generate",
-    "device", "dtype", "loss_type", "accepts_loss_kwargs", "tp_size", "_tp_size", "is_distributed_loading_by_transformers",
-    "hf_device_map", "hf_quantizer", "is_quantized", "quantization_method", "is_loaded_in_8bit", "is_loaded_in_4bit",
-    "supports_gradient_checkpointing", "is_gradient_checkpointing", "_keys_to_ignore_on_save", "_is_accelerate_prepared",
+    "config",
+    "generation_config",
+    "main_input_name",
+    "name_or_path",
+    "num_parameters",
+    "can_generate",
+    "device",
+    "dtype",
+    "loss_type",
+    "accepts_loss_kwargs",
+    "tp_size",
+    "_tp_size",
+    "is_distributed_loading_by_transformers",
+    "hf_device_map",
+    "hf_quantizer",
+    "is_quantized",
+    "quantization_method",
+    "is_loaded_in_8bit",
+    "is_loaded_in_4bit",
+    "supports_gradient_checkpointing",
+    "is_gradient_checkpointing",
+    "_keys_to_ignore_on_save",
+    "_is_accelerate_prepared",
     "_is_replica",
 )
 MorphogeneticModel.forward_host_attributes(*HOST_ATTRIBUTES)

@@ -63,8 +63,11 @@ def probe_causality(model: nn.Module, args: tuple, inputs: int = 3, cuts: int = 
         with eval_mode(model), torch.no_grad():
             return all(_causal_on(model, _draw(x, vocab, g), args[1:], vocab, cuts, g) for _ in range(inputs))
     except Exception as e:  # the host ran on the example; random inputs of its shape should not fail
-        warnings.warn(f"{type(model).__name__}: the causality probe failed ({type(e).__name__}: {e}); treating the "
-                      "host as not causal (put `causal: true` in the slot spec to say otherwise)", stacklevel=3)
+        warnings.warn(
+            f"{type(model).__name__}: the causality probe failed ({type(e).__name__}: {e}); treating the "
+            "host as not causal (put `causal: true` in the slot spec to say otherwise)",
+            stacklevel=3,
+        )
         return False
 
 

@@ -58,8 +58,14 @@ def save(mm: MorphogeneticModel, path: str | Path, example_inputs=None) -> Path:
         "step_count": mm.plane.ticks,  # the key every saved manifest carries
         "edits": [e.to_dict() for e in mm.plane.edits],
         "slots": {
-            i: {"stage": s.stage.name, "blueprint": s.blueprint, "blend": s.blend_name, "events": list(s.events),
-                "steps": s.blend.steps if s.blend is not None else None, **lineage(mm, i)}
+            i: {
+                "stage": s.stage.name,
+                "blueprint": s.blueprint,
+                "blend": s.blend_name,
+                "events": list(s.events),
+                "steps": s.blend.steps if s.blend is not None else None,
+                **lineage(mm, i),
+            }
             for i, s in mm.plane.slots.items()
         },
         "tensors": {"file": TENSORS, "sha256": digest, "count": len(tensors), "aliases": aliases},
@@ -69,9 +75,7 @@ def save(mm: MorphogeneticModel, path: str | Path, example_inputs=None) -> Path:
     return path
 
 
-def load(
-    path: str | Path, host: nn.Module | None = None, example_inputs=None, *, trust_host_code: bool = False
-) -> MorphogeneticModel:
+def load(path: str | Path, host: nn.Module | None = None, example_inputs=None, *, trust_host_code: bool = False) -> MorphogeneticModel:
     """Rebuild the model saved at `path` on `host`, a fresh instance of the saved host's
     architecture. Without `host`, the manifest's factory builds one, but only with
     `trust_host_code=True`: the factory is code the checkpoint names, and runs as such."""
@@ -90,8 +94,9 @@ def load(
     try:
         mm = instrument(host, examples, spec=manifest["spec"])
     except Exception as e:  # the host is the caller's; what it was fed comes from the manifest
-        raise CheckpointError(f"{where}: fields 'example_inputs' and 'spec' do not instrument this "
-                              f"{type(host).__name__}: {type(e).__name__}: {e}") from e
+        raise CheckpointError(
+            f"{where}: fields 'example_inputs' and 'spec' do not instrument this {type(host).__name__}: {type(e).__name__}: {e}"
+        ) from e
     try:
         apply_edits(mm, [Edit.from_dict(d) for d in manifest["edits"]], until_step=manifest["step_count"])
     except EditError as e:
@@ -123,5 +128,6 @@ def _build(manifest: dict, path: Path, trusted: bool) -> nn.Module:
     try:
         return build_host(factory)
     except Exception as e:  # whatever the factory raises, the way forward is the same
-        raise CheckpointError(f"{path}: the host factory {factory!r} cannot rebuild the host "
-                              f"({type(e).__name__}: {e}); pass {fresh}") from e
+        raise CheckpointError(
+            f"{path}: the host factory {factory!r} cannot rebuild the host ({type(e).__name__}: {e}); pass {fresh}"
+        ) from e

@@ -92,10 +92,16 @@ def read_manifest(path: str | Path) -> dict:
     _check_slots(f, manifest["slots"])
     tensors = f.mapping(manifest["tensors"], "tensors", ("file", "sha256", "count", "aliases"))
     name = tensors["file"]
-    f.need(isinstance(name, str) and Path(name).name == name and name not in ("", ".", ".."), "tensors.file",
-           f"must name a file in the checkpoint directory, not {_show(name)}")
-    f.need(isinstance(tensors["sha256"], str) and bool(_SHA256.fullmatch(tensors["sha256"])), "tensors.sha256",
-           f"must be 64 lowercase hex digits, not {_show(tensors['sha256'])}")
+    f.need(
+        isinstance(name, str) and Path(name).name == name and name not in ("", ".", ".."),
+        "tensors.file",
+        f"must name a file in the checkpoint directory, not {_show(name)}",
+    )
+    f.need(
+        isinstance(tensors["sha256"], str) and bool(_SHA256.fullmatch(tensors["sha256"])),
+        "tensors.sha256",
+        f"must be 64 lowercase hex digits, not {_show(tensors['sha256'])}",
+    )
     f.whole(tensors["count"], "tensors.count", 0)
     aliases = tensors["aliases"]
     f.need(isinstance(aliases, dict), "tensors.aliases", f"must be a mapping, not {_show(aliases)}")
@@ -110,11 +116,17 @@ def _check_examples(f: _Fields, examples) -> None:
         field = f"example_inputs[{i}]"
         meta = f.mapping(meta, field, ("shape", "dtype"))
         shape = meta["shape"]
-        f.need(isinstance(shape, list) and all(type(v) is int and v >= 1 for v in shape), f"{field}.shape",
-               f"must be a list of sizes >= 1, not {_show(shape)}")
+        f.need(
+            isinstance(shape, list) and all(type(v) is int and v >= 1 for v in shape),
+            f"{field}.shape",
+            f"must be a list of sizes >= 1, not {_show(shape)}",
+        )
         dtype = meta["dtype"]
-        f.need(isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype), f"{field}.dtype",
-               f"must name a torch dtype (float32, int64, ...), not {_show(dtype)}")
+        f.need(
+            isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype),
+            f"{field}.dtype",
+            f"must name a torch dtype (float32, int64, ...), not {_show(dtype)}",
+        )
 
 
 def _check_slots(f: _Fields, slots) -> None:
@@ -123,12 +135,19 @@ def _check_slots(f: _Fields, slots) -> None:
         field = f"slots.{slot_id}"
         f.need(isinstance(slot_id, str), field, "must be named by a string")
         state = f.mapping(state, field, ("stage", "blueprint", "blend", "events"), optional=("steps", "base", "generation"))
-        f.need(isinstance(state["stage"], str) and state["stage"] in SeedStage.__members__, f"{field}.stage", f"must be a seed stage, not {_show(state['stage'])}")
+        f.need(
+            isinstance(state["stage"], str) and state["stage"] in SeedStage.__members__,
+            f"{field}.stage",
+            f"must be a seed stage, not {_show(state['stage'])}",
+        )
         f.text(state["blueprint"], f"{field}.blueprint", optional=True)
         f.text(state["blend"], f"{field}.blend", optional=True)
         events = state["events"]
-        f.need(isinstance(events, list) and all(isinstance(e, str) for e in events), f"{field}.events",
-               f"must be a list of strings, not {_show(events)}")
+        f.need(
+            isinstance(events, list) and all(isinstance(e, str) for e in events),
+            f"{field}.events",
+            f"must be a list of strings, not {_show(events)}",
+        )
         if state.get("steps") is not None:
             f.whole(state["steps"], f"{field}.steps", 1)
         if "base" in state:
@@ -145,7 +164,9 @@ def example_inputs(manifest: dict, where: Path) -> tuple[torch.Tensor, ...]:
         try:
             made.append(torch.randn(meta["shape"], dtype=dtype) if dtype.is_floating_point else torch.zeros(meta["shape"], dtype=dtype))
         except (RuntimeError, MemoryError) as e:
-            raise CheckpointError(f"{where}: field 'example_inputs[{i}]' cannot be made: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+            raise CheckpointError(
+                f"{where}: field 'example_inputs[{i}]' cannot be made: {type(e).__name__}: {str(e).splitlines()[0]}"
+            ) from None
     return tuple(made)
 
 
@@ -157,14 +178,21 @@ def check_model(manifest: dict, mm: MorphogeneticModel, where: Path) -> None:
         if not isinstance(entry, dict) or "shape" not in entry or entry.get("id", entry["at"]) not in mm.plane.slots:
             continue
         shape = list(mm.plane.slot(entry.get("id", entry["at"])).shape)
-        f.need(shape == entry["shape"], f"spec.slots[{i}].shape",
-               f"is {entry['shape']}, but the host traced with field 'example_inputs' gives {shape}: one of them was changed")
+        f.need(
+            shape == entry["shape"],
+            f"spec.slots[{i}].shape",
+            f"is {entry['shape']}, but the host traced with field 'example_inputs' gives {shape}: one of them was changed",
+        )
     slots = manifest["slots"]
-    f.need(set(slots) == set(mm.plane.slots), "slots",
-           f"lists {sorted(slots)}, but the edit log leaves the slots {list(mm.plane.slots)}")
+    f.need(set(slots) == set(mm.plane.slots), "slots", f"lists {sorted(slots)}, but the edit log leaves the slots {list(mm.plane.slots)}")
     for slot_id, slot in mm.plane.slots.items():
-        actual = {"stage": slot.stage.name, "blueprint": slot.blueprint, "blend": slot.blend_name,
-                  "steps": slot.blend.steps if slot.blend is not None else None, **lineage(mm, slot_id)}
+        actual = {
+            "stage": slot.stage.name,
+            "blueprint": slot.blueprint,
+            "blend": slot.blend_name,
+            "steps": slot.blend.steps if slot.blend is not None else None,
+            **lineage(mm, slot_id),
+        }
         for key, value in actual.items():
             # Checkpoints from before `steps` and the lineage were recorded lack them: the replay derives them.
             saved = slots[slot_id].get(key, value)
@@ -183,14 +211,23 @@ def check_tensors(manifest: dict, tensors: dict[str, torch.Tensor], mm: Morphoge
     meta = manifest["tensors"]
     f.need(len(tensors) == meta["count"], "tensors.count", f"is {meta['count']}, but {meta['file']} holds {len(tensors)} tensors")
     for alias, source in meta["aliases"].items():
-        f.need(source in tensors and alias not in tensors, f"tensors.aliases.{alias}",
-               f"must name a stored tensor ({_show(source)}) for a name not stored itself")
+        f.need(
+            source in tensors and alias not in tensors,
+            f"tensors.aliases.{alias}",
+            f"must name a stored tensor ({_show(source)}) for a name not stored itself",
+        )
         tensors[alias] = tensors[source]
     expected = mm.state_dict()
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    f.need(not missing and not unexpected, "edits",
-           f"rebuild a model the tensors do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    f.need(
+        not missing and not unexpected,
+        "edits",
+        f"rebuild a model the tensors do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}",
+    )
     for name, t in expected.items():
-        f.need(tensors[name].shape == t.shape, "edits",
-               f"rebuild '{name}' with shape {tuple(t.shape)}, but the stored tensor has {tuple(tensors[name].shape)}")
+        f.need(
+            tensors[name].shape == t.shape,
+            "edits",
+            f"rebuild '{name}' with shape {tuple(t.shape)}, but the stored tensor has {tuple(tensors[name].shape)}",
+        )
     return tensors

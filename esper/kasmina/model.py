@@ -63,9 +63,9 @@ class MorphogeneticModel(nn.Module):
         self.example_inputs: tuple = ()
         self.host_factory: str | None = None
         # Plain attributes of the host that its traced graph reads (get_attr of an unregistered tensor).
-        object.__setattr__(self, "_graph_constants", {
-            n.target.split(".")[0] for n in (graph.nodes if graph is not None else ()) if n.op == "get_attr"
-        })
+        object.__setattr__(
+            self, "_graph_constants", {n.target.split(".")[0] for n in (graph.nodes if graph is not None else ()) if n.op == "get_attr"}
+        )
         if kind == "fx":
             object.__setattr__(self, "_graph", insert_slot_calls(copy.deepcopy(graph), points, lambda p: f"plane.{module_key(p.id)}"))
             self._recompile()

@@ -167,7 +167,9 @@ class KasminaPlane(nn.Module):
         else:
             return
         raise LifecycleError(
-            slot.slot_id, slot.stage, f"germinate {what}",
+            slot.slot_id,
+            slot.stage,
+            f"germinate {what}",
             f"the host is causal and {what} lets a position see later ones; causal-safe here: blueprints "
             f"{', '.join(safe) or 'none'}, blends {', '.join(safe_blends)}; pass allow_noncausal=True to grow it anyway",
         )

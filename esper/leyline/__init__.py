@@ -1,5 +1,6 @@
-"""Leyline: the shared contracts (seed stages, the one transition table, edits, telemetry, observations, the policy vocabulary, episode summaries, errors)."""
+"""Leyline: the shared contracts (stages and the one transition table, edits, telemetry, observations, vocabulary, errors)."""
 
+from esper.leyline.edits import Edit, Op, edits_from_yaml, edits_to_yaml
 from esper.leyline.errors import (
     CheckpointError,
     DataError,
@@ -15,7 +16,6 @@ from esper.leyline.errors import (
     TraceError,
     UsageError,
 )
-from esper.leyline.edits import Edit, Op, edits_from_yaml, edits_to_yaml
 from esper.leyline.stages import (
     ACTIVE_STAGES,
     TRANSITIONS,

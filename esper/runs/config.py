@@ -45,7 +45,9 @@ def _coerce(value: Any, default: Any, annotation: str, where: str) -> Any:
         if wants_int and isinstance(value, str):
             return int(value)
     except ValueError:
-        raise ValueError(f"setting '{where}' = {value!r} is not a {type(default).__name__ if default is not None else annotation}") from None
+        raise ValueError(
+            f"setting '{where}' = {value!r} is not a {type(default).__name__ if default is not None else annotation}"
+        ) from None
     return value
 
 

@@ -96,8 +96,13 @@ def plot_timeline(timeline: list[dict], path: Path, title: str, ticks_per_epoch:
     ax.set_xlabel("epoch")
     ax.set_title(title)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in STAGE_COLORS.values()]
-    ax.legend(handles + [plt.Line2D([], [], color="black")], list(STAGE_COLORS) + ["alpha"], fontsize=7,
-              loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.legend(
+        handles + [plt.Line2D([], [], color="black")],
+        list(STAGE_COLORS) + ["alpha"],
+        fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1),
+    )
     return save_figure(fig, path)
 
 
@@ -113,8 +118,14 @@ def _grow_plots(run_dir: Path, epochs: list[dict], summary: dict) -> list[tuple[
     ax.plot(x, [_num(r["train_acc"]) for r in grown], label="train (grown)", color="#3182bd", linestyle=":")
     ax.plot(x, [_num(r["val_acc"]) for r in grown], label="validation (grown)", color="#3182bd", marker="o")
     if baseline:
-        ax.plot([r["epoch"] for r in baseline], [_num(r["val_acc"]) for r in baseline], label="validation (host alone)",
-                color="#636363", marker="s", linestyle="--")
+        ax.plot(
+            [r["epoch"] for r in baseline],
+            [_num(r["val_acc"]) for r in baseline],
+            label="validation (host alone)",
+            color="#636363",
+            marker="s",
+            linestyle="--",
+        )
     per_epoch = max(1, round(grown[-1]["step"] / grown[-1]["epoch"])) if grown and grown[-1]["epoch"] else 1
     for r in grown:
         op = r["edit"]["op"]
@@ -122,13 +133,23 @@ def _grow_plots(run_dir: Path, epochs: list[dict], summary: dict) -> list[tuple[
             # esper grow applies an edit before its step's training; a Gardener after its epoch
             at = r.get("edit_at", (r["step"] - 1) / per_epoch)
             ax.axvline(at, color=OP_COLORS[op], alpha=0.5)
-            ax.annotate(f"{op.lower()} {r['edit'].get('slot', '')}", (at + 0.04, 0.03), xycoords=("data", "axes fraction"),
-                        rotation=90, fontsize=7, color=OP_COLORS[op])
+            ax.annotate(
+                f"{op.lower()} {r['edit'].get('slot', '')}",
+                (at + 0.04, 0.03),
+                xycoords=("data", "axes fraction"),
+                rotation=90,
+                fontsize=7,
+                color=OP_COLORS[op],
+            )
     if "test_acc" in summary:
         ax.axhline(_num(summary["test_acc"]), color="#3182bd", alpha=0.3, label=f"test (grown) {summary['test_acc']:.3f}")
     if "baseline" in summary and summary["baseline"].get("test_acc") is not None:
-        ax.axhline(_num(summary["baseline"]["test_acc"]), color="#636363", alpha=0.3,
-                   label=f"test (host alone) {summary['baseline']['test_acc']:.3f}")
+        ax.axhline(
+            _num(summary["baseline"]["test_acc"]),
+            color="#636363",
+            alpha=0.3,
+            label=f"test (host alone) {summary['baseline']['test_acc']:.3f}",
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy")
     ax.set_title("Accuracy (vertical lines: edits applied before that epoch's training)")
@@ -171,13 +192,17 @@ def _loss_plot(plt, path: Path, grown: list[dict], baseline: list[dict], summary
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.plot([r["epoch"] for r in grown], [_num(r.get("train_loss")) for r in grown], label="train (grown)", color="#3182bd",
-            linestyle=":")
-    ax.plot([r["epoch"] for r in grown], [_num(r.get("val_loss")) for r in grown], label="validation (grown)", color="#3182bd",
-            marker="o")
+    ax.plot([r["epoch"] for r in grown], [_num(r.get("train_loss")) for r in grown], label="train (grown)", color="#3182bd", linestyle=":")
+    ax.plot([r["epoch"] for r in grown], [_num(r.get("val_loss")) for r in grown], label="validation (grown)", color="#3182bd", marker="o")
     if baseline:
-        ax.plot([r["epoch"] for r in baseline], [_num(r.get("val_loss")) for r in baseline], label="validation (host alone)",
-                color="#636363", marker="s", linestyle="--")
+        ax.plot(
+            [r["epoch"] for r in baseline],
+            [_num(r.get("val_loss")) for r in baseline],
+            label="validation (host alone)",
+            color="#636363",
+            marker="s",
+            linestyle="--",
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (nats per prediction)")
     unit = summary.get("unit", "token")
@@ -210,18 +235,23 @@ def _grow_table(summary: dict) -> list[str]:
     lines.append(f"| wall time (s) | {fmt(summary.get('wall_seconds'))} | {fmt(base.get('wall_seconds'))} |")
     lines.append("")
     fossils = ", ".join(summary.get("fossil_blueprints") or []) or "none"
-    setting = ", ".join(([summary["data"]] if "data" in summary else [])
-                        + ([f"{summary['train_images']} training images"] if "train_images" in summary else [])
-                        + [f"{summary.get('epochs', '?')} epochs"])
-    outcome = (f"{summary.get('germinated', 0)} germinated, {summary.get('fossilized', 0)} fossilized ({fossils}), "
-               f"{summary.get('culled', 0)} culled")
+    setting = ", ".join(
+        ([summary["data"]] if "data" in summary else [])
+        + ([f"{summary['train_images']} training images"] if "train_images" in summary else [])
+        + [f"{summary.get('epochs', '?')} epochs"]
+    )
+    outcome = (
+        f"{summary.get('germinated', 0)} germinated, {summary.get('fossilized', 0)} fossilized ({fossils}), "
+        f"{summary.get('culled', 0)} culled"
+    )
     if summary.get("return") is not None:
         outcome += f"; return {summary['return']:.3f}"
     lines.append(f"Policy `{summary.get('policy', '?')}` on `{summary.get('host', '?')}` ({setting}): {outcome}.")
     tp = summary.get("throughput", {})
     if tp:
-        lines.append(f"Throughput: {tp.get('images_per_second', 0):.0f} host images/s, "
-                     f"{tp.get('decisions_per_second', 0):.3f} decisions/s.")
+        lines.append(
+            f"Throughput: {tp.get('images_per_second', 0):.0f} host images/s, {tp.get('decisions_per_second', 0):.3f} decisions/s."
+        )
     return lines
 
 
@@ -291,23 +321,33 @@ def _train_plots(run_dir: Path, episodes: list[dict], updates: list[dict], ticks
 
 def _train_lines(episodes: list[dict], updates: list[dict], warm: list[dict]) -> list[str]:
     ppo = [r for r in episodes if r.get("phase") == "ppo"]
-    lines = [f"{len(ppo)} PPO episodes, {len(updates)} updates"
-             + (f", after {len([r for r in episodes if r.get('phase') == 'warm_start'])} heuristic warm-start episodes" if warm else "") + "."]
+    lines = [
+        f"{len(ppo)} PPO episodes, {len(updates)} updates"
+        + (f", after {len([r for r in episodes if r.get('phase') == 'warm_start'])} heuristic warm-start episodes" if warm else "")
+        + "."
+    ]
     if warm:
         lines.append(f"Warm start: behaviour cloning reached {_num(warm[-1].get('agreement')):.1%} agreement with the heuristic.")
     if updates:
         first, last = updates[0], updates[-1]
         lines += ["", "| | first update | last update |", "| --- | --- | --- |"]
-        for key, label in (("return_mean", "mean return"), ("val_acc_mean", "mean final val accuracy"),
-                           ("fossilized_per_episode", "fossils per episode"), ("wait_fraction", "WAIT share"),
-                           ("explained_variance", "explained variance"), ("approx_kl", "approx KL")):
+        for key, label in (
+            ("return_mean", "mean return"),
+            ("val_acc_mean", "mean final val accuracy"),
+            ("fossilized_per_episode", "fossils per episode"),
+            ("wait_fraction", "WAIT share"),
+            ("explained_variance", "explained variance"),
+            ("approx_kl", "approx KL"),
+        ):
             lines.append(f"| {label} | {_num(first.get(key)):.3f} | {_num(last.get(key)):.3f} |")
         for key in (k for k in last if k.startswith("entropy_norm/")):
             lines.append(f"| entropy ({key.split('/')[1]}, normalised) | {_num(first.get(key)):.3f} | {_num(last.get(key)):.3f} |")
         tp = last.get("throughput", {})
         lines.append("")
-        lines.append(f"Throughput (last round): {tp.get('images_per_second', 0):.0f} host images/s, "
-                     f"{tp.get('decisions_per_second', 0):.3f} decisions/s.")
+        lines.append(
+            f"Throughput (last round): {tp.get('images_per_second', 0):.0f} host images/s, "
+            f"{tp.get('decisions_per_second', 0):.3f} decisions/s."
+        )
         if last.get("warnings"):
             lines += ["", "Health warnings at the last update:", *[f"- {w}" for w in last["warnings"]]]
         else:
@@ -343,8 +383,11 @@ def make_report(run_dir) -> Path:
         plots = _train_plots(run_dir, episodes, updates, ticks)
     for title, name in plots:
         lines += [f"### {title}", "", f"![{title}]({name})", ""]
-    files = [f for f in ("config.yaml", "metrics.jsonl", "summary.json", "edits.yaml", "tamiyo.pt", "checkpoint.pt", "model")
-             if (run_dir / f).exists()]
+    files = [
+        f
+        for f in ("config.yaml", "metrics.jsonl", "summary.json", "edits.yaml", "tamiyo.pt", "checkpoint.pt", "model")
+        if (run_dir / f).exists()
+    ]
     lines += ["## Files", "", *[f"- [{f}]({f})" for f in files], ""]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))

@@ -58,8 +58,19 @@ from esper.simic.host_training import make_optimizer, train_chunks
 
 PLANE = "plane."
 # The stacked hosts take one optimizer step, with one schedule, for all K environments.
-SAME_SETTINGS = ("batch_size", "decisions_per_epoch", "epochs", "optimizer", "lr", "lr_schedule", "lr_floor", "momentum",
-                 "weight_decay", "precision", "augment")
+SAME_SETTINGS = (
+    "batch_size",
+    "decisions_per_epoch",
+    "epochs",
+    "optimizer",
+    "lr",
+    "lr_schedule",
+    "lr_floor",
+    "momentum",
+    "weight_decay",
+    "precision",
+    "augment",
+)
 
 
 def _plane_calls(mm, graph: fx.Graph) -> dict[str, list[fx.Node]]:
@@ -113,8 +124,10 @@ def batching_problem(envs) -> str | None:
     for name in SAME_SETTINGS:
         if len({getattr(env.cfg, name) for env in envs}) > 1:
             return f"the environments train with different {name}"
-    if envs[0].cfg.precision == "bf16" and envs[0].device.type == "cuda" and any(
-        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in models[0].host.modules()
+    if (
+        envs[0].cfg.precision == "bf16"
+        and envs[0].device.type == "cuda"
+        and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in models[0].host.modules())
     ):
         # torch's vmap rule for BatchNorm's backward wants the fp32 running statistics in
         # the bf16 of autocast's activations (torch 2.11 and 2.14 alike).
@@ -131,9 +144,7 @@ def structure(models: Sequence) -> tuple:
     seed folds into the chain and a slot opens after it); a germination or a cull changes
     only what a slot module holds, which the sites call live, and no edit changes a
     host's own parameters."""
-    return tuple(
-        (id(mm), tuple((t, id(mm.get_submodule(t))) for targets in slot_chains(mm).values() for t in targets)) for mm in models
-    )
+    return tuple((id(mm), tuple((t, id(mm.get_submodule(t))) for targets in slot_chains(mm).values() for t in targets)) for mm in models)
 
 
 class StackedHosts:
@@ -161,14 +172,11 @@ class StackedHosts:
         # tensors: each segment's own names map to the model's by identity.
         names = {id(t): n for n, t in [*self.models[0].named_parameters(), *self.models[0].named_buffers()]}
         self.names = {
-            seg: {own: names[id(t)] for own, t in [*mod.named_parameters(), *mod.named_buffers()]}
-            for seg, mod in self.segments.items()
+            seg: {own: names[id(t)] for own, t in [*mod.named_parameters(), *mod.named_buffers()]} for seg, mod in self.segments.items()
         }
         self.param_names = sorted({names[id(t)] for mod in self.segments.values() for _, t in mod.named_parameters()})
         self.buffer_names = sorted({names[id(t)] for mod in self.segments.values() for _, t in mod.named_buffers()})
-        self.chains = [
-            {base: [mm.get_submodule(t) for t in targets] for base, targets in slot_chains(mm).items()} for mm in self.models
-        ]
+        self.chains = [{base: [mm.get_submodule(t) for t in targets] for base, targets in slot_chains(mm).items()} for mm in self.models]
         with torch.no_grad():
             self.params = {n: torch.stack([mm.get_parameter(n) for mm in self.models]).requires_grad_() for n in self.param_names}
             self.buffers = {n: torch.stack([mm.get_buffer(n) for mm in self.models]) for n in self.buffer_names}

@@ -95,8 +95,10 @@ def start(device: str | torch.device, timeout: float = 600.0) -> tuple[Ranks, to
         try:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout))
         except Exception as e:
-            raise DistributedError(f"cannot join the torchrun job ({type(e).__name__}: {e}); check MASTER_ADDR/MASTER_PORT "
-                                   "and that every rank was started with the same --nnodes and --nproc-per-node") from e
+            raise DistributedError(
+                f"cannot join the torchrun job ({type(e).__name__}: {e}); check MASTER_ADDR/MASTER_PORT "
+                "and that every rank was started with the same --nnodes and --nproc-per-node"
+            ) from e
     return Ranks(dist.get_rank(), dist.get_world_size(), timeout), device
 
 
@@ -120,7 +122,8 @@ def main_first(ranks: Ranks):
 # and the network's. DistError is the base of the others (torch 2.11 and 2.14 alike); each is
 # looked up by name so that a build without one still imports.
 _DIST_ERRORS = tuple(
-    t for t in (getattr(dist, n, None) for n in ("DistError", "DistBackendError", "DistNetworkError", "DistStoreError"))
+    t
+    for t in (getattr(dist, n, None) for n in ("DistError", "DistBackendError", "DistNetworkError", "DistStoreError"))
     if isinstance(t, type)
 )
 # gloo raises a plain RuntimeError when a peer is gone or a collective times out ("Connection
@@ -238,10 +241,12 @@ class DataParallelHost:
             from torch.nn.parallel import DistributedDataParallel
 
             self._ddp = None  # the old wrapper's gradient hooks go with it
-            self._ddp = collective(self.ranks, "rebuilding DistributedDataParallel after an edit",
-                                   lambda: DistributedDataParallel(self.mm, find_unused_parameters=idle),
-                                   why="the ranks hold different models (every rank must apply rank 0's edits), "
-                                       "or another rank stopped")
+            self._ddp = collective(
+                self.ranks,
+                "rebuilding DistributedDataParallel after an edit",
+                lambda: DistributedDataParallel(self.mm, find_unused_parameters=idle),
+                why="the ranks hold different models (every rank must apply rank 0's edits), or another rank stopped",
+            )
             self._key = (trained, idle)
         return self._ddp
 
@@ -254,8 +259,11 @@ def fingerprint(mm: torch.nn.Module) -> tuple[str, str, str]:
     tensors = list(mm.named_parameters()) + list(mm.named_buffers())
     shapes = hashlib.sha256(repr([(n, tuple(t.shape)) for n, t in tensors]).encode()).hexdigest()[:16]
     with torch.no_grad():
-        sums = torch.stack([torch.stack([v.sum(), v.square().sum()]) for v in (t.detach().double() for _, t in tensors)]) \
-            if tensors else torch.zeros(1)
+        sums = (
+            torch.stack([torch.stack([v.sum(), v.square().sum()]) for v in (t.detach().double() for _, t in tensors)])
+            if tensors
+            else torch.zeros(1)
+        )
     values = hashlib.sha256(sums.cpu().numpy().tobytes()).hexdigest()[:16]
     return edits, shapes, values
 
@@ -270,8 +278,10 @@ def check_in_step(mm: torch.nn.Module, ranks: Ranks) -> None:
     for i, part in enumerate(parts):
         differ = [r for r, p in enumerate(prints) if p[i] != prints[0][i]]
         if differ:
-            raise DistributedError(f"at tick {mm.plane.ticks} the {part} of rank(s) {differ} differ from rank 0's: "
-                                   "every rank must apply the same edits to the same model")
+            raise DistributedError(
+                f"at tick {mm.plane.ticks} the {part} of rank(s) {differ} differ from rank 0's: "
+                "every rank must apply the same edits to the same model"
+            )
 
 
 def decided_on_main(choose: Callable, ranks: Ranks) -> Callable:

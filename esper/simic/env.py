@@ -101,8 +101,15 @@ class GrowthEnv:
             if cfg.channels_last:
                 self.mm.to(memory_format=torch.channels_last)
             self.trainer = HostTrainer(self.mm, cfg, self.device, self.data, self.task, seed, self.ranks)
-        self.loop = GrowthLoop(self.mm, self.vocab, decisions=cfg.decisions, decisions_per_epoch=cfg.decisions_per_epoch,
-                               measure=self.trainer.measure_contributions, reward=self.reward_cfg, ranks=self.ranks)
+        self.loop = GrowthLoop(
+            self.mm,
+            self.vocab,
+            decisions=cfg.decisions,
+            decisions_per_epoch=cfg.decisions_per_epoch,
+            measure=self.trainer.measure_contributions,
+            reward=self.reward_cfg,
+            ranks=self.ranks,
+        )
         self.loop.start(Numbers.before_training(*self.trainer.evaluate(self.data.val)))
         return self.loop.observe()
 

@@ -110,8 +110,8 @@ def make_optimizer(params, cfg: EnvConfig) -> torch.optim.Optimizer:
 def lr_factor(cfg: EnvConfig, progress: float) -> float:
     """The schedule's multiplier at `progress` (0 to 1) through the episode:
 
-        cosine:   floor + (1 - floor) * (1 + cos(pi * progress)) / 2
-        constant: 1
+    cosine:   floor + (1 - floor) * (1 + cos(pi * progress)) / 2
+    constant: 1
     """
     if cfg.lr_schedule == "constant":
         return 1.0
@@ -157,8 +157,9 @@ class HostTrainer:
         k = self.cfg.decisions_per_epoch
         part = decision % k
         if part == 0:
-            self._batches = iter(self.data.train.batches(self.cfg.batch_size, shuffle=True, generator=self._order,
-                                                         augment=self.cfg.augment))
+            self._batches = iter(
+                self.data.train.batches(self.cfg.batch_size, shuffle=True, generator=self._order, augment=self.cfg.augment)
+            )
         n = self.batches_per_epoch
         count = None if part == k - 1 else round((part + 1) * n / k) - round(part * n / k)
         self.mm.train()
@@ -286,8 +287,9 @@ def train_chunks(
             sync_buffers(trainer.mm, trainer.ranks)
         sums = sum_over_ranks(trainers[0]._sums(*sums), trainers[0].ranks).unbind()
     values = read_once(sums)
-    return [(loss / n, right / n, seen) if n else (None, None, seen)
-            for loss, right, n in zip(values[:k], values[k : 2 * k], values[2 * k :])]
+    return [
+        (loss / n, right / n, seen) if n else (None, None, seen) for loss, right, n in zip(values[:k], values[k : 2 * k], values[2 * k :])
+    ]
 
 
 def guard(trainers: Sequence[HostTrainer]) -> list[list[str]]:
@@ -320,9 +322,7 @@ def probe_accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 10
     return correct / max(count, 1)
 
 
-def seed_contributions(
-    model, score: Callable[[], float], previous: dict[str, float], frozen: dict[str, float]
-) -> dict[str, float]:
+def seed_contributions(model, score: Callable[[], float], previous: dict[str, float], frozen: dict[str, float]) -> dict[str, float]:
     """Each BLENDING seed's contribution: `score()` (a probe's accuracy, or any number
     where higher is better) with every seed in, minus the same with that slot ablated
     (`plane.ablate`). A fossil keeps the contribution it had when it fossilized, since

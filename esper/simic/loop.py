@@ -82,13 +82,19 @@ class GrowthLoop:
     def start(self, numbers: Numbers) -> None:
         """Begin at decision 0 with the numbers of the model before training (NaN: unknown)."""
         self.record = EpisodeRecord(self.plane, numbers)
-        self._reward_state = RewardState.from_telemetry(self._telemetry(), numbers.val_acc, self.host_params,
-                                                        self.total_params(), {})
+        self._reward_state = RewardState.from_telemetry(self._telemetry(), numbers.val_acc, self.host_params, self.total_params(), {})
 
     def observe(self) -> Observation:
         signals = self.record.signals(self.t, self.decisions, self.host_params, self.total_params())
-        return build_observation(self._telemetry(), signals, self.contributions, list(self.vocab.blueprints),
-                                 self.blueprint_ranks, list(self.vocab.blends), usable_blends=self.usable_blends)
+        return build_observation(
+            self._telemetry(),
+            signals,
+            self.contributions,
+            list(self.vocab.blueprints),
+            self.blueprint_ranks,
+            list(self.vocab.blends),
+            usable_blends=self.usable_blends,
+        )
 
     def apply(self, edit: Edit) -> Edit:
         """Decision t's edit, through the plane (which logs it); returns the logged edit."""
@@ -113,15 +119,26 @@ class GrowthLoop:
         self.t += 1
         telemetry = self._telemetry()
         params = self.total_params()
-        state = RewardState.from_telemetry(telemetry, numbers.val_acc, self.host_params, params, self.contributions,
-                                           prev=self._reward_state)
+        state = RewardState.from_telemetry(
+            telemetry, numbers.val_acc, self.host_params, params, self.contributions, prev=self._reward_state
+        )
         reward = compute_reward(self._reward_state, state, self._edit, self.done, self.reward_cfg)
         self._reward_state = state
         slots = timeline_row(self.plane)
         self.record.add_step(numbers, reward, slots, images, seconds)
-        info = StepInfo(self.t, self.t / self.decisions_per_epoch, self._edit, **vars(numbers),
-                        contributions=dict(self.contributions), reward=reward.as_dict(), params=params,
-                        host_params=self.host_params, slots=slots, images=images, train_seconds=seconds)
+        info = StepInfo(
+            self.t,
+            self.t / self.decisions_per_epoch,
+            self._edit,
+            **vars(numbers),
+            contributions=dict(self.contributions),
+            reward=reward.as_dict(),
+            params=params,
+            host_params=self.host_params,
+            slots=slots,
+            images=images,
+            train_seconds=seconds,
+        )
         self._edit = None
         return info
 

@@ -24,8 +24,10 @@ def resolve_policy(
             return build_policy(str(policy), vocab, heuristic=heuristic, seed=seed), vocab, None
         path = Path(policy)
         if not path.is_file():
-            raise UsageError(f"policy {str(policy)!r}: no such file, and not one of the built-in policies "
-                             f"{', '.join(policy_names())}; a trained policy is runs/NAME/tamiyo.pt")
+            raise UsageError(
+                f"policy {str(policy)!r}: no such file, and not one of the built-in policies "
+                f"{', '.join(policy_names())}; a trained policy is runs/NAME/tamiyo.pt"
+            )
         try:
             trained, cfg = load_policy(path)
         except (ValueError, RuntimeError) as e:

@@ -123,19 +123,14 @@ def credited_contribution(state: RewardState, slot: str, cfg: RewardConfig) -> f
 
 
 def potential(state: RewardState, cfg: RewardConfig) -> float:
-    return cfg.shaping_weight * sum(
-        credited_contribution(state, slot, cfg) for slot, stage in state.stages.items() if stage in _CREDITED
-    )
+    return cfg.shaping_weight * sum(credited_contribution(state, slot, cfg) for slot, stage in state.stages.items() if stage in _CREDITED)
 
 
-def compute_reward(
-    prev: RewardState, now: RewardState, edit: Edit, done: bool, cfg: RewardConfig | None = None
-) -> RewardBreakdown:
+def compute_reward(prev: RewardState, now: RewardState, edit: Edit, done: bool, cfg: RewardConfig | None = None) -> RewardBreakdown:
     """The reward for the transition prev -> now made by `edit`; `done` ends the episode."""
     cfg = cfg or RewardConfig()
     fossilized = sum(
-        stage is SeedStage.FOSSILIZED and prev.stages.get(slot) is not SeedStage.FOSSILIZED
-        for slot, stage in now.stages.items()
+        stage is SeedStage.FOSSILIZED and prev.stages.get(slot) is not SeedStage.FOSSILIZED for slot, stage in now.stages.items()
     )
     next_potential = 0.0 if done else potential(now, cfg)
     added = (now.total_params - now.host_params) / now.host_params

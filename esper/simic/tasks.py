@@ -54,8 +54,10 @@ class Classification:
         """Raise ValueError unless the host gives one logit per class for each example of `x`."""
         z = logits_of(out)
         if z.dim() != 2 or z.shape != (x.shape[0], data.num_classes):
-            raise ValueError(f"the host outputs {tuple(z.shape)} for a batch, but the data has {data.num_classes} "
-                             f"classes: a classifier with {data.num_classes} outputs is needed")
+            raise ValueError(
+                f"the host outputs {tuple(z.shape)} for a batch, but the data has {data.num_classes} "
+                f"classes: a classifier with {data.num_classes} outputs is needed"
+            )
 
 
 class NextToken:
@@ -75,9 +77,11 @@ class NextToken:
         z = logits_of(out)
         length = x.shape[1]
         if z.dim() != 3 or z.shape[:2] != x.shape[:2] or z.shape[2] < data.num_classes:
-            raise ValueError(f"the host outputs {tuple(z.shape)} for a batch of {length}-token sequences, but "
-                             f"next-token prediction needs (batch, {length}, vocabulary) logits with a vocabulary "
-                             f"of at least the data's {data.num_classes} tokens")
+            raise ValueError(
+                f"the host outputs {tuple(z.shape)} for a batch of {length}-token sequences, but "
+                f"next-token prediction needs (batch, {length}, vocabulary) logits with a vocabulary "
+                f"of at least the data's {data.num_classes} tokens"
+            )
 
 
 def read_once(values) -> list[float]:

@@ -76,5 +76,3 @@ def episode_seed(run_seed: int, phase: str, index: int) -> int:
     resumed run replays exactly the episodes an uninterrupted one would have."""
     digest = hashlib.sha256(f"{run_seed}/{phase}/{index}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
-
-

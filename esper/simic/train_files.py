@@ -75,8 +75,15 @@ def save_checkpoint(path: Path, cfg: TrainConfig, policy: TamiyoPolicy, optimize
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     save_atomic(
-        {"format": "esper-train-checkpoint", "version": 1, "config": config_io.to_dict(cfg), "policy": policy.state_dict(),
-         "optimizer": optimizer.state_dict(), "rng": rng, **asdict(state)},
+        {
+            "format": "esper-train-checkpoint",
+            "version": 1,
+            "config": config_io.to_dict(cfg),
+            "policy": policy.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": rng,
+            **asdict(state),
+        },
         path,
     )
 
@@ -90,8 +97,10 @@ def load_checkpoint(path: Path, cfg: TrainConfig, policy: TamiyoPolicy, optimize
             raise ValueError("no esper-train-checkpoint inside")
         saved_cfg = config_io.from_dict(TrainConfig, saved["config"])
     except Exception as e:  # a torn or foreign file fails in many ways; each means the same here
-        raise CheckpointError(f"cannot resume from {path}, which is truncated or not a training checkpoint "
-                              f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); nothing was changed") from None
+        raise CheckpointError(
+            f"cannot resume from {path}, which is truncated or not a training checkpoint "
+            f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); nothing was changed"
+        ) from None
     changed = [k for k in config_io.diff(saved_cfg, cfg) if k not in RESUMABLE_CHANGES]
     if changed:
         raise ValueError(f"--resume continues the saved run, but these settings differ from it: {', '.join(changed)}")

@@ -92,8 +92,16 @@ class Trainer:
         self.device = torch.device(self.cfg.device)
         factory = reinitialized_copies(host_template)
         self.envs = [
-            GrowthEnv(factory, data, self.cfg.env, self.cfg.reward, blueprints=self.cfg.blueprints,
-                      blends=self.cfg.blends, device=self.device, example_input=example_input)
+            GrowthEnv(
+                factory,
+                data,
+                self.cfg.env,
+                self.cfg.reward,
+                blueprints=self.cfg.blueprints,
+                blends=self.cfg.blends,
+                device=self.device,
+                example_input=example_input,
+            )
             for _ in range(self.cfg.envs)
         ]
         torch.manual_seed(self.cfg.seed)
@@ -107,8 +115,10 @@ class Trainer:
             if resume and (self.out / CHECKPOINT).exists():
                 self.state = load_checkpoint(self.out / CHECKPOINT, self.cfg, self.policy, self.optimizer)
                 dropped = drop_records_after(self.out, self.state)
-                self.log(f"resuming {self.out} after {self.state.episodes_done} episodes and {self.state.updates_done} updates"
-                         + (f" (dropped {dropped} log records written after the checkpoint)" if dropped else ""))
+                self.log(
+                    f"resuming {self.out} after {self.state.episodes_done} episodes and {self.state.updates_done} updates"
+                    + (f" (dropped {dropped} log records written after the checkpoint)" if dropped else "")
+                )
             config_io.save_yaml(self.cfg, self.out / CONFIG)
             self.metrics = MetricsWriter(self.out, purge_step=self.state.global_step)
         self.state = broadcast(self.state, ranks, "sharing the run's progress")
@@ -131,14 +141,26 @@ class Trainer:
     # ---- running ------------------------------------------------------------------------------------
     def run(self) -> dict:
         cfg = self.cfg
-        self._write("run", {"episodes_done": self.state.episodes_done, "updates_done": self.state.updates_done,
-                                   "target_episodes": cfg.episodes, "warm_start": cfg.warm_start})
+        self._write(
+            "run",
+            {
+                "episodes_done": self.state.episodes_done,
+                "updates_done": self.state.updates_done,
+                "target_episodes": cfg.episodes,
+                "warm_start": cfg.warm_start,
+            },
+        )
         bar = None
         if self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=cfg.warm_start + cfg.episodes, initial=min(self.state.global_step, cfg.warm_start + cfg.episodes),
-                       unit="ep", desc="esper train", dynamic_ncols=True)
+            bar = tqdm(
+                total=cfg.warm_start + cfg.episodes,
+                initial=min(self.state.global_step, cfg.warm_start + cfg.episodes),
+                unit="ep",
+                desc="esper train",
+                dynamic_ncols=True,
+            )
         self._bar = bar
         try:
             if not self.state.warm_finished:
@@ -172,15 +194,25 @@ class Trainer:
 
     def _log_episodes(self, rollout: Rollout, phase: str, start: int, seeds: list[int]) -> None:
         for i, summary in enumerate(rollout.summaries):
-            record = {"phase": phase, "episode": start + i, "env": i, "seed": seeds[i], "update": self.state.updates_done,
-                      **summary.to_dict(), "throughput": rollout.throughput}
+            record = {
+                "phase": phase,
+                "episode": start + i,
+                "env": i,
+                "seed": seeds[i],
+                "update": self.state.updates_done,
+                **summary.to_dict(),
+                "throughput": rollout.throughput,
+            }
             self._write("episode", record, step=self.state.global_step + i)
         if self._bar is not None:
             s = rollout.summaries
             self._bar.update(len(s))
-            self._bar.set_postfix(R=f"{mean_or_nan(x.episode_return for x in s):.2f}", acc=f"{mean_or_nan(x.val_acc for x in s):.3f}",
-                                  foss=f"{mean_or_nan(x.fossilized for x in s):.2f}",
-                                  img_s=f"{rollout.throughput['images_per_second']:.0f}")
+            self._bar.set_postfix(
+                R=f"{mean_or_nan(x.episode_return for x in s):.2f}",
+                acc=f"{mean_or_nan(x.val_acc for x in s):.3f}",
+                foss=f"{mean_or_nan(x.fossilized for x in s):.2f}",
+                img_s=f"{rollout.throughput['images_per_second']:.0f}",
+            )
 
     def _rollout(self, phase: str, start: int, k: int, choose) -> tuple[Rollout | None, list[int]]:
         """Episodes start .. start+k-1, this rank's share of them (K environments each),
@@ -219,11 +251,24 @@ class Trainer:
         agree = agreement(self.policy, observations, actions)
         value_losses, ev = fit_value(self.policy, observations, actions, returns, cfg.value_warm_epochs, cfg.imitation)
         self._share_policy()
-        self._write("warm_start", {"episodes": self.state.warm_done, "pairs": len(actions), "losses": losses,
-                                          "final_loss": losses[-1], "agreement": agree, "value_loss": value_losses[-1] if value_losses else None,
-                                          "explained_variance": ev, "seconds": time.perf_counter() - start}, step=self.state.global_step - 1)
-        self._say(f"warm start: cloned the heuristic from {len(actions)} decisions, agreement {agree:.1%}; "
-                  f"critic fitted to their returns, explained variance {ev:.2f}")
+        self._write(
+            "warm_start",
+            {
+                "episodes": self.state.warm_done,
+                "pairs": len(actions),
+                "losses": losses,
+                "final_loss": losses[-1],
+                "agreement": agree,
+                "value_loss": value_losses[-1] if value_losses else None,
+                "explained_variance": ev,
+                "seconds": time.perf_counter() - start,
+            },
+            step=self.state.global_step - 1,
+        )
+        self._say(
+            f"warm start: cloned the heuristic from {len(actions)} decisions, agreement {agree:.1%}; "
+            f"critic fitted to their returns, explained variance {ev:.2f}"
+        )
         self.checkpoint()
 
     def _ppo_round(self, k: int) -> int:
@@ -250,11 +295,14 @@ class Trainer:
         self._shown = set(warnings)
 
         self._log_episodes(rollout, "ppo", self.state.episodes_done, seeds)
-        record = {"update": self.state.updates_done, "episodes": self.state.episodes_done + k,
-                  **update_record(metrics, rollout.summaries, cfg, warnings), "throughput": rollout.throughput}
+        record = {
+            "update": self.state.updates_done,
+            "episodes": self.state.episodes_done + k,
+            **update_record(metrics, rollout.summaries, cfg, warnings),
+            "throughput": rollout.throughput,
+        }
         self.state.episodes_done += k
         self.state.updates_done += 1
         # At the round's last episode: a resume purges TensorBoard steps from the next one on.
         self._write("update", record, step=self.state.global_step - 1)
         return k
-

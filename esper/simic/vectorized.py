@@ -154,9 +154,7 @@ def merge_rollouts(parts: list[Rollout]) -> Rollout:
     return Rollout(decisions, [s for p in parts for s in p.summaries], throughput)
 
 
-def run_episodes(
-    venv: VectorEnv, seeds: Sequence[int], choose: Chooser, on_decision: Callable[[Decision], None] | None = None
-) -> Rollout:
+def run_episodes(venv: VectorEnv, seeds: Sequence[int], choose: Chooser, on_decision: Callable[[Decision], None] | None = None) -> Rollout:
     """Play one episode in every environment, calling `choose` once per decision
     (and `on_decision`, if given, after each one, e.g. to log it as it happens)."""
     images_before, host_before = venv.images, venv.host_seconds

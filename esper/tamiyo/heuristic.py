@@ -93,10 +93,7 @@ class HeuristicPolicy:
                 return Action(Op.ADVANCE, n)
 
         live = sum(stage in ACTIVE_STAGES for stage in stages)
-        plateaued = (
-            obs.global_feature("delta_3_known") > 0.5
-            and obs.global_feature("val_acc_delta_3") / ACC_SCALE < self.cfg.plateau
-        )
+        plateaued = obs.global_feature("delta_3_known") > 0.5 and obs.global_feature("val_acc_delta_3") / ACC_SCALE < self.cfg.plateau
         if live < self.cfg.max_active and plateaued and obs.global_feature("progress") <= self.cfg.latest_germination:
             free = [n for n in range(obs.num_slots) if legal[n, Op.GERMINATE]]
             for n in free[-1:] if self.cfg.germinate_at == "last" else free:

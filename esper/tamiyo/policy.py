@@ -69,8 +69,12 @@ class ActionSample:
         """One sample of the rows of `samples`, in order (slot masks padded to the widest)."""
         width = max(s.masks.slot.shape[1] for s in samples)
         slot = torch.cat([nn.functional.pad(s.masks.slot, (0, width - s.masks.slot.shape[1])) for s in samples])
-        masks = ActionMasks(torch.cat([s.masks.op for s in samples]), slot,
-                            torch.cat([s.masks.blueprint for s in samples]), torch.cat([s.masks.blend for s in samples]))
+        masks = ActionMasks(
+            torch.cat([s.masks.op for s in samples]),
+            slot,
+            torch.cat([s.masks.blueprint for s in samples]),
+            torch.cat([s.masks.blend for s in samples]),
+        )
         return ActionSample(
             torch.cat([s.actions for s in samples]),
             torch.cat([s.log_prob for s in samples]),
@@ -204,9 +208,7 @@ class TamiyoPolicy(nn.Module):
 
         return self._unroll(batch.to(self.device), choose, stored=None)
 
-    def evaluate(
-        self, batch: ObservationBatch, actions: Tensor, masks: ActionMasks
-    ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    def evaluate(self, batch: ObservationBatch, actions: Tensor, masks: ActionMasks) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         """Log-prob (summed over heads), per-head entropy and value of given actions
         [B, 4] under the masks stored when they were chosen."""
         actions = actions.to(self.device)

@@ -105,9 +105,7 @@ class RolloutBuffer:
     def __len__(self) -> int:
         return len(self.observations)
 
-    def add(
-        self, observations: Sequence[Observation], sample: ActionSample, rewards: Sequence[float], dones: Sequence[bool]
-    ) -> None:
+    def add(self, observations: Sequence[Observation], sample: ActionSample, rewards: Sequence[float], dones: Sequence[bool]) -> None:
         if not len(observations) == len(rewards) == len(dones) == self.num_envs:
             raise ValueError(f"expected {self.num_envs} observations, rewards and dones")
         masks = sample.masks
@@ -204,9 +202,7 @@ def ppo_update(policy: TamiyoPolicy, optimizer: torch.optim.Optimizer, buffer: R
             if cfg.normalize_advantages and len(advantages) > 1:
                 advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
-            policy_loss = torch.max(
-                -advantages * ratio, -advantages * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)
-            ).mean()
+            policy_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
             value_loss = 0.5 * (value - returns).pow(2).mean()
             entropy_bonus = value.new_zeros(())
             floor_penalty = value.new_zeros(())
@@ -274,7 +270,6 @@ def health_warnings(metrics_history: list[dict], cfg: PPOConfig | None = None) -
     ops = [sum(m["op_counts"][op] for m in recent) for op in range(NUM_OPS)]
     if sum(ops) and ops[Op.WAIT] / sum(ops) >= cfg.health_wait_max:
         warnings.append(
-            f"{ops[Op.WAIT] / sum(ops):.1%} of the last {len(recent)} updates' actions were WAIT: "
-            "the policy has stopped growing anything"
+            f"{ops[Op.WAIT] / sum(ops):.1%} of the last {len(recent)} updates' actions were WAIT: the policy has stopped growing anything"
         )
     return warnings

@@ -17,7 +17,7 @@ from tests.helpers import ROOT, HostCNN, named, onnx_outputs
 # file, so the host file here builds the examples' HostCNN in float64.
 HOST64 = f"""
 import sys
-sys.path.insert(0, {str(ROOT / 'examples')!r})
+sys.path.insert(0, {str(ROOT / "examples")!r})
 from host_cnn import build_model as build_float32
 
 

@@ -16,10 +16,29 @@ ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 def test_grow_on_the_cifar10_archive(tmp_path):
     out = tmp_path / "run"
     r = subprocess.run(
-        [sys.executable, "-m", "esper", "grow", "--policy", "heuristic", "--host", str(ROOT / "examples/host_cnn.py"),
-         "--data", str(ARCHIVE), "--data-root", str(tmp_path / "cache"), "--limit", "5000", "--epochs", "4",
-         "--out", str(out), "--no-progress"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "esper",
+            "grow",
+            "--policy",
+            "heuristic",
+            "--host",
+            str(ROOT / "examples/host_cnn.py"),
+            "--data",
+            str(ARCHIVE),
+            "--data-root",
+            str(tmp_path / "cache"),
+            "--limit",
+            "5000",
+            "--epochs",
+            "4",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 0, r.stderr[-2000:]
     summary = (out / "summary.json").read_text()

@@ -38,8 +38,21 @@ def test_instrument_says_whether_the_host_is_causal(capsys, tmp_path):
 
 def test_grow_on_text_reports_bits_per_character_and_exports_any_length(corpus, tmp_path, capsys):
     out = tmp_path / "gpt"
-    args = ["grow", "--host", GPT, "--data", f"text:{corpus}", "--epochs", "2", "--decisions-per-epoch", "4",
-            "--out", str(out), "--baseline", *SMALL]
+    args = [
+        "grow",
+        "--host",
+        GPT,
+        "--data",
+        f"text:{corpus}",
+        "--epochs",
+        "2",
+        "--decisions-per-epoch",
+        "4",
+        "--out",
+        str(out),
+        "--baseline",
+        *SMALL,
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "sequences of 16 characters" in printed and "bits per character" in printed
@@ -59,8 +72,20 @@ def test_grow_on_text_reports_bits_per_character_and_exports_any_length(corpus, 
 
 @pytest.mark.parametrize("example", ["hf_gpt2.py", "hf_llama.py"])
 def test_the_huggingface_examples_grow(example, corpus, tmp_path):
-    args = ["grow", "--host", str(ROOT / "examples" / example), "--data", f"text:{corpus}", "--epochs", "1",
-            "--decisions-per-epoch", "2", "--out", str(tmp_path / "hf"), *SMALL]
+    args = [
+        "grow",
+        "--host",
+        str(ROOT / "examples" / example),
+        "--data",
+        f"text:{corpus}",
+        "--epochs",
+        "1",
+        "--decisions-per-epoch",
+        "2",
+        "--out",
+        str(tmp_path / "hf"),
+        *SMALL,
+    ]
     assert main(args) == 0
     summary = json.loads((tmp_path / "hf" / "summary.json").read_text())
     assert summary["task"] == "next_token" and 0 < summary["test_acc"] <= 1
@@ -76,12 +101,15 @@ def test_the_readme_transformer_command_runs(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "gpt" / "summary.json").read_text())["data"] == "README.md (characters)"
 
 
-@pytest.mark.parametrize("data, extra, needle", [
-    ("text:no/such.txt", [], "no text file at no/such.txt"),
-    ("text:CORPUS", ["--context", "2000"], "too few for a context of 2000"),
-    ("text:CORPUS", ["--context", "128"], "the host fails on the data's token sequences (2, 128)"),  # past TinyGPT's 64 positions
-    ("seq-synthetic", ["--context", "10"], "multiple of 4"),
-])
+@pytest.mark.parametrize(
+    "data, extra, needle",
+    [
+        ("text:no/such.txt", [], "no text file at no/such.txt"),
+        ("text:CORPUS", ["--context", "2000"], "too few for a context of 2000"),
+        ("text:CORPUS", ["--context", "128"], "the host fails on the data's token sequences (2, 128)"),  # past TinyGPT's 64 positions
+        ("seq-synthetic", ["--context", "10"], "multiple of 4"),
+    ],
+)
 def test_bad_sequence_data_is_one_usage_line(corpus, tmp_path, capsys, data, extra, needle):
     args = ["grow", "--host", GPT, "--data", data.replace("CORPUS", str(corpus)), "--out", str(tmp_path / "x"), "--no-progress", *extra]
     assert main(args) == 2

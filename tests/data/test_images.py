@@ -235,7 +235,7 @@ def test_shuffled_batches_cover_every_example_once():
 def test_augment_is_a_padded_crop_or_flip_of_each_image():
     data = _numbered(64)
     g = torch.Generator().manual_seed(0)
-    (x, y), = list(data.batches(64, shuffle=True, generator=g, augment=True))
+    ((x, y),) = list(data.batches(64, shuffle=True, generator=g, augment=True))
     assert x.shape == (64, 3, 8, 8) and x.is_contiguous()
     padded = torch.nn.functional.pad(data.x, (4, 4, 4, 4))
     moved = flipped = 0
@@ -281,7 +281,16 @@ def test_cifar10_jpeg_archive(tmp_path):
     assert len(first.train) + len(first.val) == 50_000 and len(first.val) == 5_000
     assert len(first.test) == 10_000
     assert first.num_classes == 10 and first.classes == [
-        "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
     ]
     assert torch.bincount(first.test.y).tolist() == [1_000] * 10
     assert first.train.x.shape[1:] == (3, 32, 32)

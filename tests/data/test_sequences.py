@@ -45,13 +45,16 @@ def test_bytes_give_a_256_token_vocabulary(tmp_path):
     assert data.train.x[0].tolist() == list(range(8))
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "no text file at"),
-    ("empty", "is empty"),
-    ("short", "too few for a context of 64.*at least 650.*shorter --context"),
-    ("latin1", "not UTF-8 text.*use bytes:"),
-    ("nopath", "names no file"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "no text file at"),
+        ("empty", "is empty"),
+        ("short", "too few for a context of 64.*at least 650.*shorter --context"),
+        ("latin1", "not UTF-8 text.*use bytes:"),
+        ("nopath", "names no file"),
+    ],
+)
 def test_bad_text_gets_one_clear_line(tmp_path, case, message):
     path = tmp_path / "t.txt"
     if case == "empty":
@@ -69,7 +72,9 @@ def test_bad_text_gets_one_clear_line(tmp_path, case, message):
 def test_recall_scores_only_the_answers_and_is_deterministic():
     data = load_data("seq-synthetic", context=16, limit=50, seed=3)
     again = load_data("seq-synthetic", context=16, limit=50, seed=3)
-    assert torch.equal(data.train.x, again.train.x) and not torch.equal(data.train.x, load_data("seq-synthetic", context=16, limit=50).train.x)
+    assert torch.equal(data.train.x, again.train.x) and not torch.equal(
+        data.train.x, load_data("seq-synthetic", context=16, limit=50).train.x
+    )
     x, y = data.train.x, data.train.y
     assert x.shape == y.shape == (45, 16) and data.num_classes == 64 and len(data.val) == 5
     scored = y != IGNORE

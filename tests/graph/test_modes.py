@@ -32,10 +32,13 @@ def test_the_block_switches_the_mode_and_restores_each_module_even_on_an_error()
     assert not any(m.training for m in model.modules())
 
 
-@pytest.mark.parametrize("host, x", [
-    (TrainOnlyNoise, torch.randn(2, 4, 8)),  # fx, its mode check, export, causality probe, hooks
-    (HostCNN, torch.randn(2, 3, 16, 16)),  # fx
-])
+@pytest.mark.parametrize(
+    "host, x",
+    [
+        (TrainOnlyNoise, torch.randn(2, 4, 8)),  # fx, its mode check, export, causality probe, hooks
+        (HostCNN, torch.randn(2, 3, 16, 16)),  # fx
+    ],
+)
 @pytest.mark.parametrize("training", [True, False])
 def test_instrumenting_leaves_every_module_in_its_mode(host, x, training):
     model = host().train(training)

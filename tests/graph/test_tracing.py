@@ -1,11 +1,11 @@
 """Tracing front-ends: side inputs, leaf retry, the export fallback, and clear failures."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import esper
-import pytest
 from esper.graph.analysis import cut_points
 from esper.graph.trace import trace
 
@@ -127,8 +127,14 @@ def test_cut_points_of_a_plain_chain_are_every_op():
 
 def test_a_flat_host_places_slots_at_layer_outputs():
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 4),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 16, 4),
     )
     x = torch.randn(2, 3, 4, 4)
     mm = esper.instrument(model, (x,))

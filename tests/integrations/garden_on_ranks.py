@@ -34,8 +34,7 @@ def main(out: Path) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     mm, opt, data = tiny()  # seeded: the same host on every rank
     script = grow("block2", "conv_enhance") + [Edit(Op.WAIT), Edit(Op.FOSSILIZE, "block2")]
-    gardener = esper.Gardener(mm, Scripted(script if rank == 0 else []), optimizer=opt, epochs=EPOCHS,
-                              probe=(data.val.x, data.val.y))
+    gardener = esper.Gardener(mm, Scripted(script if rank == 0 else []), optimizer=opt, epochs=EPOCHS, probe=(data.val.x, data.val.y))
     host = gardener.data_parallel()
     torch.manual_seed(100 + rank)
     order = torch.Generator().manual_seed(7)
@@ -54,8 +53,7 @@ def main(out: Path) -> None:
         gardener.step(val_acc=(out_val.argmax(-1) == data.val.y[rank::world]).float().mean())
         hashes.append(state_hash(mm))
     report = gardener.save(out / "report")
-    torch.save({"hashes": hashes, "edits": [e.to_dict() for e in gardener.edits], "report": str(report)},
-               out / f"rank{rank}.pt")
+    torch.save({"hashes": hashes, "edits": [e.to_dict() for e in gardener.edits], "report": str(report)}, out / f"rank{rank}.pt")
     dist.destroy_process_group()
 
 

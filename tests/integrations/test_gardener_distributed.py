@@ -8,8 +8,8 @@ import torch
 from esper.integrations import callbacks
 from esper.leyline import DistributedError
 from esper.simic.distributed import Ranks
-from tests.simic.test_distributed import torchrun
 from tests.helpers import ROOT
+from tests.simic.test_distributed import torchrun
 
 
 def test_every_rank_of_a_users_loop_grows_the_same_model(tmp_path):

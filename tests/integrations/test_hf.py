@@ -28,17 +28,36 @@ def accuracy(prediction) -> dict:
 
 def trainer(tmp_path, callback, **args) -> Trainer:
     torch.manual_seed(0)
-    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                        vocab_size=100, num_labels=2, use_cache=False)
+    config = BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=100, num_labels=2, use_cache=False
+    )
     ids = torch.randint(0, 100, (64, 12))
     mm = esper.instrument(BertForSequenceClassification(config), example_inputs=(ids[:2],))
     data = [{"input_ids": i, "labels": label} for i, label in zip(ids, (ids[:, 0] > 50).long())]
-    settings = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True,
-                    max_steps=8, per_device_train_batch_size=16, learning_rate=1e-3, lr_scheduler_type="constant",
-                    eval_strategy="steps", eval_steps=2, logging_steps=1, remove_unused_columns=False,
-                    label_names=["labels"])
-    return Trainer(model=mm, args=TrainingArguments(**{**settings, **args}), train_dataset=data,
-                   eval_dataset=data[:16], compute_metrics=accuracy, callbacks=[callback])
+    settings = dict(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        max_steps=8,
+        per_device_train_batch_size=16,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        eval_strategy="steps",
+        eval_steps=2,
+        logging_steps=1,
+        remove_unused_columns=False,
+        label_names=["labels"],
+    )
+    return Trainer(
+        model=mm,
+        args=TrainingArguments(**{**settings, **args}),
+        train_dataset=data,
+        eval_dataset=data[:16],
+        compute_metrics=accuracy,
+        callbacks=[callback],
+    )
 
 
 def test_the_trainer_grows_a_seed_deciding_at_each_evaluation(tmp_path, monkeypatch):

@@ -58,8 +58,15 @@ def test_lightning_grows_a_seed_deciding_at_each_epoch_end(monkeypatch):
     def loader(split):
         return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(split.x, split.y), batch_size=32)
 
-    trainer = pl.Trainer(max_epochs=4, callbacks=[accuracies, callback], accelerator="cpu", logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_epochs=4,
+        callbacks=[accuracies, callback],
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, loader(data.train), loader(data.val))
     gardener = callback.gardener
     assert gardener.epochs == 4 and gardener.model is module.net

@@ -62,8 +62,16 @@ def through_a_hand_written_loop(data):
     val_loss, val_acc = evaluate(mm, data.val)
     policy = Recording()
     n = CFG.contribution_samples
-    gardener = esper.Gardener(mm, policy, optimizer=opt, scheduler=sched, epochs=CFG.epochs, blend_steps=CFG.blend_steps,
-                              probe=(data.val.x[:n], data.val.y[:n]), initial_metrics={"val_loss": val_loss, "val_acc": val_acc})
+    gardener = esper.Gardener(
+        mm,
+        policy,
+        optimizer=opt,
+        scheduler=sched,
+        epochs=CFG.epochs,
+        blend_steps=CFG.blend_steps,
+        probe=(data.val.x[:n], data.val.y[:n]),
+        initial_metrics={"val_loss": val_loss, "val_acc": val_acc},
+    )
     order = torch.Generator().manual_seed(SEED)
     for _ in range(CFG.epochs):
         mm.train()
@@ -77,16 +85,19 @@ def through_a_hand_written_loop(data):
             opt.step()
             sched.step()
             loss_sum, correct, count = loss_sum + loss.detach() * len(y), correct + (out.argmax(-1) == y).sum(), count + len(y)
-        gardener.step(train_loss=loss_sum.item() / count, train_acc=correct.item() / count, **dict(zip(
-            ("val_loss", "val_acc"), evaluate(mm, data.val))))
+        gardener.step(
+            train_loss=loss_sum.item() / count,
+            train_acc=correct.item() / count,
+            **dict(zip(("val_loss", "val_acc"), evaluate(mm, data.val))),
+        )
     assert gardener.done
     return policy.seen, gardener.edits, gardener.summary(), gardener.records
 
 
 def same_observation(a, b) -> bool:
     return a.slot_ids == b.slot_ids and all(
-        torch.equal(getattr(a, k), getattr(b, k))
-        for k in ("global_features", "slot_features", "op_mask", "blueprint_mask", "blend_mask"))
+        torch.equal(getattr(a, k), getattr(b, k)) for k in ("global_features", "slot_features", "op_mask", "blueprint_mask", "blend_mask")
+    )
 
 
 def test_esper_grow_and_a_gardener_loop_see_decide_and_summarize_alike():

@@ -14,9 +14,7 @@ SCHEDULERS = {
     "lambda": lambda opt: lr.LambdaLR(opt, lambda epoch: 0.9**epoch),
     "one_cycle": lambda opt: lr.OneCycleLR(opt, max_lr=0.1, total_steps=50),
     "cosine": lambda opt: lr.CosineAnnealingLR(opt, 20),
-    "sequential": lambda opt: lr.SequentialLR(
-        opt, [lr.LinearLR(opt, 0.1, total_iters=3), lr.StepLR(opt, 2, 0.5)], milestones=[3]
-    ),
+    "sequential": lambda opt: lr.SequentialLR(opt, [lr.LinearLR(opt, 0.1, total_iters=3), lr.StepLR(opt, 2, 0.5)], milestones=[3]),
     "plateau": lambda opt: lr.ReduceLROnPlateau(opt, patience=0),
 }
 
@@ -26,8 +24,14 @@ def test_seed_groups_follow_the_schedule_as_they_join_and_leave(name):
     mm, opt, data = tiny()
     scheduler = SCHEDULERS[name](opt)
     culled_then_another = [Edit(Op.CULL, "block2"), Edit(Op.GERMINATE, "block1", "norm", "linear", 1)]
-    gardener = esper.Gardener(mm, Scripted([Edit(Op.WAIT), *grow("block2"), *culled_then_another]), optimizer=opt,
-                              scheduler=scheduler, epochs=6, seed_lr_scale=0.5)
+    gardener = esper.Gardener(
+        mm,
+        Scripted([Edit(Op.WAIT), *grow("block2"), *culled_then_another]),
+        optimizer=opt,
+        scheduler=scheduler,
+        epochs=6,
+        seed_lr_scale=0.5,
+    )
     x, y = data.train.x[:16], data.train.y[:16]
     seeds = []
     for _ in range(6):

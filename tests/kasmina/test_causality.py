@@ -55,8 +55,9 @@ def test_a_huggingface_gpt2_is_causal():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=2, n_head=2, use_cache=False,
-                                       bos_token_id=0, eos_token_id=0))
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=2, n_head=2, use_cache=False, bos_token_id=0, eos_token_id=0)
+    )
     mm = esper.instrument(model, (torch.randint(0, 64, (2, 12)),))
     assert mm.plane.causal and mm.spec["causal"] is True
 

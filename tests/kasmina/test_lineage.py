@@ -30,8 +30,13 @@ def test_each_fossil_opens_the_next_generation_of_its_injection_point():
     mm = esper.instrument(HostCNN(), (X,))
     _fossilize(mm, "block2")
     _fossilize(mm, "block2+1")
-    assert _lineage(mm) == {"block1": ("block1", 0), "block2": ("block2", 0), "block2+1": ("block2", 1),
-                            "block2+2": ("block2", 2), "block3": ("block3", 0)}
+    assert _lineage(mm) == {
+        "block1": ("block1", 0),
+        "block2": ("block2", 0),
+        "block2+1": ("block2", 1),
+        "block2+2": ("block2", 2),
+        "block3": ("block3", 0),
+    }
     assert mm.points["block2+2"].node == mm.points["block2"].node  # the same place in the stream
 
 
@@ -66,8 +71,10 @@ def test_a_checkpoint_saved_without_lineage_derives_it_and_a_wrong_one_is_refuse
     esper.save(mm, tmp_path / "ck")
     where = tmp_path / "ck" / "manifest.yaml"
     manifest = yaml.safe_load(where.read_text())
-    older = {**manifest, "slots": {i: {k: v for k, v in s.items() if k not in ("base", "generation")}
-                                   for i, s in manifest["slots"].items()}}
+    older = {
+        **manifest,
+        "slots": {i: {k: v for k, v in s.items() if k not in ("base", "generation")} for i, s in manifest["slots"].items()},
+    }
     where.write_text(yaml.safe_dump(older, sort_keys=False))
     assert _lineage(esper.load(tmp_path / "ck", host=HostCNN())) == _lineage(mm)
     manifest["slots"]["block2+1"]["base"] = "block1"

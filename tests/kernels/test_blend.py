@@ -7,13 +7,12 @@ import subprocess
 import sys
 from unittest import mock
 
+import esper.kernels as K
 import pytest
 import torch
+from esper.kernels import blend_reference, straight_through_reference
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-
-import esper.kernels as K
-from esper.kernels import blend_reference, straight_through_reference
 
 # Dims alpha keeps, as a function of h's rank; every other dim broadcasts.
 LAYOUTS = {
@@ -100,9 +99,11 @@ def assert_within(name, got, want, bound):
         excess = torch.where(over, diff - bound, torch.zeros_like(diff))
         i = tuple(int(j) for j in torch.unravel_index(excess.argmax(), diff.shape)) if diff.dim() else ()
         b = bound[i] if isinstance(bound, torch.Tensor) and bound.dim() else bound
-        raise AssertionError(f"{name}: {int(over.sum())} of {diff.numel()} elements beyond the rounding bound; "
-                             f"worst at {i}: got {float(got[i])!r}, reference {float(want[i])!r}, "
-                             f"|difference| {float(diff[i]):.3g} > bound {float(b):.3g}")
+        raise AssertionError(
+            f"{name}: {int(over.sum())} of {diff.numel()} elements beyond the rounding bound; "
+            f"worst at {i}: got {float(got[i])!r}, reference {float(want[i])!r}, "
+            f"|difference| {float(diff[i]):.3g} > bound {float(b):.3g}"
+        )
 
 
 def rounding_bounds(h, s, alpha, g):

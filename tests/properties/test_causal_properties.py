@@ -41,8 +41,9 @@ def randomize_seeds(mm) -> None:
 @st.composite
 def grown_causal_models(draw):
     torch.manual_seed(draw(st.integers(0, 2**16)))
-    host = TinyGPT(vocab=VOCAB, dim=draw(st.sampled_from([16, 32])), depth=draw(st.integers(2, 4)),
-                   heads=draw(st.sampled_from([2, 4])), context=16)
+    host = TinyGPT(
+        vocab=VOCAB, dim=draw(st.sampled_from([16, 32])), depth=draw(st.integers(2, 4)), heads=draw(st.sampled_from([2, 4])), context=16
+    )
     x = torch.randint(0, VOCAB, (draw(st.integers(1, 3)), draw(st.integers(2, 12))))
     mm = esper.instrument(host, (x,))
     assert mm.plane.causal

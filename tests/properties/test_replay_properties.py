@@ -28,8 +28,14 @@ def edit_programs(draw):
     override: the edit may grow a seed that is not causal-safe (a logged allow_noncausal)."""
     return draw(
         st.lists(
-            st.tuples(st.integers(0, 4), st.integers(0, 8), st.integers(0, 3), st.sampled_from(["linear", "sigmoid", "gated"]),
-                      st.integers(0, 2), st.booleans()),
+            st.tuples(
+                st.integers(0, 4),
+                st.integers(0, 8),
+                st.integers(0, 3),
+                st.sampled_from(["linear", "sigmoid", "gated"]),
+                st.integers(0, 2),
+                st.booleans(),
+            ),
             min_size=1,
             max_size=25,
         )

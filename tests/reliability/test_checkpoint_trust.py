@@ -55,8 +55,11 @@ def test_export_refuses_to_run_the_factory_untrusted(saved, tmp_path):
     for factory in (manifest["host"]["factory"], "this:s"):
         manifest["host"]["factory"] = factory
         _write(ck, manifest)
-        r = subprocess.run([sys.executable, "-m", "esper", "export", str(ck), "--finalize", "cull", "--out", str(tmp_path / "x.pt2")],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [sys.executable, "-m", "esper", "export", str(ck), "--finalize", "cull", "--out", str(tmp_path / "x.pt2")],
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert "--host" in r.stderr and "--trust-host-code" in r.stderr and factory in r.stderr
         assert "Beautiful is better" not in r.stdout and not (ck.parent / "MARKER").exists()

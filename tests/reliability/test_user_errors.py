@@ -57,7 +57,10 @@ CASES = {
     "max slots zero": (["instrument", HOST, "--max-slots", "0"], "max_slots"),
     "max slots negative": (["instrument", HOST, "--max-slots", "-2"], "max_slots"),
     "input out of memory": (["instrument", HOST, "--input-shape", "1,3,100000,100000"], "out of memory: the input alone takes 120.0 GB"),
-    "input of the wrong rank": (["instrument", HOST, "--input-shape", "1,3,32"], "--input-shape 1,3,32: HostCNN fails on the example input"),
+    "input of the wrong rank": (
+        ["instrument", HOST, "--input-shape", "1,3,32"],
+        "--input-shape 1,3,32: HostCNN fails on the example input",
+    ),
     "input of the wrong channels": (["instrument", HOST, "--input-shape", "1,4,32,32"], "to have 3 channels"),
     "spec that matches nothing": (["instrument", HOST, "--spec", "{d}/nothing.yaml"], "selects none"),
     "spec with a YAML tag": (["instrument", HOST, "--spec", "{d}/tagged.yaml"], "not plain YAML"),
@@ -110,8 +113,10 @@ def test_a_file_that_exits_is_reported_by_the_command_itself(inputs):
 
 def test_what_a_model_file_prints_stays_out_of_json(tmp_path, capsys):
     noisy = tmp_path / "noisy.py"
-    noisy.write_text(f"print('hello from the model file')\nimport sys\n"
-                     f"sys.path.insert(0, {str(ROOT / 'examples')!r})\nfrom host_cnn import build_model\n")
+    noisy.write_text(
+        f"print('hello from the model file')\nimport sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'examples')!r})\nfrom host_cnn import build_model\n"
+    )
     assert main(["instrument", str(noisy), "--json", "--out", "-"]) == 0
     captured = capsys.readouterr()
     assert [s["id"] for s in json.loads(captured.out)["slots"]] == ["block1", "block2", "block3"]

@@ -67,12 +67,12 @@ def main(out: str, host: str, fault: str) -> None:
     # so the loss weighting is exercised.
     data = toy_data(n_train=99, n_val=37)
     blueprint = "conv_enhance" if host == "batchnorm" else "norm"
-    script = [Edit(e.op, e.slot, blueprint if e.slot == "block2" and e.blueprint else e.blueprint, e.blend, e.steps)
-              for e in SCRIPT]
+    script = [Edit(e.op, e.slot, blueprint if e.slot == "block2" and e.blueprint else e.blueprint, e.blend, e.steps) for e in SCRIPT]
     if fault == "nan":
         script = [Edit(Op.GERMINATE, "block2", "nan_on_odd_batches", "linear", 1), Edit(Op.ADVANCE, "block2")]
-    env = GrowthEnv(reinitialized_copies(template), data, EnvConfig(epochs=7, batch_size=25, eval_batch_size=10),
-                    device=device, ranks=ranks)
+    env = GrowthEnv(
+        reinitialized_copies(template), data, EnvConfig(epochs=7, batch_size=25, eval_batch_size=10), device=device, ranks=ranks
+    )
     policy = Scripted(script if ranks.main else [])
     ticks = []
 
@@ -85,9 +85,16 @@ def main(out: str, host: str, fault: str) -> None:
 
     run_episodes(VectorEnv([env]), [3], decided_on_main(decide_with(policy), ranks), on_decision)
     _, test_acc = env.evaluate(data.test)
-    torch.save({"ticks": ticks, "edits": [e.to_dict() for e in env.plane.edits], "test_acc": test_acc,
-                "state": {k: v.detach().clone() for k, v in env.mm.state_dict().items()},
-                "world_size": ranks.world_size}, Path(out) / f"rank{ranks.rank}.pt")
+    torch.save(
+        {
+            "ticks": ticks,
+            "edits": [e.to_dict() for e in env.plane.edits],
+            "test_acc": test_acc,
+            "state": {k: v.detach().clone() for k, v in env.mm.state_dict().items()},
+            "world_size": ranks.world_size,
+        },
+        Path(out) / f"rank{ranks.rank}.pt",
+    )
     stop()
 
 

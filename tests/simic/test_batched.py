@@ -208,8 +208,7 @@ class Untraceable(nn.Module):
 
 
 def test_batching_problems_are_named_and_auto_falls_back(toy64):
-    hooked = [GrowthEnv(reinitialized_copies(Untraceable()), toy64, EnvConfig(epochs=1, batch_size=32), device=DEVICE)
-              for _ in range(2)]
+    hooked = [GrowthEnv(reinitialized_copies(Untraceable()), toy64, EnvConfig(epochs=1, batch_size=32), device=DEVICE) for _ in range(2)]
     with pytest.raises(ValueError, match="hooks"):
         VectorEnv(hooked, runner="batched").reset([0, 1])
     venv = VectorEnv(hooked, runner="auto")

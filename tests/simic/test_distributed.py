@@ -81,8 +81,12 @@ def test_rollouts_merged_side_by_side_read_as_one_vector_env():
     policy = TamiyoPolicy(vocab, hidden=16)
 
     def envs(k):
-        return VectorEnv([GrowthEnv(reinitialized_copies(TinyCNN()), toy_data(), cfg, blueprints=list(vocab.blueprints),
-                                    blends=list(vocab.blends)) for _ in range(k)])
+        return VectorEnv(
+            [
+                GrowthEnv(reinitialized_copies(TinyCNN()), toy_data(), cfg, blueprints=list(vocab.blueprints), blends=list(vocab.blends))
+                for _ in range(k)
+            ]
+        )
 
     parts = [run_episodes(envs(1), [seed], sample_with(policy)) for seed in (3, 4)]
     merged = merge_rollouts(parts)
@@ -101,8 +105,14 @@ def test_samples_of_hosts_with_different_slot_counts_concatenate_padded():
     def sample(rows, slots):
         ones = lambda width: torch.ones(rows, width, dtype=torch.bool)  # noqa: E731
         heads = {"op": torch.zeros(rows)}
-        return ActionSample(torch.zeros(rows, 4, dtype=torch.long), torch.zeros(rows), heads, heads, torch.zeros(rows),
-                            ActionMasks(ones(5), ones(slots), ones(8), ones(4)))
+        return ActionSample(
+            torch.zeros(rows, 4, dtype=torch.long),
+            torch.zeros(rows),
+            heads,
+            heads,
+            torch.zeros(rows),
+            ActionMasks(ones(5), ones(slots), ones(8), ones(4)),
+        )
 
     cat = ActionSample.cat([sample(2, 3), sample(1, 5)])
     assert cat.masks.slot.shape == (3, 5)
@@ -175,8 +185,22 @@ def test_a_rank_that_dies_ends_the_job(tmp_path):
     assert not (tmp_path / "rank0.pt").exists()  # rank 0 stopped too, before finishing its episode
 
 
-GROW = ["-m", "esper", "grow", "--host", "examples/host_cnn.py", "--data", "synthetic", "--limit", "400",
-        "--epochs", "3", "--policy", "random", "--no-progress"]
+GROW = [
+    "-m",
+    "esper",
+    "grow",
+    "--host",
+    "examples/host_cnn.py",
+    "--data",
+    "synthetic",
+    "--limit",
+    "400",
+    "--epochs",
+    "3",
+    "--policy",
+    "random",
+    "--no-progress",
+]
 
 
 def test_esper_grow_under_torchrun_writes_once_from_rank_0(tmp_path):
@@ -202,8 +226,26 @@ def test_esper_grow_under_torchrun_writes_once_from_rank_0(tmp_path):
 
 def test_esper_train_under_torchrun_gathers_rollouts_to_rank_0(tmp_path):
     out = tmp_path / "run"
-    args = ["-m", "esper", "train", "--host", "examples/host_cnn.py", "--data", "synthetic", "--limit", "300",
-            "--epochs", "2", "--episodes", "2", "--envs", "1", "--no-progress", "--out", out]
+    args = [
+        "-m",
+        "esper",
+        "train",
+        "--host",
+        "examples/host_cnn.py",
+        "--data",
+        "synthetic",
+        "--limit",
+        "300",
+        "--epochs",
+        "2",
+        "--episodes",
+        "2",
+        "--envs",
+        "1",
+        "--no-progress",
+        "--out",
+        out,
+    ]
     result = torchrun(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

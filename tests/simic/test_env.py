@@ -6,13 +6,12 @@ import pytest
 import torch
 
 import esper
-from esper.leyline import Edit, Op, SeedStage, Vocabulary
-from esper.tamiyo import WaitPolicy
 from esper.kasmina.hosts import reinitialized_copies
+from esper.leyline import Edit, Op, SeedStage, Vocabulary
 from esper.simic.env import EnvConfig, GrowthEnv
 from esper.simic.rewards import RewardBreakdown
 from esper.simic.vectorized import VectorEnv, decide_with, run_episodes
-from esper.tamiyo import HeuristicConfig, HeuristicPolicy
+from esper.tamiyo import HeuristicConfig, HeuristicPolicy, WaitPolicy
 from tests.simic.toys import SCRIPT, TinyCNN, toy_data
 
 S = SeedStage
@@ -31,7 +30,6 @@ class Script:
         return [edit for _ in observations]
 
 
-
 def make_env(data=None, **cfg) -> GrowthEnv:
     cfg = EnvConfig(**{"epochs": 6, "batch_size": 32, "blend_steps": 1, **cfg})
     return GrowthEnv(reinitialized_copies(TinyCNN()), data or toy_data(), cfg)
@@ -45,7 +43,14 @@ def test_episode_leaves_a_replayable_edit_log():
     env = make_env()
     rollout = play(env, Script(SCRIPT))
     plane = env.plane
-    assert [d.results[0].info.edit.op.name for d in rollout.decisions] == ["GERMINATE", "ADVANCE", "GERMINATE", "ADVANCE", "FOSSILIZE", "CULL"]
+    assert [d.results[0].info.edit.op.name for d in rollout.decisions] == [
+        "GERMINATE",
+        "ADVANCE",
+        "GERMINATE",
+        "ADVANCE",
+        "FOSSILIZE",
+        "CULL",
+    ]
     assert plane.ticks == 6 and rollout.decisions[-1].results[0].done
     stages = {i: s.stage for i, s in plane.slots.items()}
     assert stages["block2"] is S.FOSSILIZED and "block2+1" in stages
@@ -163,7 +168,9 @@ def test_heuristic_fossilizes_a_seed_on_the_synthetic_task(synthetic_small):
 
     cfg = EnvConfig(epochs=8, batch_size=64)
     env = GrowthEnv(reinitialized_copies(HostCNN()), synthetic_small, cfg)
-    heuristic = HeuristicPolicy(Vocabulary(env.vocab.blueprints, env.vocab.blends, cfg.blend_steps), HeuristicConfig(tolerance=1.0, decline=1.0))
+    heuristic = HeuristicPolicy(
+        Vocabulary(env.vocab.blueprints, env.vocab.blends, cfg.blend_steps), HeuristicConfig(tolerance=1.0, decline=1.0)
+    )
     rollout = play(env, heuristic, seed=0)
     summary = rollout.summaries[0]
     assert summary.germinated == 1

@@ -174,15 +174,15 @@ def test_bad_inputs_are_refused():
 
 def test_heuristic_reads_built_observations():
     """The feature scales and the heuristic's decoding agree."""
-    heuristic = HeuristicPolicy(Vocabulary(BLUEPRINTS, BLENDS, 5), HeuristicConfig(
-        blueprint_preference=["conv"], plateau=0.005, train_epochs=3, germinate_at="first"))
+    heuristic = HeuristicPolicy(
+        Vocabulary(BLUEPRINTS, BLENDS, 5),
+        HeuristicConfig(blueprint_preference=["conv"], plateau=0.005, train_epochs=3, germinate_at="first"),
+    )
     plateau = signals(val_acc=0.601, val_acc_history=[0.600, 0.600, 0.600])
     improving = signals(val_acc=0.65, val_acc_history=[0.5, 0.55, 0.6])
     dormant = [slot("a", SeedStage.DORMANT), slot("b", SeedStage.DORMANT)]
     assert heuristic.decide([observe(dormant, improving)]) == [Edit(Op.WAIT)]
-    assert heuristic.decide([observe(dormant, plateau)]) == [
-        Edit(Op.GERMINATE, "a", blueprint="conv", blend="linear", steps=5)
-    ]
+    assert heuristic.decide([observe(dormant, plateau)]) == [Edit(Op.GERMINATE, "a", blueprint="conv", blend="linear", steps=5)]
     ready = [slot("a", SeedStage.TRAINING, ticks_in_stage=3, blueprint="conv", blend="linear")]
     assert heuristic.decide([observe(ready, improving)]) == [Edit(Op.ADVANCE, "a")]
     blended = [slot("a", SeedStage.BLENDING, ticks_in_stage=5, alpha=1.0, blueprint="conv", blend="linear")]

@@ -11,8 +11,8 @@ import torch
 from esper.data.splits import load_data
 from esper.kasmina.blending import blend_names
 from esper.kasmina.blueprints import blueprint_names
-from esper.leyline import Edit, Op, Vocabulary, batch_observations
 from esper.kasmina.hosts import reinitialized_copies
+from esper.leyline import Edit, Op, Vocabulary, batch_observations
 from esper.simic.env import EnvConfig, GrowthEnv
 from esper.simic.host_training import probe_accuracy
 from esper.simic.training import TrainConfig, Trainer
@@ -51,7 +51,9 @@ def test_a_causal_host_is_offered_causal_safe_seeds_only(recall):
 
 def test_the_heuristic_grows_a_transformer_on_next_token_accuracy(recall):
     env = gpt_env(recall, epochs=8)
-    policy = HeuristicPolicy(Vocabulary(env.vocab.blueprints, env.vocab.blends, 1), HeuristicConfig(blueprint_preference=["attention", "mlp"]))
+    policy = HeuristicPolicy(
+        Vocabulary(env.vocab.blueprints, env.vocab.blends, 1), HeuristicConfig(blueprint_preference=["attention", "mlp"])
+    )
     rollout = run_episodes(VectorEnv([env]), [0], decide_with(policy))
     germinated = [e for e in env.plane.edits if e.op is Op.GERMINATE]
     assert germinated and all(e.blueprint == "mlp" for e in germinated)  # its first choice is masked here
@@ -78,9 +80,16 @@ def test_one_policy_network_acts_on_cnn_and_transformer_hosts_in_one_batch(recal
 
 
 def test_ppo_trains_on_a_transformer_host(tmp_path, recall):
-    cfg = TrainConfig(data="seq-synthetic", episodes=2, envs=2, hidden=16, warm_start=2,
-                      env=EnvConfig(epochs=2, batch_size=32), ppo=PPOConfig(minibatch_size=4, update_epochs=2),
-                      imitation=ImitationConfig(epochs=2)).resolved()
+    cfg = TrainConfig(
+        data="seq-synthetic",
+        episodes=2,
+        envs=2,
+        hidden=16,
+        warm_start=2,
+        env=EnvConfig(epochs=2, batch_size=32),
+        ppo=PPOConfig(minibatch_size=4, update_epochs=2),
+        imitation=ImitationConfig(epochs=2),
+    ).resolved()
     host = TinyGPT(vocab=64, dim=16, depth=2, heads=2, context=16)
     Trainer(cfg, tmp_path / "run", copy.deepcopy(host), recall, progress=False, log=lambda s: None).run()
     assert (tmp_path / "run" / "tamiyo.pt").is_file()
@@ -90,8 +99,9 @@ def test_a_huggingface_host_returning_logits_in_an_object_grows(recall):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    host = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=2, n_head=2, use_cache=False,
-                                      bos_token_id=0, eos_token_id=0))
+    host = GPT2LMHeadModel(
+        GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=2, n_head=2, use_cache=False, bos_token_id=0, eos_token_id=0)
+    )
     env = GrowthEnv(lambda: copy.deepcopy(host), recall, EnvConfig(epochs=2, batch_size=32, blend_steps=1))
     env.reset(0)
     assert env.plane.causal and type(env.mm(recall.val.x[:2])).__name__ == "CausalLMOutputWithCrossAttentions"

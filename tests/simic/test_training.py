@@ -19,7 +19,9 @@ from tests.simic.toys import TinyCNN
 
 def tiny_config(**overrides) -> TrainConfig:
     cfg = TrainConfig(
-        episodes=2, envs=2, hidden=16,
+        episodes=2,
+        envs=2,
+        hidden=16,
         env=EnvConfig(epochs=2, batch_size=32),
         ppo=PPOConfig(minibatch_size=4, update_epochs=2),
         imitation=ImitationConfig(epochs=3),
@@ -72,8 +74,21 @@ def test_a_run_writes_metrics_checkpoint_policy_and_tensorboard(tmp_path, toy):
         assert set(r["reward"]) >= {"task", "germination", "refund", "shaping", "terminal_acc", "param_cost"}
         assert {"return", "val_acc", "fossilized", "ops", "timeline"} <= set(r)
     (u,) = updates
-    for key in ("entropy_norm/op", "entropy/slot", "approx_kl", "clip_fraction", "value_loss", "explained_variance",
-                "actions", "blueprints", "wait_fraction", "fossilized_per_episode", "reward", "warnings", "throughput"):
+    for key in (
+        "entropy_norm/op",
+        "entropy/slot",
+        "approx_kl",
+        "clip_fraction",
+        "value_loss",
+        "explained_variance",
+        "actions",
+        "blueprints",
+        "wait_fraction",
+        "fossilized_per_episode",
+        "reward",
+        "warnings",
+        "throughput",
+    ):
         assert key in u, key
     assert sum(u["actions"].values()) == 2 * 2  # two envs x two decisions
     assert u["throughput"]["images_per_second"] > 0

@@ -23,20 +23,26 @@ def test_torchs_typed_errors_are_transport_failures_whatever_they_say(name):
     assert is_transport_failure(getattr(dist, name)("ncclInvalidUsage: an internal check failed"))
 
 
-@pytest.mark.parametrize("text", [
-    "[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:6339",
-    "[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 5000ms for recv operation to complete",
-    "Application timeout caused pair closure",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:6339",
+        "[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 5000ms for recv operation to complete",
+        "Application timeout caused pair closure",
+    ],
+)
 def test_what_gloo_raises_when_a_peer_is_gone_or_late_is_a_transport_failure(text):
     assert is_transport_failure(RuntimeError(text))
 
 
-@pytest.mark.parametrize("error", [
-    RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x8 and 9x2)"),
-    ValueError("the step's own timeout setting is wrong"),  # gloo's words, but gloo raises RuntimeError
-    KeyError("peer"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x8 and 9x2)"),
+        ValueError("the step's own timeout setting is wrong"),  # gloo's words, but gloo raises RuntimeError
+        KeyError("peer"),
+    ],
+)
 def test_a_steps_own_error_is_not(error):
     assert not is_transport_failure(error)
 
@@ -45,6 +51,7 @@ def test_a_step_run_as_a_collective_passes_its_own_errors_through_and_names_tran
     def fails(error):
         def fn():
             raise error
+
         return fn
 
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):

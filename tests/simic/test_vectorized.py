@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from esper.leyline import Edit, Op, Vocabulary
 from esper.kasmina.hosts import reinitialized_copies
+from esper.leyline import Edit, Op, Vocabulary
 from esper.simic.env import EnvConfig, GrowthEnv
 from esper.simic.vectorized import Choice, VectorEnv, decide_with, run_episodes, sample_with
 from esper.tamiyo import HeuristicConfig, HeuristicPolicy, TamiyoPolicy

@@ -23,8 +23,7 @@ def blending(alpha: float, contribution: float, known: float = 1.0) -> dict:
 
 # Rules tuned for epochs rather than short episodes: a real plateau, three epochs of
 # training, the earliest free slot (HeuristicConfig's defaults are for 8-tick episodes).
-EPOCH_RULES = dict(blueprint_preference=[], plateau=0.005, train_epochs=3, latest_germination=0.75, decline=0.01,
-                   germinate_at="first")
+EPOCH_RULES = dict(blueprint_preference=[], plateau=0.005, train_epochs=3, latest_germination=0.75, decline=0.01, germinate_at="first")
 
 
 def heuristic(**kwargs) -> HeuristicPolicy:
@@ -114,7 +113,6 @@ def test_behaviour_cloning_copies_the_heuristic():
     assert losses[-1] < losses[0] / 3
     after = agreement(policy, observations, actions)
     assert after > max(0.85, before), (before, after)
-
 
 
 def test_behaviour_cloning_rejects_illegal_teacher_actions():

@@ -35,8 +35,7 @@ POLICY64 = copy.deepcopy(POLICY).double()
 
 
 def float64(batch):
-    return dataclasses.replace(batch, global_features=batch.global_features.double(),
-                               slot_features=batch.slot_features.double())
+    return dataclasses.replace(batch, global_features=batch.global_features.double(), slot_features=batch.slot_features.double())
 
 
 def assert_legal(obs: Observation, action: Action) -> None:

@@ -50,10 +50,7 @@ def test_ppo_learns_a_bandit():
     torch.manual_seed(0)
     # One blueprint and one blend: those heads are forced, so the target's probability is
     # P(op = GERMINATE) * P(slot = 1 | GERMINATE), 0.25 for a uniform policy.
-    obs_list = [
-        make_observation([SeedStage.DORMANT, SeedStage.DORMANT], seed=s, blueprints=["noop"], blends=["linear"])
-        for s in range(16)
-    ]
+    obs_list = [make_observation([SeedStage.DORMANT, SeedStage.DORMANT], seed=s, blueprints=["noop"], blends=["linear"]) for s in range(16)]
     policy = TamiyoPolicy(Vocabulary(["noop"], ["linear"], STEPS), hidden=32)
     cfg = PPOConfig(learning_rate=3e-3, minibatch_size=32, update_epochs=4, target_kl=None)
     optimizer = make_optimizer(policy, cfg)
@@ -143,8 +140,15 @@ def _one_step(advantages=None, seed=0, **overrides):
     torch.manual_seed(seed)
     obs_list = [make_observation([SeedStage.DORMANT, SeedStage.TRAINING, SeedStage.BLENDING], seed=s) for s in range(16)]
     policy = TamiyoPolicy(VOCAB, hidden=32)
-    settings = dict(minibatch_size=16, update_epochs=1, target_kl=None, value_coef=0.0, entropy_floor_coef=0.0,
-                    entropy_coef={h: 0.0 for h in HEADS}, max_grad_norm=1e9)
+    settings = dict(
+        minibatch_size=16,
+        update_epochs=1,
+        target_kl=None,
+        value_coef=0.0,
+        entropy_floor_coef=0.0,
+        entropy_coef={h: 0.0 for h in HEADS},
+        max_grad_norm=1e9,
+    )
     cfg = PPOConfig(**{**settings, **overrides})
     buffer = RolloutBuffer(len(obs_list))
     sample = policy.act(batch_observations(obs_list))

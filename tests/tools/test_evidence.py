@@ -39,13 +39,15 @@ def _run(arm, seed, acc, added=0):
 
 
 def test_arms_are_paired_with_their_reference_by_seed_and_judged():
-    runs = dict([_run("host", s, 0.50 + 0.01 * s) for s in range(3)]
-                + [_run("heuristic", s, 0.53 + 0.01 * s + 0.001 * s, 50) for s in range(3)]
-                + [_run("tamiyo", s, 0.52 + 0.01 * s + (0.02 if s == 1 else -0.02), 40) for s in range(3)]
-                + [_run("static", s, 0.55 + 0.01 * s, 100) for s in range(3)]
-                + [_run("host-deep", s, 0.60, 0) for s in range(3)]
-                + [_run("tamiyo-deep", s, 0.61, 10) for s in range(3)]
-                + [_run("static:conv_enhance@all", 0, 0.9, 100)])
+    runs = dict(
+        [_run("host", s, 0.50 + 0.01 * s) for s in range(3)]
+        + [_run("heuristic", s, 0.53 + 0.01 * s + 0.001 * s, 50) for s in range(3)]
+        + [_run("tamiyo", s, 0.52 + 0.01 * s + (0.02 if s == 1 else -0.02), 40) for s in range(3)]
+        + [_run("static", s, 0.55 + 0.01 * s, 100) for s in range(3)]
+        + [_run("host-deep", s, 0.60, 0) for s in range(3)]
+        + [_run("tamiyo-deep", s, 0.61, 10) for s in range(3)]
+        + [_run("static:conv_enhance@all", 0, 0.9, 100)]
+    )
     arms, pairs = doc.summarize(runs)
     assert "static:conv_enhance@all" not in arms  # headroom candidates are not arms
     assert pairs["heuristic"]["mean_diff"] == pytest.approx(0.031)
@@ -63,7 +65,20 @@ def test_smoke_scale_runs_the_whole_protocol_and_resumes(tmp_path, capsys):
     out.mkdir()
     kept = f"{doc.TEXT_SECTION}\n\n## TinyGPT on text\n\nwritten by tools/evidence_text.py\n"
     (out / "evidence-smoke.md").write_text(f"# an older run\n\n{kept}")
-    args = ["--scale", "smoke", "--out", str(out), "--work", str(work), "--data-root", str(tmp_path / "cache"), "--threads", "1", "--jobs", "2"]
+    args = [
+        "--scale",
+        "smoke",
+        "--out",
+        str(out),
+        "--work",
+        str(work),
+        "--data-root",
+        str(tmp_path / "cache"),
+        "--threads",
+        "1",
+        "--jobs",
+        "2",
+    ]
     assert evidence.main(args) == 0
     result = json.loads((out / "evidence-smoke.json").read_text())
     assert result["scale"] == "smoke" and result["regime"]["train_images"] == 400
