@@ -87,7 +87,7 @@ def run(args) -> int:
 def _grow(args, cfg, policy, device, out, ranks) -> int:
     from esper.runs import metrics as metrics_io
     from esper.runs.grow_run import write_grow_run
-    from esper.runs.report import loss_in_units
+    from esper.runs.report import loss_in_units, verdict
     from esper.simic.distributed import decided_on_main, main_first
     from esper.simic.env import GrowthEnv
     from esper.simic.vectorized import decide_with, grow_once, place_data
@@ -164,7 +164,7 @@ def _grow(args, cfg, policy, device, out, ranks) -> int:
     if args.baseline:
         _, base = grow("baseline", build_policy("wait", cfg.vocabulary))
         summary["baseline"] = {
-            k: base[k] for k in ("val_acc", "val_loss", "test_acc", "test_loss", "best_val_acc", "params", "wall_seconds")
+            k: base[k] for k in ("val_acc", "val_loss", "test_acc", "test_loss", "best_val_acc", "params", "wall_seconds", "train_flops")
         }
     if not ranks.main:
         return 0
@@ -185,5 +185,6 @@ def _grow(args, cfg, policy, device, out, ranks) -> int:
         b = summary["baseline"]
         loss = f", test loss {b['test_loss']:.3f} ({loss_in_units(b['test_loss'], data.unit)})" if next_token else ""
         print(f"  host alone: val acc {b['val_acc']:.3f}, test acc {b['test_acc']:.3f}{loss}")
+        print(f"  {verdict(summary)}")
     print(f"  wrote {out / 'model'}, {out / 'edits.yaml'}, {out / metrics_io.JSONL_NAME}, {report}")
     return 0

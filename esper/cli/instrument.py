@@ -12,7 +12,7 @@ import esper
 from esper.cli.loading import example_input
 from esper.graph import load_spec
 from esper.kasmina.blending import blend_names
-from esper.kasmina.blueprints import blueprints_for, param_count
+from esper.kasmina.blueprints import blueprint_names, blueprint_ranks, blueprints_for, param_count, why_unfit
 from esper.kasmina.causality import has_sequence_axis
 from esper.kasmina.hosts import load_model_file
 from esper.leyline import InputError, UsageError
@@ -58,14 +58,15 @@ def run(args) -> int:
     )
     how = "as the spec says" if args.spec and load_spec(args.spec).get("causal") is not None else "probed"
     if mm.plane.causal:
+        safe = sorted({name for slot in mm.plane.slots.values() for name in blueprints_for(slot.shape, causal=True)})
         print(
-            f"causal along the sequence ({how}): only causal-safe blueprints ({', '.join(blueprints_for(3, causal=True))}) "
+            f"causal along the sequence ({how}): only causal-safe blueprints ({', '.join(safe)}) "
             f"and blends ({', '.join(blend_names(causal=True))}) may grow"
         )
     elif has_sequence_axis(example):
-        print(f"not causal along the sequence ({how}): every blueprint may grow")
+        print(f"not causal along the sequence ({how}): every blueprint may grow where it can act")
     else:
-        print("no sequence axis in the input: every blueprint may grow")
+        print("no sequence axis in the input: every blueprint may grow where it can act")
     w_id = max(len("slot"), *(len(r["id"]) for r in rows))
     w_at = max(len("after module"), *(len(r["target"]) for r in rows))
     print(f"{'slot':<{w_id}}  {'after module':<{w_at}}  {'shape':<20}  depth")
@@ -81,6 +82,10 @@ def run(args) -> int:
 def _print_blueprint_costs(mm) -> None:
     print("\nparameters each blueprint adds at each slot:")
     for slot_id, slot in mm.plane.slots.items():
-        names = blueprints_for(len(slot.shape), causal=mm.plane.causal)
+        names = blueprints_for(slot.shape, causal=mm.plane.causal)
         costs = ", ".join(f"{n} {param_count(n, slot.shape):,}" for n in names)
-        print(f"  {slot_id}: {costs}")
+        print(f"  {slot_id}: {costs or 'no blueprint fits'}")
+        for name in blueprint_names():
+            reason = why_unfit(name, slot.shape)
+            if reason is not None and len(slot.shape) in blueprint_ranks(name):
+                print(f"    not {name}: {reason}")

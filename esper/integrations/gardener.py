@@ -75,7 +75,8 @@ class Gardener:
     edits`. optimizer: the optimizer that trains `model`; germinated seeds join it as
     parameter groups and leave it when culled. scheduler: your learning-rate scheduler(s),
     if any, kept working as groups come and go; each seed group runs at `seed_lr_scale`
-    times the first parameter group's current learning rate. probe: how a BLENDING seed's
+    times the first parameter group's current learning rate, boosted to start at its peak
+    rate with `seed_lr_rule="peak"` (esper.simic.schedules). probe: how a BLENDING seed's
     contribution is measured, as `(x, y)` (classification accuracy of `model(x)` against
     `y`) or a callable `probe(model) -> float` (higher is better; it runs in eval mode
     without gradients); None leaves contributions unknown, and then the heuristic never
@@ -105,6 +106,7 @@ class Gardener:
         blends: list[str] | None = None,
         heuristic: HeuristicConfig | None = None,
         seed_lr_scale: float = 1.0,
+        seed_lr_rule: str = EnvConfig.seed_lr_rule,
         seed: int | None = None,
         ranks: Ranks | None = None,
     ):
@@ -124,7 +126,7 @@ class Gardener:
         self.plane.defer_culls = self.ranks.spread
         self.score = self._scorer(probe)
         self.plane.attach_optimizer(optimizer)
-        self.groups = SeedGroups(optimizer, scheduler, seed_lr_scale)
+        self.groups = SeedGroups(optimizer, scheduler, seed_lr_scale, seed_lr_rule)
         self._frozen: dict[str, float] = {}
         self.loop = GrowthLoop(
             model,

@@ -8,6 +8,15 @@ slot's activation shape: (B, C, H, W) for convolutional slots, (B, T, D) for seq
     class MyBlock(nn.Module):
         def __init__(self, shape): ...
 
+        @staticmethod
+        def misfit(shape): ...  # optional: why it cannot act on `shape`, or None
+
+A blueprint grows only where it can act. It applies to the activation ranks it is
+registered for, and its class may declare `misfit(shape) -> str | None`: why it cannot act
+on activations of `shape` (None: it can), e.g. a 3x3 kernel on a 1x1 map, where only the
+centre tap ever sees the map. `why_unfit(name, shape)` is the one rule for both; every
+policy's masks and `plane.germinate` follow it.
+
 A blueprint registered with `causal=True` is causal-safe: its output at position t depends
 on its input at positions <= t only, for every t. On a causal host (`plane.causal`) only
 those may grow, since any other would let a token see the future. Unless declared, a
@@ -60,24 +69,42 @@ def blueprint_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def blueprints_for(rank: int, causal: bool = False) -> list[str]:
-    """Blueprints that apply to activations of this rank; with `causal`, only the causal-safe ones."""
-    return sorted(name for name, by_rank in _REGISTRY.items() if rank in by_rank and (by_rank[rank].causal or not causal))
+def _by_rank(name: str) -> dict[int, BlueprintEntry]:
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown blueprint '{name}'; known: {', '.join(blueprint_names())}")
+    return _REGISTRY[name]
 
 
-def blueprint_ranks(causal: bool = False) -> dict[str, set[int]]:
-    """Blueprint name -> the activation ranks it may grow at (with `causal`: where it is causal-safe)."""
-    return {name: {r for r, e in by_rank.items() if e.causal or not causal} for name, by_rank in _REGISTRY.items()}
+def blueprint_ranks(name: str) -> list[int]:
+    """The activation ranks blueprint `name` is registered for."""
+    return sorted(_by_rank(name))
+
+
+def why_unfit(name: str, shape: tuple[int, ...], causal: bool = False) -> str | None:
+    """Why blueprint `name` cannot grow at a slot whose activations have `shape` (batch
+    first), or None when it can: not registered for that rank, or its class's `misfit`
+    says it cannot act there; with `causal`, also when it is not causal-safe."""
+    entry = _by_rank(name).get(len(shape))
+    if entry is None:
+        return f"it applies to rank {blueprint_ranks(name)} activations, not rank {len(shape)}"
+    if causal and not entry.causal:
+        return "it lets a position see later ones"
+    misfit = getattr(entry.cls, "misfit", None)
+    return misfit(tuple(shape)) if misfit is not None else None
+
+
+def blueprints_for(shape: tuple[int, ...], causal: bool = False) -> list[str]:
+    """The blueprints that can grow at a slot whose activations have `shape`; with `causal`,
+    only the causal-safe ones."""
+    return [name for name in blueprint_names() if why_unfit(name, shape, causal) is None]
 
 
 def build_blueprint(name: str, shape: tuple[int, ...]) -> nn.Module:
-    """Instantiate blueprint `name` for an activation of `shape` (batch first)."""
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown blueprint '{name}'; known: {', '.join(blueprint_names())}")
-    entry = _REGISTRY[name].get(len(shape))
+    """Instantiate blueprint `name` for an activation of `shape` (batch first), whatever
+    `why_unfit` says: the plane refuses unfit germinations before building."""
+    entry = _by_rank(name).get(len(shape))
     if entry is None:
-        ranks = sorted(_REGISTRY[name])
-        raise ValueError(f"blueprint '{name}' applies to rank {ranks} activations, not rank {len(shape)} {tuple(shape)}")
+        raise ValueError(f"blueprint '{name}' cannot be built for {tuple(shape)}: {why_unfit(name, shape)}")
     module = entry.cls(tuple(shape))
     module.blueprint_id = name
     return module
@@ -111,6 +138,21 @@ def _groups(channels: int) -> int:
     return 1
 
 
+def _centre_tap_only(shape: tuple[int, ...], k: int) -> str | None:
+    # On a 1xW or Hx1 map a k x k kernel still mixes neighbours along the other axis, and on
+    # maps smaller than k its outer taps read padding but the inner ones still mix pixels.
+    if shape[2] == shape[3] == 1:
+        return f"a {k}x{k} kernel sees a 1x1 map through its centre tap only, a 1x1 convolution in disguise"
+    return None
+
+
+def _single_value_norm(values: int, norm: str) -> str | None:
+    # A normalisation over one value always reads 0, so the seed could add only a constant.
+    if values == 1:
+        return f"its {norm} normalises one value at a time, which always reads 0, so it could only add a constant"
+    return None
+
+
 def _zero(layer: nn.Module) -> nn.Module:
     nn.init.zeros_(layer.weight)
     if getattr(layer, "bias", None) is not None:
@@ -133,11 +175,16 @@ class ConvEnhance(nn.Module):
     def forward(self, x):
         return x + self.proj(self.act(self.norm(self.conv(x))))
 
+    @staticmethod
+    def misfit(shape):
+        return _centre_tap_only(shape, 3)
+
 
 @register_blueprint("attention", ranks=(4,))
 class ChannelAttention(nn.Module):
     """Squeeze-excite channel attention: x * (1 + tanh(gate)), gate starting at zero."""
 
+    # No misfit: on a 1x1 map the squeeze reads the pixel itself, and the gate still mixes channels.
     def __init__(self, shape):
         super().__init__()
         c = shape[1]
@@ -164,6 +211,11 @@ class ConvNorm(nn.Module):
     def forward(self, x):
         return x + self.scale * self.norm(x)
 
+    @staticmethod
+    def misfit(shape):
+        c, h, w = shape[1:]
+        return _single_value_norm(c // _groups(c) * h * w, "GroupNorm")
+
 
 @register_blueprint("depthwise", ranks=(4,))
 class DepthwiseSeparable(nn.Module):
@@ -180,6 +232,10 @@ class DepthwiseSeparable(nn.Module):
     def forward(self, x):
         return x + self.pointwise(self.act(self.norm(self.depthwise(x))))
 
+    @staticmethod
+    def misfit(shape):
+        return _centre_tap_only(shape, 3)
+
 
 @register_blueprint("mlp", ranks=(3,), causal=True)
 class SequenceMLP(nn.Module):
@@ -195,6 +251,10 @@ class SequenceMLP(nn.Module):
 
     def forward(self, x):
         return x + self.fc2(self.act(self.fc1(self.norm(x))))
+
+    @staticmethod
+    def misfit(shape):
+        return _single_value_norm(shape[-1], "LayerNorm")
 
 
 @register_blueprint("attention", ranks=(3,))
@@ -222,6 +282,12 @@ class SequenceAttention(nn.Module):
             t = x.shape[1]
             mask = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
         return x + self.attn(y, y, y, attn_mask=mask, need_weights=False)[0]
+
+    @staticmethod
+    def misfit(shape):
+        if shape[1] == 1:
+            return "self-attention over a single position attends only to itself, a per-token linear map"
+        return _single_value_norm(shape[-1], "LayerNorm")
 
 
 @register_blueprint("causal_attention", ranks=(3,), causal=True)
@@ -258,6 +324,10 @@ class SequenceNorm(nn.Module):
 
     def forward(self, x):
         return x + self.scale * self.norm(x)
+
+    @staticmethod
+    def misfit(shape):
+        return _single_value_norm(shape[-1], "LayerNorm")
 
 
 def registered_names(blueprints: list[str] | None = None, blends: list[str] | None = None) -> tuple[list[str], list[str]]:

@@ -9,6 +9,13 @@ MorphogeneticModel) changes the forward pass. One edit crosses between them: a s
 reaches FOSSILIZED is handed to `graph_host.fold_fossil(slot_id)`, which folds it into
 the model's graph and opens a fresh dormant slot after it (`plane.add_slot`).
 
+GERMINATE refuses a blueprint that cannot act at the slot's activation shape
+(`esper.kasmina.blueprints.why_unfit`: the wrong rank, or e.g. a 3x3 kernel on a 1x1 map),
+with the reason and the blueprints that do fit; no flag overrides it. Replaying an edit log
+that grew such a seed under older rules therefore fails at that edit (EditError, same
+reason), and so does loading a checkpoint that holds one, rather than silently rebuilding
+a seed that cannot help.
+
 On a causal host (`plane.causal`, probed at instrumentation) GERMINATE refuses a
 blueprint or blend that is not causal-safe, naming the safe ones, unless the edit says
 `allow_noncausal=True`.
@@ -30,7 +37,7 @@ import torch
 from torch import nn
 
 from esper.kasmina.blending import blend_names
-from esper.kasmina.blueprints import blueprints_for
+from esper.kasmina.blueprints import blueprints_for, why_unfit
 from esper.kasmina.slot import SeedSlot
 from esper.leyline import Edit, LifecycleError, Op, SeedStage, target_stage
 
@@ -117,6 +124,7 @@ class KasminaPlane(nn.Module):
         dst = target_stage(edit.slot, slot.stage, edit.op)
         if dst is S.GERMINATED:
             blend = edit.blend or "linear"
+            self._refuse_unfit(slot, edit.blueprint)
             if not edit.allow_noncausal:
                 self._refuse_noncausal(slot, edit.blueprint, blend)
             steps = DEFAULT_BLEND_STEPS if edit.steps is None else edit.steps
@@ -147,6 +155,9 @@ class KasminaPlane(nn.Module):
     def germinate(
         self, slot_id: str, blueprint: str, blend: str = "linear", steps: int = DEFAULT_BLEND_STEPS, allow_noncausal: bool = False
     ) -> Edit:
+        """Grow `blueprint` in a dormant slot. Refused (LifecycleError, with the reason and the
+        blueprints that fit) where it cannot act at the slot's shape, and on a causal host
+        where it or the blend could see the future, unless `allow_noncausal`."""
         return self.apply(Edit(Op.GERMINATE, slot_id, blueprint, blend, steps, allow_noncausal=allow_noncausal))
 
     @property
@@ -154,13 +165,26 @@ class KasminaPlane(nn.Module):
         """Whether the host is causal along its sequence axis (fixed at instrumentation)."""
         return self._causal
 
+    def _refuse_unfit(self, slot: SeedSlot, blueprint: str) -> None:
+        """Refuse a blueprint that cannot act at the slot's shape, naming the ones that can."""
+        reason = why_unfit(blueprint, slot.shape)
+        if reason is None:
+            return
+        fits = blueprints_for(slot.shape, causal=self._causal)
+        raise LifecycleError(
+            slot.slot_id,
+            slot.stage,
+            f"germinate blueprint '{blueprint}'",
+            f"its activations are {'x'.join(map(str, slot.shape[1:]))} per sample, and {reason}; "
+            f"blueprints that fit here: {', '.join(fits) or 'none'}",
+        )
+
     def _refuse_noncausal(self, slot: SeedSlot, blueprint: str, blend: str) -> None:
         """On a causal host, refuse a known blueprint or blend that would let a position see later ones."""
         if not self._causal:
             return
-        rank = len(slot.shape)
-        safe, safe_blends = blueprints_for(rank, causal=True), blend_names(causal=True)
-        if blueprint in blueprints_for(rank) and blueprint not in safe:
+        safe, safe_blends = blueprints_for(slot.shape, causal=True), blend_names(causal=True)
+        if blueprint not in safe:
             what = f"blueprint '{blueprint}'"
         elif blend in blend_names() and blend not in safe_blends:
             what = f"blend '{blend}'"

@@ -26,6 +26,9 @@ class StepInfo:
     slots: dict[str, list]  # slot -> [stage, alpha, blueprint]: one timeline row
     images: int  # training examples this step
     train_seconds: float
+    # Forward and backward FLOPs of this step's training (esper.simic.flops); None where
+    # the loop that trained it did not count them (a Gardener in a user's own loop).
+    train_flops: int | None = None
 
     def to_dict(self) -> dict:
         """The per-step record of metrics.jsonl."""
@@ -51,6 +54,8 @@ class EpisodeSummary:
     host_params: int
     images: int  # training examples seen
     train_seconds: float
+    train_flops: int | None = None  # forward and backward, all steps (None: some step's are unknown)
+    host_flops_per_image: float | None = None  # the host alone (no seed, no fossil), per training example
     timeline: list[dict] = field(default_factory=list)  # every slot's stage after each step
 
     @property
@@ -58,9 +63,15 @@ class EpisodeSummary:
         """Parameters added, as a fraction of the host's."""
         return self.params / self.host_params - 1.0
 
+    @property
+    def host_train_flops(self) -> int | None:
+        """What training the host alone on the same examples would have cost, in FLOPs."""
+        return None if self.host_flops_per_image is None else round(self.host_flops_per_image * self.images)
+
     def to_dict(self) -> dict:
         """The record written to metrics.jsonl and summary.json."""
         record = asdict(self)
         record["return"] = record.pop("episode_return")
         record["param_ratio"] = self.param_ratio
+        record["host_train_flops"] = self.host_train_flops
         return record

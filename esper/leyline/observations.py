@@ -93,9 +93,9 @@ class Observation:
     """One environment at one decision point, N slots in host order.
 
     `op_mask[n]` holds the ops legal in slot n (WAIT always). `blueprint_mask[n]`
-    holds the blueprints applicable to slot n's activation rank; a slot where none
-    applies has GERMINATE removed from its op mask and a placeholder row (index 0
-    only), so that no mask row is ever empty.
+    holds the blueprints that can act at slot n's activation shape; a slot where none
+    can has GERMINATE removed from its op mask and a placeholder row (index 0 only), so
+    that no mask row is ever empty.
     """
 
     global_features: Tensor  # [G] float

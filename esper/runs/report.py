@@ -215,12 +215,35 @@ def _loss_plot(plt, path: Path, grown: list[dict], baseline: list[dict], summary
     return save_figure(fig, path)
 
 
+def verdict(summary: dict) -> str | None:
+    """One line: the grown model against its host-alone twin (same seed, data and epochs)
+    on the test split, by test loss for next-token tasks and accuracy otherwise; None
+    without a baseline."""
+    base = summary.get("baseline")
+    if not base or summary.get("test_acc") is None or base.get("test_acc") is None:
+        return None
+    added = f"{summary.get('param_ratio', 0.0):+.1%} parameters"
+    if summary.get("task") == "next_token":
+        diff = base["test_loss"] - summary["test_loss"]  # positive: the grown model's loss is lower
+        numbers = f"test loss {summary['test_loss']:.4f} against {base['test_loss']:.4f} for the host alone ({-diff:+.4f}, {added})"
+    else:
+        diff = summary["test_acc"] - base["test_acc"]
+        numbers = (
+            f"test accuracy {summary['test_acc']:.3f} against {base['test_acc']:.3f} for the host alone ({100 * diff:+.1f} points, {added})"
+        )
+    return f"{'growth helped' if diff > 0 else 'growth did not help'} on this seed: {numbers}"
+
+
 def _grow_table(summary: dict) -> list[str]:
-    lines = ["| | grown | host alone |", "| --- | --- | --- |"]
+    said = verdict(summary)
+    lines = ([f"**Verdict: {said}.**", ""] if said else []) + ["| | grown | host alone |", "| --- | --- | --- |"]
     base = summary.get("baseline", {})
 
     def fmt(v):
         return "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+    def flops(v):
+        return "n/a" if v is None else f"{v:.3g}"
 
     lines.append(f"| final validation accuracy | {fmt(summary.get('val_acc'))} | {fmt(base.get('val_acc'))} |")
     lines.append(f"| test accuracy | {fmt(summary.get('test_acc'))} | {fmt(base.get('test_acc'))} |")
@@ -233,6 +256,9 @@ def _grow_table(summary: dict) -> list[str]:
         lines.append(f"| test loss per {unit} | {loss(summary)} | {loss(base)} |")
     lines.append(f"| parameters | {summary.get('params', 'n/a'):,} | {base.get('params', summary.get('host_params', 0)):,} |")
     lines.append(f"| wall time (s) | {fmt(summary.get('wall_seconds'))} | {fmt(base.get('wall_seconds'))} |")
+    # The baseline's own count where it ran; else the host alone's cost of the same examples.
+    host_flops = base.get("train_flops", summary.get("host_train_flops"))
+    lines.append(f"| training FLOPs | {flops(summary.get('train_flops'))} | {flops(host_flops)} |")
     lines.append("")
     fossils = ", ".join(summary.get("fossil_blueprints") or []) or "none"
     setting = ", ".join(

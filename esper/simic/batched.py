@@ -288,10 +288,10 @@ class StackCache:
         return self.hosts
 
 
-def train_together(envs, chunks: Sequence[Iterator], cache: StackCache | None = None) -> list[tuple[float | None, float | None, int]]:
+def train_together(envs, chunks: Sequence[Iterator], cache: StackCache | None = None) -> list[tuple[float | None, float | None, int, int]]:
     """Train the K environments' chunks as one (`train_chunks` with the hosts stacked; the
     chunks must hold equally many equally sized batches); returns each environment's
-    (mean loss, accuracy, images). `cache` keeps the stacked hosts between calls."""
+    (mean loss, accuracy, images, training FLOPs). `cache` keeps the stacked hosts between calls."""
     hosts = (cache or StackCache())(envs)
     trainers = [env.trainer for env in envs]
     hosts.load(trainers)
@@ -324,4 +324,4 @@ def step_together(envs, edits: Sequence[Edit], cache: StackCache | None = None) 
     start = time.perf_counter()
     trained = train_together(envs, [env.trainer.chunk(env.t) for env in envs], cache)
     seconds = (time.perf_counter() - start) / len(envs)
-    return [env.finish(loss, acc, images, seconds) for env, (loss, acc, images) in zip(envs, trained)]
+    return [env.finish(loss, acc, images, seconds, flops) for env, (loss, acc, images, flops) in zip(envs, trained)]

@@ -8,7 +8,8 @@ loop (`loop.py`) driven by a HostTrainer:
                  order, ablation probe) which seeds join on germination; validation loss
                  and accuracy of the untrained model start the loop; the first Observation.
     step(edit)   apply(edit): loop.apply(edit)   (the plane applies and logs it)
-                 trainer.train_chunk(trainer.chunk(t)): 1/decisions_per_epoch of an epoch
+                 trainer.train_chunk(trainer.chunk(t)): 1/decisions_per_epoch of an epoch,
+                 and its training FLOPs (esper.simic.flops)
                  finish(): validation loss/accuracy, then loop.close(): plane.step() (one
                  tick: blends advance), trainer.measure_contributions(), the reward
                  returns StepResult(observation, reward, done, info: StepInfo)
@@ -128,9 +129,9 @@ class GrowthEnv:
         self.apply(edit)
         with self.rng():
             start = time.perf_counter()
-            train_loss, train_acc, seen = self.trainer.train_chunk(self.trainer.chunk(self.t))
+            train_loss, train_acc, seen, flops = self.trainer.train_chunk(self.trainer.chunk(self.t))
             seconds = time.perf_counter() - start
-        return self.finish(train_loss, train_acc, seen, seconds)
+        return self.finish(train_loss, train_acc, seen, seconds, flops)
 
     def apply(self, edit: Edit) -> Edit:
         """The step's edit, through the loop (the plane logs it); returns the logged edit."""
@@ -142,18 +143,18 @@ class GrowthEnv:
                 self.mm.to(memory_format=torch.channels_last)
         return logged
 
-    def finish(self, train_loss: float | None, train_acc: float | None, images: int, seconds: float) -> StepResult:
-        """After the chunk: evaluate, then close the loop's interval (tick, measure
-        contributions, reward) and observe. A chunk without batches (None) keeps the last
-        training numbers."""
+    def finish(self, train_loss: float | None, train_acc: float | None, images: int, seconds: float, flops: int) -> StepResult:
+        """After the chunk (`images` examples, `seconds` of wall time, `flops` of training
+        compute): evaluate, then close the loop's interval (tick, measure contributions,
+        reward) and observe. A chunk without batches (None) keeps the last training numbers."""
         with self.rng():
             val_loss, val_acc = self.trainer.evaluate(self.data.val)
-            info = self.loop.close(Numbers(train_loss, train_acc, val_loss, val_acc), images, seconds)
+            info = self.loop.close(Numbers(train_loss, train_acc, val_loss, val_acc), images, seconds, flops)
         return StepResult(self.loop.observe(), self.loop.reward, self.done, info)
 
     def summary(self) -> EpisodeSummary:
         """The episode in numbers (call after the last step)."""
-        return self.loop.summary()
+        return self.loop.summary(host_flops_per_image=self.trainer.flops.host_per_image)
 
     def evaluate(self, split) -> tuple[float, float]:
         """Loss and accuracy (a fraction) of the current model on a TensorData split."""

@@ -80,14 +80,16 @@ class EpisodeRecord:
         self.timeline: list[dict] = [timeline_row(plane)]
         self.images = 0
         self.train_seconds = 0.0
+        self.train_flops: int | None = 0  # None once a step's FLOPs are unknown
 
-    def add_step(self, numbers: Numbers, reward: RewardBreakdown, slots: dict, images: int, seconds: float) -> None:
+    def add_step(self, numbers: Numbers, reward: RewardBreakdown, slots: dict, images: int, seconds: float, flops: int | None) -> None:
         self.history.append(self.now)
         self.now = numbers
         self.rewards.append(reward)
         self.timeline.append(slots)
         self.images += images
         self.train_seconds += seconds
+        self.train_flops = None if flops is None or self.train_flops is None else self.train_flops + flops
 
     def signals(self, decision: int, total_decisions: int, host_params: int, total_params: int) -> TrainingSignals:
         h = self.history
@@ -103,7 +105,7 @@ class EpisodeRecord:
             val_acc_history=[n.val_acc for n in h],
         )
 
-    def summary(self, plane, params: int, host_params: int) -> EpisodeSummary:
+    def summary(self, plane, params: int, host_params: int, host_flops_per_image: float | None = None) -> EpisodeSummary:
         components = {k: sum(r.as_dict()[k] for r in self.rewards) for k in RewardBreakdown.__dataclass_fields__}
         slots = plane.slots.values()
         fossils = [s.blueprint for s in slots if s.stage is SeedStage.FOSSILIZED]
@@ -125,5 +127,7 @@ class EpisodeRecord:
             host_params=host_params,
             images=self.images,
             train_seconds=self.train_seconds,
+            train_flops=self.train_flops,
+            host_flops_per_image=host_flops_per_image,
             timeline=self.timeline,
         )

@@ -9,7 +9,7 @@ loss, which reads as the largest loss (a diverged run should look bad, not unkno
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -172,21 +172,20 @@ def slot_features(
 
 def action_masks(
     stages: list[SeedStage],
-    ranks: list[int],
+    fitting: list[Collection[str]],
     blueprints: list[str],
-    blueprint_ranks: dict[str, set[int]],
     blends: list[str],
     usable_blends=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(op_mask [N, NUM_OPS], blueprint_mask [N, MAX_BLUEPRINTS], blend_mask [MAX_BLENDS])
-    for slots in `stages` whose activations have `ranks`: the ops the lifecycle allows, the
-    blueprints that grow at that rank (GERMINATE masked where none does), the usable blends."""
+    for slots in `stages` where the blueprints in `fitting` may grow: the ops the lifecycle
+    allows, those of `blueprints` (GERMINATE masked where none fits), the usable blends."""
     n = len(stages)
     op_mask = torch.zeros(n, NUM_OPS, dtype=torch.bool)
     blueprint_mask = torch.zeros(n, MAX_BLUEPRINTS, dtype=torch.bool)
-    for i, (stage, rank) in enumerate(zip(stages, ranks)):
+    for i, (stage, fits) in enumerate(zip(stages, fitting)):
         for j, name in enumerate(blueprints):
-            blueprint_mask[i, j] = rank in blueprint_ranks[name]
+            blueprint_mask[i, j] = name in fits
         op_mask[i, [int(op) for op in legal_ops(stage)]] = True
         if not blueprint_mask[i].any():
             op_mask[i, Op.GERMINATE] = False
@@ -203,23 +202,21 @@ def build_observation(
     signals: TrainingSignals,
     contributions: dict[str, float],
     blueprints: list[str],
-    blueprint_ranks: dict[str, set[int]],
+    fitting: Callable[[tuple[int, ...]], Collection[str]],
     blends: list[str],
     usable_blends: Collection[str] | None = None,
 ) -> Observation:
     """One environment's Observation. `telemetry` lists the slots in host order;
     `contributions` maps slot -> measured contribution (missing: not measured);
-    `blueprint_ranks` maps each blueprint to the activation ranks it may grow at and
-    `usable_blends` names the blends that may be chosen (default: all of `blends`). On a
-    causal host those are `blueprint_ranks(causal=True)` and `blend_names(causal=True)`
-    (esper.kasmina), so the masks of every policy offer causal-safe seeds only."""
+    `fitting(shape)` names the blueprints that can grow at a slot of that activation shape
+    and `usable_blends` the blends that may be chosen (default: all of `blends`). Those are
+    `blueprints_for(shape, causal)` and `blend_names(causal)` (esper.kasmina), so the masks
+    of every policy offer only seeds that can act at each slot, and on a causal host only
+    causal-safe ones."""
     if not telemetry:
         raise ValueError("the host has no seed slots")
     if not 0 < len(blueprints) <= MAX_BLUEPRINTS or not 0 < len(blends) <= MAX_BLENDS:
         raise ValueError(f"need 1..{MAX_BLUEPRINTS} blueprints and 1..{MAX_BLENDS} blends")
-    missing = [b for b in blueprints if b not in blueprint_ranks]
-    if missing:
-        raise ValueError(f"blueprint_ranks says nothing about {missing}")
     n = len(telemetry)
     stages = [SeedStage[t.stage] for t in telemetry]
     rows = [
@@ -228,7 +225,7 @@ def build_observation(
     ]
 
     op_mask, blueprint_mask, blend_mask = action_masks(
-        stages, [len(t.shape) for t in telemetry], blueprints, blueprint_ranks, blends, usable_blends
+        stages, [set(fitting(tuple(t.shape))) for t in telemetry], blueprints, blends, usable_blends
     )
     return Observation(
         global_features=global_features(signals, stages),

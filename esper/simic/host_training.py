@@ -2,7 +2,7 @@
 chunks, evaluation and ablation probe.
 
     trainer = HostTrainer(mm, cfg, device, data, task, seed)
-    loss, acc, images = trainer.train_chunk(trainer.chunk(t))  # decision t's share of an epoch, one read
+    loss, acc, images, flops = trainer.train_chunk(trainer.chunk(t))  # decision t's share of an epoch, one read
     loss, acc = trainer.evaluate(split)                      # one read per split
     contributions = trainer.measure_contributions()          # each blending seed's accuracy, by ablation
 
@@ -12,8 +12,12 @@ are per prediction.
 Every GrowthEnv owns one. `train_chunks` is the one training loop: `train_chunk` runs
 it for one trainer, and the batched runner (`esper.simic.batched`) for K of them with
 their hosts stacked into one vmapped model, supplying only that forward pass; the
-gradient clearing, the NaN guard, the seed learning rates and the optimizer and schedule
-steps are the same code for both, so one and K environments follow the same arithmetic.
+gradient clearing, the NaN guard, the seed learning rates, the optimizer and schedule
+steps and the FLOP count are the same code for both, so one and K environments follow the
+same arithmetic and count the same compute.
+
+Training FLOPs (`esper.simic.flops`): each trainer's `FlopMeter` prices every step on
+its own model (never the vmapped stack), once per structure, before the step trains.
 
 Learning rates: the host's parameter group follows `lr_factor` over the episode; every
 seed group runs at `cfg.seed_lr_scale` times the host group's current rate
@@ -52,6 +56,7 @@ from esper.simic.distributed import (
     sum_over_ranks,
     sync_buffers,
 )
+from esper.simic.flops import FlopMeter
 from esper.simic.schedules import SeedGroups
 from esper.simic.tasks import BatchScore, read_once, task_for
 
@@ -71,6 +76,7 @@ class EnvConfig:
     momentum: float = 0.9
     weight_decay: float = 0.01
     seed_lr_scale: float = 1.0  # seed parameter groups run at this multiple of the host's current lr
+    seed_lr_rule: str = "follow"  # or "peak": a seed starts at the host's peak rate (esper.simic.schedules)
     blend_steps: int = 2  # ticks a germinated seed takes to blend in (the policy's Edit.steps)
     max_slots: int | None = None
     contribution_samples: int = 512  # the fixed validation batch for ablations
@@ -142,7 +148,7 @@ class HostTrainer:
         self.optimizer = make_optimizer(list(mm.parameters()), cfg)
         mm.plane.attach_optimizer(self.optimizer)
         self.schedule = episode_schedule(self.optimizer, cfg, self.batches_per_epoch * cfg.epochs)
-        self.seed_groups = SeedGroups(self.optimizer, self.schedule, cfg.seed_lr_scale)
+        self.seed_groups = SeedGroups(self.optimizer, self.schedule, cfg.seed_lr_scale, cfg.seed_lr_rule)
         self.guard_culls: list[str] = []
         n = min(cfg.contribution_samples, len(data.val))
         self.probe = (self.place(data.val.x[:n]), data.val.y[:n].to(device))
@@ -150,6 +156,7 @@ class HostTrainer:
         self._frozen: dict[str, float] = {}  # a fossil keeps the contribution it had when it fossilized
         self._order = torch.Generator(device=data.train.x.device).manual_seed(seed)
         self._batches: Iterator | None = None
+        self.flops = FlopMeter(mm, task, self.autocast, device, ranks.world_size)
 
     def chunk(self, decision: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Decision `decision`'s 1/decisions_per_epoch of the epoch's batches, on the device
@@ -167,9 +174,9 @@ class HostTrainer:
             if len(y) >= self.ranks.world_size:
                 yield self.place(x), y.to(self.device, non_blocking=True)
 
-    def train_chunk(self, batches) -> tuple[float | None, float | None, int]:
+    def train_chunk(self, batches) -> tuple[float | None, float | None, int, int]:
         """One optimizer step per batch; the chunk's mean loss and accuracy (None without
-        batches) and its count of examples, read from the device once."""
+        batches), its count of examples, read from the device once, and its training FLOPs."""
         return train_chunks([self], [batches], self._forward_backward)[0]
 
     def _forward_backward(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[BatchScore]:
@@ -249,12 +256,14 @@ class HostTrainer:
 
 def train_chunks(
     trainers: Sequence[HostTrainer], chunks: Sequence[Iterator], forward_backward: Callable[[list], list[BatchScore]]
-) -> list[tuple[float | None, float | None, int]]:
+) -> list[tuple[float | None, float | None, int, int]]:
     """K trainers in lockstep, one optimizer step per batch of their chunks (which must hold
     equally many equally sized batches); returns each one's mean loss and accuracy (None
-    without batches) and count of examples, read from the device once. Each step:
+    without batches) and count of examples, read from the device once, and training FLOPs.
+    Each step:
 
         every trainer clears its gradients
+        every trainer's FlopMeter prices the step on its own model, as it is before the step
         forward_backward(batches)  one (x, y) per trainer: their losses, backpropagated,
                                    and their BatchScores (the batched runner also steps its
                                    stacked host parameters here, which no trainer's
@@ -262,16 +271,19 @@ def train_chunks(
         guard(trainers)            seeds with non-finite outputs or gradients are culled
         every trainer's after_step(culled): seed learning rates, optimizer, schedule
 
-    Sums per trainer: loss_sum += mean loss x count, correct += right predictions.
+    Sums per trainer: loss_sum += mean loss x count, correct += right predictions,
+    flops += the step's FLOPs.
     """
     k, device = len(trainers), trainers[0].device
     loss_sums: list = [torch.zeros((), device=device)] * k
     corrects: list = [0] * k
     counts: list = [0] * k  # Python ints where the task knows them, device tensors where not
+    flops = [0] * k
     seen = 0
     for batches in zip(*chunks):
         for trainer in trainers:
             trainer.before_step()
+        flops = [f + trainer.flops(x, y) for f, trainer, (x, y) in zip(flops, trainers, batches)]
         scores = forward_backward(list(batches))
         for trainer, culled in zip(trainers, guard(trainers)):
             trainer.after_step(culled)
@@ -288,7 +300,8 @@ def train_chunks(
         sums = sum_over_ranks(trainers[0]._sums(*sums), trainers[0].ranks).unbind()
     values = read_once(sums)
     return [
-        (loss / n, right / n, seen) if n else (None, None, seen) for loss, right, n in zip(values[:k], values[k : 2 * k], values[2 * k :])
+        (loss / n, right / n, seen, f) if n else (None, None, seen, f)
+        for loss, right, n, f in zip(values[:k], values[k : 2 * k], values[2 * k :], flops)
     ]
 
 

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
 from esper.kasmina.blending import blend_names
-from esper.kasmina.blueprints import blueprint_ranks
+from esper.kasmina.blueprints import blueprints_for
 from esper.leyline import Edit, EpisodeSummary, Observation, StepInfo, Vocabulary
 from esper.runs.report import timeline_row
 from esper.simic.distributed import Ranks, check_in_step
@@ -59,8 +60,7 @@ class GrowthLoop:
         self.measure = measure or dict
         self.reward_cfg = reward or RewardConfig()
         self.ranks = ranks
-        causal = self.plane.causal  # on a causal host only causal-safe seeds are offered
-        self.blueprint_ranks, self.usable_blends = blueprint_ranks(causal), blend_names(causal)
+        self.usable_blends = blend_names(self.plane.causal)  # on a causal host only causal-safe seeds are offered
         self.host_params = mm.host_parameter_count()
         self.contributions: dict[str, float] = {}
         self.t = 0
@@ -91,7 +91,7 @@ class GrowthLoop:
             signals,
             self.contributions,
             list(self.vocab.blueprints),
-            self.blueprint_ranks,
+            partial(blueprints_for, causal=self.plane.causal),
             list(self.vocab.blends),
             usable_blends=self.usable_blends,
         )
@@ -106,9 +106,12 @@ class GrowthLoop:
         self.record.ops[self._edit.op.name] += 1
         return self._edit
 
-    def close(self, numbers: Numbers, images: int = 0, seconds: float = 0.0) -> StepInfo:
+    def close(self, numbers: Numbers, images: int = 0, seconds: float = 0.0, flops: int | None = None) -> StepInfo:
         """End interval t with its numbers (training numbers of None: no batches, keep the
-        last ones): tick the plane, measure the contributions, reward, record."""
+        last ones): tick the plane, measure the contributions, reward, record. `images`,
+        `seconds` and `flops` are the interval's training examples, wall time and training
+        FLOPs where the trainer counted them; a user's own loop (the Gardener) does not
+        report them, and its FLOPs stay None: unknown, not zero."""
         if self._edit is None:
             raise RuntimeError(f"interval {self.t} has no edit: apply() decision {self.t} first")
         if numbers.train_loss is None:
@@ -125,7 +128,7 @@ class GrowthLoop:
         reward = compute_reward(self._reward_state, state, self._edit, self.done, self.reward_cfg)
         self._reward_state = state
         slots = timeline_row(self.plane)
-        self.record.add_step(numbers, reward, slots, images, seconds)
+        self.record.add_step(numbers, reward, slots, images, seconds, flops)
         info = StepInfo(
             self.t,
             self.t / self.decisions_per_epoch,
@@ -138,12 +141,15 @@ class GrowthLoop:
             slots=slots,
             images=images,
             train_seconds=seconds,
+            train_flops=flops,
         )
         self._edit = None
         return info
 
-    def summary(self) -> EpisodeSummary:
-        return self.record.summary(self.plane, self.total_params(), self.host_params)
+    def summary(self, host_flops_per_image: float | None = None) -> EpisodeSummary:
+        """The run in numbers; `host_flops_per_image` is what a training example costs the
+        host alone, where the trainer measured it."""
+        return self.record.summary(self.plane, self.total_params(), self.host_params, host_flops_per_image)
 
     def _telemetry(self):
         return [slot.telemetry() for slot in self.plane.slots.values()]

@@ -1,14 +1,17 @@
 """HeuristicPolicy: the hand-written gardener, a baseline for Tamiyo and a teacher for imitation.
 
 Rules, first match wins, one action per environment and step:
-  1. a BLENDING seed whose contribution fell `decline` below its best so far, or that
-     finished blending with a contribution at or below -`tolerance`, is culled;
+  1. a BLENDING seed is culled when it does harm: its contribution fell `decline` below
+     its best so far, or it finished blending with a contribution at or below
+     -`tolerance`, or the training loss rose by more than `loss_rise` (relative) over the
+     interval it blended in, where a host alone keeps lowering it;
   2. a BLENDING seed that finished blending (alpha 1) otherwise is fossilized;
   3. a GERMINATED seed is advanced at once, a TRAINING one after `train_epochs` epochs;
-  4. when validation accuracy has plateaued (less than `plateau` gained over 3 epochs),
-     fewer than `max_active` seeds are live and the episode is not too far along, the
-     deepest slot that may germinate (or the earliest, with germinate_at "first") gets
-     the first applicable preferred blueprint;
+  4. when the host counts as stalled (less than `plateau` accuracy gained over 3
+     decisions; with the default 1.0 always, and then no history is needed), fewer than
+     `max_active` seeds are live and the episode is between `earliest_germination` and
+     `latest_germination` of the way through, the deepest slot that may germinate (or the
+     earliest, with germinate_at "first") gets the first applicable preferred blueprint;
   5. otherwise WAIT.
 It reads only the observation (scaled features, decoded with the leyline scales), so it
 runs wherever the network policy runs.
@@ -26,16 +29,22 @@ from esper.tamiyo.actions import Action
 @dataclass
 class HeuristicConfig:
     """The heuristic's settings (saved in a run's config.yaml), in ticks. With the
-    defaults a seed germinates as soon as three ticks of history exist and fossilizes
-    about 2 + train_epochs + blend_steps ticks later, which fits an 8-tick episode."""
+    defaults a seed germinates at the first decision and fossilizes about 2 + train_epochs
+    + blend_steps ticks later."""
 
     # Tried in this order, among those in the policy's vocabulary that the slot accepts.
     blueprint_preference: list[str] = field(default_factory=lambda: ["depthwise", "lora", "attention", "conv_enhance", "mlp"])
     plateau: float = 1.0  # accuracy gained over 3 ticks below which the host counts as stalled (1.0: always)
     train_epochs: int = 1
     max_active: int = 1
-    latest_germination: float = 0.5  # fraction of the episode
+    # Germinate between these fractions of the episode: growing while the host still
+    # underfits pays more than growing once it has converged.
+    earliest_germination: float = 0.0
+    latest_germination: float = 0.5
     decline: float = 0.05  # validation probes of a few hundred images move by a few points
+    # A host alone lowers its training loss from one interval to the next; a seed that
+    # blends in while the loss rises by more than this (relative) is doing harm.
+    loss_rise: float = 0.02
     # A seed just blended in has had little time to help, and a probe of a few hundred
     # images is noisy: a blended seed contributing more than -tolerance is fossilized.
     tolerance: float = 0.0
@@ -46,6 +55,10 @@ class HeuristicConfig:
     def __post_init__(self):
         if self.germinate_at not in ("first", "last"):
             raise ValueError(f"germinate_at must be 'first' or 'last', got {self.germinate_at!r}")
+        if not 0.0 <= self.earliest_germination <= self.latest_germination <= 1.0:
+            raise ValueError(
+                f"need 0 <= earliest_germination <= latest_germination <= 1, got {self.earliest_germination}, {self.latest_germination}"
+            )
 
 
 class HeuristicPolicy:
@@ -72,12 +85,17 @@ class HeuristicPolicy:
         contribution = (obs.slot_feature("contribution") / ACC_SCALE).tolist()
         known = (obs.slot_feature("contribution_known") > 0.5).tolist()
         legal = obs.op_mask
+        # The loss of the interval just trained against the one before it: unknown (0) until
+        # two intervals have been trained.
+        loss_rose = obs.global_feature("delta_1_known") > 0.5 and obs.global_feature("train_loss_delta_1") > self.cfg.loss_rise
 
         for n, stage in enumerate(stages):
             key = (env, obs.slot_ids[n])
             if stage is not SeedStage.BLENDING:
                 self._best.pop(key, None)  # the seed this memory was about is gone
                 continue
+            if loss_rose and legal[n, Op.CULL]:
+                return Action(Op.CULL, n)
             if not known[n]:
                 continue
             best = self._best[key] = max(self._best.get(key, contribution[n]), contribution[n])
@@ -93,8 +111,12 @@ class HeuristicPolicy:
                 return Action(Op.ADVANCE, n)
 
         live = sum(stage in ACTIVE_STAGES for stage in stages)
-        plateaued = obs.global_feature("delta_3_known") > 0.5 and obs.global_feature("val_acc_delta_3") / ACC_SCALE < self.cfg.plateau
-        if live < self.cfg.max_active and plateaued and obs.global_feature("progress") <= self.cfg.latest_germination:
+        stalled = self.cfg.plateau >= 1.0 or (
+            obs.global_feature("delta_3_known") > 0.5 and obs.global_feature("val_acc_delta_3") / ACC_SCALE < self.cfg.plateau
+        )
+        progress = obs.global_feature("progress")
+        in_window = self.cfg.earliest_germination <= progress <= self.cfg.latest_germination
+        if live < self.cfg.max_active and stalled and in_window:
             free = [n for n in range(obs.num_slots) if legal[n, Op.GERMINATE]]
             for n in free[-1:] if self.cfg.germinate_at == "last" else free:
                 blueprint = next(i for i in self.blueprint_order if obs.blueprint_mask[n, i])

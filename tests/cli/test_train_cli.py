@@ -140,6 +140,7 @@ def test_grow_baseline_trains_the_host_alone_too(host, tmp_path):
     assert main(["grow", "--policy", "heuristic", "--host", host, "--out", str(out), "--baseline", *TINY]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["baseline"]["params"] == summary["host_params"]
+    assert summary["baseline"]["train_flops"] == summary["host_train_flops"]  # the host alone, counted two ways
     runs = {r["run"] for r in read_jsonl(out / "metrics.jsonl")}
     assert runs == {"grown", "baseline"}
 

@@ -110,8 +110,9 @@ def test_esper_grow_and_a_gardener_loop_see_decide_and_summarize_alike():
         assert same_observation(a, b), f"decision {t}: the observations differ"
     assert [e.to_dict() for e in edits_env] == [e.to_dict() for e in edits_loop]
     assert [e.tick for e in edits_env] == list(range(CFG.decisions))
-    assert summary_env.fossilized == 1  # the run went through a whole lifecycle
-    timing = ("images", "train_seconds")  # wall time, and examples the Gardener is not told of
+    assert summary_env.fossilized >= 1  # the run went through a whole lifecycle
+    # wall time, and the examples and compute of the training the Gardener is not told of
+    timing = ("images", "train_seconds", "train_flops", "host_flops_per_image", "host_train_flops")
     env, loop = summary_env.to_dict(), summary_loop.to_dict()
     assert {k: v for k, v in env.items() if k not in timing} == {k: v for k, v in loop.items() if k not in timing}
     strip = lambda info: {k: v for k, v in info.to_dict().items() if k not in timing}  # noqa: E731

@@ -21,8 +21,8 @@ SEQ = ["attention", "causal_attention", "lora", "mlp", "norm"]
 
 
 def test_catalogue_by_rank():
-    assert blueprints_for(4) == CONV
-    assert blueprints_for(3) == SEQ
+    assert blueprints_for((2, 16, 8, 8)) == CONV
+    assert blueprints_for((2, 8, 16)) == SEQ
 
 
 @pytest.mark.parametrize("name", CONV)
@@ -71,7 +71,7 @@ def test_germination_is_function_preserving_on_every_slot(float64):
         with torch.no_grad():
             ref = mm(x)
         for slot_id, slot in mm.plane.slots.items():
-            for name in blueprints_for(len(slot.shape)):
+            for name in blueprints_for(slot.shape):
                 mm.plane.germinate(slot_id, name, steps=1, allow_noncausal=True)  # every blueprint, the bidirectional ones too
                 mm.plane.advance(slot_id), mm.plane.advance(slot_id)
                 mm.plane.step()  # alpha is now 1: the seed is fully in

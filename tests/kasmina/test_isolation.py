@@ -22,7 +22,7 @@ def test_host_gradients_are_bit_identical_with_a_training_seed(host, data):
     mm = esper.instrument(model, (x,)).train()
     slot_id = data.draw(st.sampled_from(list(mm.plane.slots)))
     slot = mm.plane.slots[slot_id]
-    blueprint = data.draw(st.sampled_from(blueprints_for(len(slot.shape))))
+    blueprint = data.draw(st.sampled_from(blueprints_for(slot.shape)))
     blend = data.draw(st.sampled_from(["linear", "sigmoid", "gated"]))
     mm.plane.germinate(slot_id, blueprint, blend=blend)
     mm.plane.advance(slot_id)

@@ -88,7 +88,7 @@ def test_unknown_slot_lists_the_slots(mm):
 def test_unknown_blueprint_and_wrong_rank_leave_the_slot_dormant(mm):
     with pytest.raises(KeyError, match="unknown blueprint 'nope'"):
         mm.plane.germinate("block1", "nope")
-    with pytest.raises(ValueError, match="rank"):
+    with pytest.raises(esper.LifecycleError, match="'lora': its activations are 32x32x32 per sample, and it applies to rank \\[3\\]"):
         mm.plane.germinate("block1", "lora")
     assert mm.plane.slots["block1"].stage is SeedStage.DORMANT and mm.plane.edits == []
 

@@ -51,7 +51,7 @@ def grown_causal_models(draw):
         stage = draw(st.sampled_from(["DORMANT", *ADVANCES]))
         if stage == "DORMANT":
             continue
-        blueprint = draw(st.sampled_from(blueprints_for(3, causal=True)))
+        blueprint = draw(st.sampled_from(blueprints_for(mm.plane.slot(slot_id).shape, causal=True)))
         mm.plane.germinate(slot_id, blueprint, draw(st.sampled_from(blend_names(causal=True))), steps=draw(st.integers(1, 3)))
         for _ in range(ADVANCES[stage]):
             mm.plane.advance(slot_id)

@@ -60,7 +60,7 @@ def test_legal_edit_sequences_replay_to_the_same_graph(kind, program):
         legal = legal_ops(slot.stage)
         op = legal[op_i % len(legal)]
         safe_only = mm.plane.causal and not override
-        bps = blueprints_for(len(slot.shape), causal=safe_only)
+        bps = blueprints_for(slot.shape, causal=safe_only)
         if safe_only and blend not in blend_names(causal=True):
             blend = "linear"
         mm.plane.apply(Edit(op, slot_id, bps[bp_i % len(bps)], blend, steps=2, allow_noncausal=override))

@@ -5,7 +5,7 @@
 Plays a fixed script on rank 0 (rank 1's policy would play only WAITs, so any edit it
 applies came from rank 0): germinate two seeds, fossilize one, cull the other. Writes
 OUT/rank<R>.pt: every tick's hash of all parameter and buffer bytes, the edit log, the
-final test accuracy and the final state. HOST is `batchnorm` or `groupnorm` (whose
+final test accuracy, the final state and the training FLOPs. HOST is `batchnorm` or `groupnorm` (whose
 training does not depend on how a batch is split; it runs in float64, see main). With
 `hang`, rank 1 stops answering after the second tick; with `die`, it exits there. With
 `nan`, block2 grows a seed whose output is NaN on batches of odd size: under two ranks
@@ -92,6 +92,7 @@ def main(out: str, host: str, fault: str) -> None:
             "test_acc": test_acc,
             "state": {k: v.detach().clone() for k, v in env.mm.state_dict().items()},
             "world_size": ranks.world_size,
+            "flops": (env.summary().train_flops, env.summary().host_flops_per_image),
         },
         Path(out) / f"rank{ranks.rank}.pt",
     )

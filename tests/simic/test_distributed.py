@@ -134,6 +134,7 @@ def test_every_rank_holds_the_same_model_after_every_tick(tmp_path):
     assert a["test_acc"] == b["test_acc"]
     for name, value in a["state"].items():
         assert torch.equal(value, b["state"][name]), name
+    assert a["flops"] == b["flops"] and a["flops"][0] > 0  # every rank reads the whole run's compute
 
 
 def test_a_seed_that_turns_non_finite_on_one_rank_is_culled_on_every_rank(tmp_path):
@@ -167,6 +168,7 @@ def test_two_ranks_train_what_one_process_trains(tmp_path):
         assert value.dtype == torch.float64, name
         torch.testing.assert_close(a["state"][name], value, msg=named(name))
     assert a["test_acc"] == single["test_acc"]
+    assert a["flops"] == single["flops"]  # each rank measures a shard's worth, scaled to the batch
 
 
 def test_a_rank_that_stops_answering_ends_the_job_with_a_clear_error(tmp_path):

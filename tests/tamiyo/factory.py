@@ -48,7 +48,8 @@ def make_observation(
     for name, values in (slots or {}).items():
         slot_features[:, SLOT_FEATURES.index(name)] = torch.tensor(values, dtype=torch.float32)
 
-    op_mask, blueprint_mask, blend_mask = action_masks(stages, ranks, blueprints, BLUEPRINT_RANKS, blends)
+    fitting = [{b for b in blueprints if rank in BLUEPRINT_RANKS[b]} for rank in ranks]
+    op_mask, blueprint_mask, blend_mask = action_masks(stages, fitting, blueprints, blends)
     return Observation(global_features, slot_features, op_mask, blueprint_mask, blend_mask, [f"s{i}" for i in range(n)])
 
 

@@ -130,3 +130,25 @@ def test_heuristic_tolerance_keeps_seeds_that_are_not_clearly_harmful():
     assert choose(lenient, at(0.0)) == Action(Op.FOSSILIZE, 0)
     assert choose(lenient, at(-0.01)) == Action(Op.FOSSILIZE, 0)
     assert choose(lenient, at(-0.03)) == Action(Op.CULL, 0)
+
+
+def test_heuristic_culls_a_blending_seed_while_the_training_loss_rises():
+    def at(loss_delta, known=1.0):
+        globals_ = {**IMPROVING, "delta_1_known": known, "train_loss_delta_1": loss_delta}
+        return make_observation([S.BLENDING], globals_=globals_, slots=blending(0.5, 0.03))
+
+    assert choose(heuristic(), at(0.10)) == Action(Op.CULL, 0)  # +10% loss while it blends in
+    assert choose(heuristic(), at(0.01)) == Action(Op.WAIT)  # within loss_rise: noise
+    assert choose(heuristic(), at(-0.05)) == Action(Op.WAIT)  # the loss falls, as a host's does
+    assert choose(heuristic(), at(0.10, known=0.0)) == Action(Op.WAIT)  # no earlier interval to compare with
+    assert choose(heuristic(loss_rise=0.2), at(0.10)) == Action(Op.WAIT)
+
+
+def test_the_default_heuristic_grows_from_the_first_decision():
+    first = make_observation([S.DORMANT, S.DORMANT], ranks=[4, 4], globals_={"progress": 0.0})
+    assert choose(HeuristicPolicy(VOCAB), first).op is Op.GERMINATE
+    later = HeuristicPolicy(VOCAB, HeuristicConfig(earliest_germination=0.25))
+    assert choose(later, first) == Action(Op.WAIT)
+    assert choose(later, make_observation([S.DORMANT, S.DORMANT], ranks=[4, 4], globals_={"progress": 0.25})).op is Op.GERMINATE
+    with pytest.raises(ValueError, match="earliest_germination"):
+        HeuristicConfig(earliest_germination=0.6, latest_germination=0.5)
