@@ -56,16 +56,19 @@ def apply_edits(mm: MorphogeneticModel, edits: list[Edit], until_step: int | Non
 
 def fossilize_from_start(plane, fossils: dict[str, str]) -> None:
     """Grow `fossils` (slot -> blueprint) to the end of their lifecycle before any
-    training: a static bigger model. The edits go through the plane like any other, so
-    the edit log replays."""
-    unknown = sorted(set(fossils) - set(plane.slots))
-    if unknown:
-        raise ValueError(f"fossils name unknown slots {unknown}; this host has {list(plane.slots)}")
-    for slot, blueprint in fossils.items():
-        plane.apply(Edit(Op.GERMINATE, slot, blueprint=blueprint, blend="linear", steps=1))
-        plane.apply(Edit(Op.ADVANCE, slot))
-        plane.apply(Edit(Op.ADVANCE, slot))
-    if fossils:
+    training: a static bigger model. A slot that opens after a fossil (`layer3+1`) is
+    grown once that fossil is in place, one generation per tick. The edits go through the
+    plane like any other, so the edit log replays."""
+    remaining = dict(fossils)
+    while remaining:
+        ready = [slot for slot in remaining if slot in plane.slots]
+        if not ready:
+            raise ValueError(f"fossils name unknown slots {sorted(remaining)}; this host has {list(plane.slots)}")
+        for slot in ready:
+            plane.apply(Edit(Op.GERMINATE, slot, blueprint=remaining[slot], blend="linear", steps=1))
+            plane.apply(Edit(Op.ADVANCE, slot))
+            plane.apply(Edit(Op.ADVANCE, slot))
         plane.step()
-        for slot in fossils:
+        for slot in ready:
             plane.apply(Edit(Op.FOSSILIZE, slot))
+            del remaining[slot]

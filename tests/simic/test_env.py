@@ -194,6 +194,16 @@ def test_static_fossils_are_grown_before_the_first_step_and_logged():
     assert any(not torch.equal(b, p) for b, p in zip(before, env.plane.seed_parameters("block2")))
 
 
+def test_static_fossils_grow_a_chain_one_generation_at_a_time():
+    """The fossils a grown run ends with, such as `block2` and the slot opened after it,
+    rebuild as a static model: the same-module ceiling growth is judged against."""
+    env = make_env(epochs=1, fossils={"block2": "depthwise", "block2+1": "norm"})
+    env.reset(0)
+    assert [env.plane.slots[s].stage for s in ("block2", "block2+1")] == [S.FOSSILIZED, S.FOSSILIZED]
+    assert env.plane.slots["block2+1"].blueprint == "norm" and "block2+2" in env.plane.slots
+    assert env.plane.ticks == 2  # one tick per generation
+
+
 def test_static_fossils_must_name_slots_of_the_host():
     with pytest.raises(ValueError, match="unknown slots.*block9"):
         make_env(fossils={"block9": "conv_enhance"}).reset(0)
