@@ -3,7 +3,6 @@ rewards, the edits by op and the slots' timeline, from which its summary is made
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ import torch
 
 from esper.leyline import ACTIVE_STAGES, EpisodeSummary, Op, SeedStage
 from esper.runs.report import timeline_row
-from esper.simic.features import TrainingSignals
+from esper.simic.features import TrainingSignals, check_accuracies
 from esper.simic.rewards import RewardBreakdown
 
 
@@ -56,10 +55,7 @@ class Numbers:
     val_acc: float
 
     def __post_init__(self):
-        for name in ("train_acc", "val_acc"):
-            value = getattr(self, name)
-            if value is not None and math.isfinite(value) and not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name}={value}: accuracies are fractions in [0, 1], not percentages")
+        check_accuracies(train_acc=self.train_acc, val_acc=self.val_acc)
 
     @classmethod
     def before_training(cls, val_loss: float, val_acc: float) -> "Numbers":

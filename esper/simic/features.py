@@ -60,10 +60,14 @@ class TrainingSignals:
     def __post_init__(self):
         if self.total_decisions <= 0 or self.host_params <= 0:
             raise ValueError("total_decisions and host_params must be positive")
-        for name in ("train_acc", "val_acc"):
-            value = getattr(self, name)
-            if math.isfinite(value) and not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name}={value}: accuracies are fractions in [0, 1], not percentages")
+        check_accuracies(train_acc=self.train_acc, val_acc=self.val_acc)
+
+
+def check_accuracies(**accuracies: float | None) -> None:
+    """Accuracies are fractions in [0, 1]; None and NaN (not measured) pass."""
+    for name, value in accuracies.items():
+        if value is not None and math.isfinite(value) and not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name}={value}: accuracies are fractions in [0, 1], not percentages")
 
 
 def _known(x: float | None) -> bool:
