@@ -1,5 +1,8 @@
 """esper: grow neural networks while they train."""
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
 from esper.kasmina.checkpoint import load, save
 from esper.kasmina.export import export
 from esper.kasmina.instrument import instrument
@@ -18,6 +21,11 @@ from esper.leyline import (
     SeedStage,
     TraceError,
 )
+
+try:
+    __version__ = _version("esper")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "unknown"
 
 __all__ = [
     "CheckpointError",

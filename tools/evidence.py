@@ -5,20 +5,29 @@
     python tools/evidence.py --scale smoke    # the synthetic task in under a minute (tested)
 
 The protocol, in order (each run's result is appended to WORK/runs.jsonl as it finishes,
-so an interrupted benchmark picks up where it stopped):
+so an interrupted benchmark picks up where it stopped; `--budget-s` stops starting runs
+after that many seconds, so a short machine lease finishes whole runs):
 
   1. headroom   the host alone and static bigger models (seeds fossilized before the
                 first step) on seed 0; `static` is the candidate with the best
                 validation accuracy; the heuristic prefers the blueprint of the best
                 candidate that fits the reward's parameter budget, and may grow a seed
                 in every slot (deepest first).
-  2. baselines  host, static, random, heuristic, and the deeper host alone, on every
-                evaluation seed.
+  2. baselines  host, static, random, heuristic, the deeper host alone and the heuristic
+                on it, on every evaluation seed; then, from each seed's heuristic run:
+                static-same (the blueprints it ended with, fossilized before the first
+                step: what the same modules give when present from the start),
+                host-flops (the host trained for the epochs that spend the grown run's
+                training FLOPs) and static-flops (`static` trained for the epochs that
+                spend them: fewer).
   3. tamiyo     `esper train`'s Trainer on the same data and regime, with episode seeds
                 derived by hash (checked disjoint from the evaluation seeds); a second
                 policy is trained on the synthetic task for the transfer arm.
   4. policies   tamiyo, tamiyo-synthetic (trained on synthetic, run here unchanged), and
                 tamiyo-deep (the tamiyo policy on the deeper host, which has more slots).
+
+With `--jobs N` the runs of a phase (and Tamiyo's training, beside the baselines) go to
+N worker processes; one process writes the log.
 
 Every arm of one seed starts from the same host initialisation and batch order (the
 environment seeds both from the episode seed). Selection uses validation accuracy only;
@@ -33,9 +42,10 @@ import copy
 import dataclasses
 import hashlib
 import json
-import subprocess
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from evidence_doc import ARM_ORDER  # noqa: E402
 from host_cnn import HostCNN  # noqa: E402
 
 from esper import instrument  # noqa: E402
@@ -58,12 +69,11 @@ from esper.simic.train_config import TrainConfig, episode_seed  # noqa: E402
 from esper.simic.train_files import load_policy  # noqa: E402
 from esper.simic.training import Trainer  # noqa: E402
 from esper.simic.vectorized import decide_with, grow_once  # noqa: E402
-from esper.tamiyo import build_policy  # noqa: E402
+from esper.tamiyo import HeuristicConfig, build_policy  # noqa: E402
 
 CIFAR_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 BLUEPRINTS = ["attention", "conv_enhance", "depthwise", "norm"]  # every blueprint of a conv slot
 BLENDS = ["linear", "sigmoid", "gated"]
-HOST_ALONE = build_policy("wait", Vocabulary(BLUEPRINTS, BLENDS, 1))  # never grows: its vocabulary is not used
 
 
 @dataclass
@@ -213,9 +223,27 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class Job:
+    """One evaluation run: an arm on a seed, with what it needs to be run in any process.
+    policy: ("wait",), ("random",), ("heuristic", HeuristicConfig) or ("tamiyo", path)."""
+
+    arm: str
+    seed: int
+    policy: tuple
+    deep: bool = False
+    env: EnvConfig | None = None
+
+
+def flops_epochs(epochs: int, target_flops: float, flops: float) -> int:
+    """The whole epochs that spend about `target_flops` for a run that spent `flops` in `epochs`."""
+    return max(1, round(epochs * target_flops / flops))
+
+
 class Benchmark:
-    def __init__(self, scale: Scale, work: Path, out: Path, data_root: str, jobs: int = 1, argv: list[str] = ()):
-        self.scale, self.work, self.out, self.jobs, self.argv = scale, work, out, jobs, list(argv)
+    def __init__(self, scale: Scale, work: Path, out: Path, data_root: str, jobs: int = 1, threads: int | None = None):
+        self.scale, self.work, self.out, self.jobs, self.threads = scale, work, out, jobs, threads
+        self.data_root = data_root
         self.work.mkdir(parents=True, exist_ok=True)
         self.data, self.dataset = load_regime_data(scale, data_root)
         self.host = HostCNN(self.data.num_classes, width=scale.width)
@@ -225,12 +253,13 @@ class Benchmark:
         self.runs = {(r["arm"], r["seed"]): r for r in read_jsonl(self.log_path)} if self.log_path.exists() else {}
         self.phase_seconds: dict[str, float] = {}
         self.eval_seeds = list(range(scale.seeds))
+        self.deadline = float("inf")  # time.time() after which no run starts
+        self.skip: set[str] = set()  # arms not run this time
+        self._pool: ProcessPoolExecutor | None = None
 
     # ---- one run ------------------------------------------------------------------------------
     def run(self, arm: str, seed: int, policy, host=None, env_cfg: EnvConfig | None = None) -> dict:
-        """One episode of `arm` on `seed` (skipped when the log already has it)."""
-        if (arm, seed) in self.runs:
-            return self.runs[(arm, seed)]
+        """One episode of `arm` on `seed` in this process (the log is written by the caller)."""
         template = host if host is not None else self.host
         env = GrowthEnv(
             lambda: copy.deepcopy(template),
@@ -245,7 +274,7 @@ class Benchmark:
         s = grow_once(env, seed, decide_with(policy), self._on_device(self.data.test))
         write_grow_run(self.work / "runs" / f"{arm.replace(':', '-')}-{seed}", summary=s, edits=env.plane.edits, report=False)
         fossils = {i: sl.blueprint for i, sl in env.plane.slots.items() if sl.stage is SeedStage.FOSSILIZED}
-        record = {
+        return {
             "arm": arm,
             "seed": seed,
             "test_acc": s["test_acc"],
@@ -255,6 +284,8 @@ class Benchmark:
             "params": s["params"],
             "host_params": s["host_params"],
             "params_added": s["params"] - s["host_params"],
+            "epochs": env.cfg.epochs,
+            "train_flops": s["train_flops"],
             "seconds": s["wall_seconds"],
             "fossils": fossils,
             "germinated": s["germinated"],
@@ -262,15 +293,37 @@ class Benchmark:
             "return": s["return"],
             "edits": [e.to_dict() for e in env.plane.edits],
         }
-        self.runs[(arm, seed)] = record
-        with open(self.log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        print(
-            f"  {arm:>18} seed {seed}: test {s['test_acc']:.4f} val {s['val_acc']:.4f} params +{record['params_added']:,} "
-            f"fossils {fossils or '-'} ({record['seconds']:.0f}s)",
-            flush=True,
-        )
-        return record
+
+    def policy(self, spec: tuple, seed: int):
+        vocab = Vocabulary(BLUEPRINTS, BLENDS, self.scale.env.blend_steps)
+        kind = spec[0]
+        if kind == "tamiyo":
+            return load_policy(spec[1])[0]
+        return build_policy(kind, vocab, heuristic=spec[1] if kind == "heuristic" else None, seed=seed)
+
+    def execute(self, job: Job) -> dict | None:
+        """`job`'s record, or None when the budget was spent before it could start."""
+        if time.time() > self.deadline:
+            return None
+        return self.run(job.arm, job.seed, self.policy(job.policy, job.seed), self.deep if job.deep else None, job.env)
+
+    def run_jobs(self, jobs: list[Job]) -> None:
+        """Run the jobs the log lacks (in the worker pool, if there is one) and log each as it ends."""
+        todo = [j for j in jobs if (j.arm, j.seed) not in self.runs and j.arm not in self.skip]
+        results = self._pool.map(_execute, todo) if self._pool else map(self.execute, todo)
+        for record in results:
+            if record is None:
+                continue
+            self.runs[(record["arm"], record["seed"])] = record
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            print(
+                f"  {record['arm']:>18} seed {record['seed']}: test {record['test_acc']:.4f} val {record['val_acc']:.4f} "
+                f"params +{record['params_added']:,} fossils {record['fossils'] or '-'} ({record['seconds']:.0f}s)",
+                flush=True,
+            )
+        if any((j.arm, j.seed) not in self.runs for j in todo):
+            raise BudgetSpent()
 
     def _on_device(self, split: TensorData) -> TensorData:
         return split.to(self.scale.device) if self.scale.device != "cpu" else split
@@ -283,16 +336,15 @@ class Benchmark:
         return result
 
     # ---- the protocol ---------------------------------------------------------------------------
-    def static_env(self, candidate: str) -> EnvConfig:
+    def static_env(self, candidate: str, epochs: int | None = None) -> EnvConfig:
         blueprint, where = STATIC_CANDIDATES[candidate]
         slots = list(instrument(copy.deepcopy(self.host), (self.example,)).plane.slots)
         chosen = slots[-1:] if where == "deepest" else slots
-        return dataclasses.replace(self.scale.env, fossils={s: blueprint for s in chosen})
+        return dataclasses.replace(self.scale.env, fossils={s: blueprint for s in chosen}, epochs=epochs or self.scale.env.epochs)
 
     def headroom(self) -> tuple[str, str]:
-        self.run("host", 0, HOST_ALONE)
-        for name in STATIC_CANDIDATES:
-            self.run(f"static:{name}", 0, HOST_ALONE, env_cfg=self.static_env(name))
+        wait = ("wait",)
+        self.run_jobs([Job("host", 0, wait)] + [Job(f"static:{n}", 0, wait, env=self.static_env(n)) for n in STATIC_CANDIDATES])
         val = {n: self.runs[(f"static:{n}", 0)]["val_acc"] for n in STATIC_CANDIDATES}
         best = max(val, key=val.get)
         budget = self.scale.reward.param_budget * self.runs[("host", 0)]["params"]
@@ -304,6 +356,11 @@ class Benchmark:
             flush=True,
         )
         return best, preferred
+
+    def heuristic_config(self, preferred: str) -> HeuristicConfig:
+        """The heuristic of every heuristic arm and Tamiyo's teacher: the preferred blueprint
+        first, a seed in every slot (deepest first), lenient culls (see train_config)."""
+        return self.train_config(preferred, self.scale.data, 0).heuristic
 
     def train_config(self, preferred: str, data: str, episodes: int, limit: int | None = None) -> TrainConfig:
         s = self.scale
@@ -348,38 +405,56 @@ class Benchmark:
         n = self.scale.synthetic_images
         return load_data("synthetic", seed=0, limit=n, progress=False)
 
+    def matched_jobs(self, best: str, seed: int) -> list[Job]:
+        """The arms made from seed `seed`'s heuristic run: its fossils from the first step, and
+        the host and `static` for the epochs that spend its training FLOPs."""
+        grown, epochs = self.runs[("heuristic", seed)], self.scale.env.epochs
+        jobs = [Job("static-same", seed, ("wait",), env=dataclasses.replace(self.scale.env, fossils=grown["fossils"]))]
+        if grown["train_flops"]:
+            host_epochs = flops_epochs(epochs, grown["train_flops"], self.runs[("host", seed)]["train_flops"])
+            static_epochs = flops_epochs(epochs, grown["train_flops"], self.runs[("static", seed)]["train_flops"])
+            jobs += [
+                Job("host-flops", seed, ("wait",), env=dataclasses.replace(self.scale.env, epochs=host_epochs)),
+                Job("static-flops", seed, ("wait",), env=self.static_env(best, static_epochs)),
+            ]
+        return jobs
+
     def protocol(self) -> dict:
         start = time.perf_counter()
         best, preferred = self._phase("headroom", self.headroom)
-        vocab = Vocabulary(BLUEPRINTS, BLENDS, self.scale.env.blend_steps)
-        heuristic = build_policy("heuristic", vocab, heuristic=self.train_config(preferred, self.scale.data, 0).heuristic)
+        heuristic = ("heuristic", self.heuristic_config(preferred))
+        wait = ("wait",)
 
         def baselines():
-            for seed in self.eval_seeds:
-                self.run("host", seed, HOST_ALONE)
-                self.run("static", seed, HOST_ALONE, env_cfg=self.static_env(best))
-                self.run("random", seed, build_policy("random", vocab, seed=seed))
-                self.run("heuristic", seed, heuristic)
-                self.run("host-deep", seed, HOST_ALONE, host=self.deep)
+            training = self._pool.submit(_train_policies, preferred) if self._pool and self.trains else None  # beside the baselines
+            self.run_jobs(
+                [
+                    job
+                    for seed in self.eval_seeds
+                    for job in (
+                        Job("host", seed, wait),
+                        Job("static", seed, wait, env=self.static_env(best)),
+                        Job("random", seed, ("random",)),
+                        Job("heuristic", seed, heuristic),
+                        Job("host-deep", seed, wait, deep=True),
+                        Job("heuristic-deep", seed, heuristic, deep=True),
+                    )
+                ]
+            )
+            self.run_jobs([job for seed in self.eval_seeds for job in self.matched_jobs(best, seed)])
+            return training.result() if training else None
 
-        trainer = None
-        if self.jobs > 1:  # Tamiyo trains in a second process while the baselines run
-            trainer = subprocess.Popen([sys.executable, __file__, *self.argv, "--train-only", preferred])
         self._phase("baselines", baselines)
-        if trainer is not None:
-            self._phase("train tamiyo (rest, in parallel)", trainer.wait)
-            if trainer.returncode != 0:
-                raise RuntimeError(f"training Tamiyo failed (exit {trainer.returncode})")
-        synthetic_policy, tamiyo_policy = self._phase("train tamiyo", lambda: self.train_policies(preferred))
+        if self.trains:
+            synthetic_policy, tamiyo_policy = self._phase("train tamiyo", lambda: self.train_policies(preferred))
 
         def policies():
-            tamiyo, synthetic = load_policy(tamiyo_policy)[0], load_policy(synthetic_policy)[0]
-            for seed in self.eval_seeds:
-                self.run("tamiyo", seed, tamiyo)
-                self.run("tamiyo-synthetic", seed, synthetic)
-                self.run("tamiyo-deep", seed, tamiyo, host=self.deep)
+            tamiyo, synthetic = ("tamiyo", str(tamiyo_policy)), ("tamiyo", str(synthetic_policy))
+            arms = [("tamiyo", tamiyo, False), ("tamiyo-synthetic", synthetic, False), ("tamiyo-deep", tamiyo, True)]
+            self.run_jobs([Job(arm, seed, policy, deep=deep) for seed in self.eval_seeds for arm, policy, deep in arms])
 
-        self._phase("policies", policies)
+        if self.trains:
+            self._phase("policies", policies)
         return {
             "static": best,
             "preferred": preferred,
@@ -387,6 +462,44 @@ class Benchmark:
             "phases": dict(self.phase_seconds),
             "train_dirs": {"tamiyo": str(self.work / "tamiyo"), "tamiyo-synthetic": str(self.work / "tamiyo-synthetic")},
         }
+
+    @property
+    def trains(self) -> bool:
+        """Whether Tamiyo's arms run this time (and so her policies are trained)."""
+        return not {"tamiyo", "tamiyo-synthetic", "tamiyo-deep"} <= self.skip
+
+    def open_pool(self) -> None:
+        """Worker processes for `jobs` > 1: each builds its own Benchmark (data, hosts) once."""
+        if self.jobs > 1:
+            args = (self.scale, self.work, self.out, self.data_root, 1, self.threads, self.deadline)
+            self._pool = ProcessPoolExecutor(self.jobs, multiprocessing.get_context("spawn"), _init_worker, args)
+
+    def close_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+
+class BudgetSpent(Exception):
+    """The --budget-s time ran out before every run of a phase could start."""
+
+
+_WORKER: Benchmark | None = None
+
+
+def _init_worker(scale, work, out, data_root, jobs, threads, deadline) -> None:
+    global _WORKER
+    if threads:
+        torch.set_num_threads(threads)
+    _WORKER = Benchmark(scale, work, out, data_root, jobs, threads)
+    _WORKER.deadline = deadline
+
+
+def _execute(job: Job) -> dict | None:
+    return _WORKER.execute(job)
+
+
+def _train_policies(preferred: str) -> tuple[Path, Path]:
+    return _WORKER.train_policies(preferred)
 
 
 def main(argv=None) -> int:
@@ -398,8 +511,9 @@ def main(argv=None) -> int:
     p.add_argument("--data-root", default="~/.cache/esper", help="decoded dataset cache")
     p.add_argument("--device", help="override the scale's device")
     p.add_argument("--threads", type=int, help="torch CPU threads (per process)")
-    p.add_argument("--jobs", type=int, default=1, help="2: train Tamiyo in a second process beside the baselines")
-    p.add_argument("--train-only", metavar="BLUEPRINT", help=argparse.SUPPRESS)  # the --jobs 2 training process
+    p.add_argument("--jobs", type=int, default=1, help="worker processes for the runs (and Tamiyo's training beside the baselines)")
+    p.add_argument("--budget-s", type=float, help="start no run after this many seconds; rerun to continue from the log")
+    p.add_argument("--skip", nargs="+", default=[], metavar="ARM", help="arms not to run this time (the report shows those in the log)")
     args = p.parse_args(argv)
     scale = SCALES[args.scale]
     scale = dataclasses.replace(scale, data=args.data or scale.data, device=args.device or scale.device)
@@ -409,19 +523,22 @@ def main(argv=None) -> int:
         print(f"evidence: no dataset at {scale.data}; pass --data PATH to the CIFAR-10 ImageFolder archive", file=sys.stderr)
         return 2
     work = Path(args.work or ROOT / "runs" / f"evidence-{scale.name}")
-    bench = Benchmark(
-        scale,
-        work,
-        Path(args.out),
-        args.data_root,
-        args.jobs,
-        ["--scale", args.scale, "--work", str(work), "--data-root", args.data_root, "--data", scale.data, "--device", scale.device]
-        + (["--threads", str(args.threads)] if args.threads else []),
-    )
-    if args.train_only:
-        bench.train_policies(args.train_only)
-        return 0
-    outcome = bench.protocol()
+    bench = Benchmark(scale, work, Path(args.out), args.data_root, args.jobs, args.threads)
+    unknown = set(args.skip) - set(ARM_ORDER)
+    if unknown:
+        print(f"evidence: unknown arm(s) {', '.join(sorted(unknown))}; arms: {', '.join(ARM_ORDER)}", file=sys.stderr)
+        return 2
+    bench.skip = set(args.skip)
+    if args.budget_s is not None:
+        bench.deadline = time.time() + args.budget_s
+    bench.open_pool()
+    try:
+        outcome = bench.protocol()
+    except BudgetSpent:
+        print(f"evidence: the budget ran out with {len(bench.runs)} runs in {bench.log_path}; run the same command again to go on")
+        return 3
+    finally:
+        bench.close_pool()
 
     from evidence_doc import write_evidence
 

@@ -51,17 +51,36 @@ _T975 = [
     2.045,
     2.042,
 ]
-ARM_ORDER = ["host", "static", "random", "heuristic", "tamiyo", "tamiyo-synthetic", "host-deep", "tamiyo-deep"]
+ARM_ORDER = [
+    "host",
+    "static",
+    "random",
+    "heuristic",
+    "static-same",
+    "host-flops",
+    "static-flops",
+    "tamiyo",
+    "tamiyo-synthetic",
+    "host-deep",
+    "heuristic-deep",
+    "tamiyo-deep",
+]
 ARM_NOTES = {
     "host": "the host alone",
     "static": "the best static bigger model, trained from the first step",
     "random": "uniform over legal actions",
     "heuristic": "the hand-written gardener",
+    "static-same": "the blueprints the heuristic ended with, fossilized before the first step",
+    "host-flops": "the host alone, for the epochs that spend the heuristic run's training FLOPs",
+    "static-flops": "`static`, for the (fewer) epochs that spend the heuristic run's training FLOPs",
     "tamiyo": "PPO policy trained on this regime (disjoint seeds)",
     "tamiyo-synthetic": "PPO policy trained on the synthetic task, run unchanged",
     "host-deep": "a deeper host alone (transfer reference)",
+    "heuristic-deep": "the heuristic on the deeper host",
     "tamiyo-deep": "the tamiyo policy run unchanged on the deeper host",
 }
+DEEP_REFERENCE = {"tamiyo-deep": "host-deep", "heuristic-deep": "host-deep"}
+FIELDS = ("test_acc", "val_acc", "params_added", "train_flops", "epochs", "seconds", "fossils")
 
 
 # Where the section that tools/evidence_text.py writes begins; rewriting the rest keeps it.
@@ -90,14 +109,14 @@ def paired(diffs: list[float]) -> dict:
 
 def summarize(runs: dict, reference: str = "host", reference_for: dict | None = None) -> tuple[dict, dict]:
     """Per-arm lists by seed, and each arm's paired difference against its reference arm."""
-    reference_for = reference_for or {"tamiyo-deep": "host-deep"}
+    reference_for = reference_for or DEEP_REFERENCE
     arms = {}
     for (arm, seed), r in sorted(runs.items(), key=lambda kv: kv[0][1]):
         if arm.startswith("static:"):
             continue
-        a = arms.setdefault(arm, {"seeds": [], "test_acc": [], "val_acc": [], "params_added": [], "seconds": [], "fossils": []})
-        for key in ("test_acc", "val_acc", "params_added", "seconds", "fossils"):
-            a[key].append(r[key])
+        a = arms.setdefault(arm, {"seeds": [], **{key: [] for key in FIELDS}})
+        for key in FIELDS:
+            a[key].append(r.get(key))  # runs logged before a field existed read None
         a["seeds"].append(seed)
     pairs = {}
     for arm, a in arms.items():
@@ -153,22 +172,83 @@ def verdicts(arms: dict, pairs: dict) -> list[tuple[str, bool | None, str]]:
         out.append(
             ("A growth policy reaches 70% of static's gain with at most 50% of its added parameters", best is not None, best or shares)
         )
+    out += growth_verdicts(arms, pairs)
+    return out
+
+
+def _diff_against(arms: dict, arm: str, other: str) -> dict | None:
+    """Paired differences arm - other over their common seeds, with the 95% interval."""
+    if arm not in arms or other not in arms:
+        return None
+    theirs = dict(zip(arms[other]["seeds"], arms[other]["test_acc"]))
+    diffs = [acc - theirs[s] for s, acc in zip(arms[arm]["seeds"], arms[arm]["test_acc"]) if s in theirs]
+    return paired(diffs) if diffs else None
+
+
+def _pts(d: dict) -> str:
+    return f"{100 * d['mean_diff']:+.2f} pts [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]"
+
+
+def growth_verdicts(arms: dict, pairs: dict, grown: str = "heuristic") -> list[tuple[str, bool | None, str]]:
+    """Does growth pay? The grown arm against its own modules from the start, against the
+    baselines that spend its training FLOPs, and against the host alone on every host."""
+    out = []
+    if grown in pairs and "static-same" in pairs:
+        gain, ceiling = pairs[grown]["mean_diff"], pairs["static-same"]["mean_diff"]
+        share = gain / ceiling if ceiling > 0 else math.nan
+        out.append(
+            (
+                f"{grown} reaches 90% of static-same's gain over the host (the same modules from the first step)",
+                bool(share >= 0.9) if ceiling > 0 else None,
+                f"{share:.0%}: {100 * gain:+.2f} against {100 * ceiling:+.2f} points" if ceiling > 0 else "static-same shows no gain",
+            )
+        )
+    matched = [(b, _diff_against(arms, b, grown)) for b in ("host-flops", "static-flops")]
+    matched = [(b, d) for b, d in matched if d is not None]
+    if matched:
+        beaten = [b for b, d in matched if d["n"] > 1 and d["ci95"][0] > 0]
+        flops = {b: mean_or_nan([x / y for x, y in zip(arms[b]["train_flops"], arms[grown]["train_flops"]) if x and y]) for b, _ in matched}
+        out.append(
+            (
+                f"At equal training FLOPs {grown} is as accurate as the host and static (none better beyond its 95% interval)",
+                not beaten,
+                "; ".join(f"{b} − {grown} {_pts(d)} at {flops[b]:.0%} of its FLOPs" for b, d in matched),
+            )
+        )
+    hosts = [(grown, "host"), (f"{grown}-deep", "host-deep")]
+    judged = [(a, ref, _diff_against(arms, a, ref)) for a, ref in hosts]
+    judged = [(a, ref, d) for a, ref, d in judged if d is not None and d["n"] > 1]
+    if judged:
+        worse = [a for a, _, d in judged if d["ci95"][1] < 0]
+        out.append(
+            (
+                "On every host, growth is never worse than the host alone beyond its 95% interval",
+                not worse,
+                "; ".join(f"{a} − {ref} {_pts(d)}" for a, ref, d in judged),
+            )
+        )
     return out
 
 
 def _pareto(runs: dict, path: Path) -> None:
+    """Every run's test accuracy against the parameters it added and the training FLOPs it spent."""
     from esper.runs.report import pyplot, save_figure
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for i, arm in enumerate(ARM_ORDER):
-        pts = [(r["params_added"], r["test_acc"]) for (a, _), r in runs.items() if a == arm]
-        if pts:
-            ax.scatter(*zip(*pts), s=28, label=arm, color=f"C{i}", alpha=0.8)
-    ax.set_xlabel("parameters added to the host")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("Every run: test accuracy against added parameters")
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    markers = "os^vD<>pP*Xh"
+    for ax, key, label in ((axes[0], "params_added", "parameters added to the host"), (axes[1], "train_flops", "training FLOPs")):
+        for i, arm in enumerate(ARM_ORDER):
+            pts = [(r[key], r["test_acc"]) for (a, _), r in runs.items() if a == arm and r.get(key) is not None]
+            if pts:
+                ax.scatter(*zip(*pts), s=28, label=arm, color=f"C{i % 10}", marker=markers[i % len(markers)], alpha=0.8)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].set_xscale("log")
+    axes[0].set_ylabel("test accuracy")
+    axes[0].set_title("test accuracy against added parameters")
+    axes[1].set_title("test accuracy against training compute")
+    axes[1].legend(fontsize=7, loc="lower right")
     save_figure(fig, path)
 
 
@@ -212,7 +292,7 @@ def write_evidence(bench, outcome: dict) -> tuple[Path, Path]:
         "scale": scale.name,
         "regime": regime,
         "headroom": headroom,
-        "arms": {a: {k: arms[a][k] for k in ("seeds", "test_acc", "val_acc", "params_added", "seconds", "fossils")} for a in arms},
+        "arms": arms,
         "paired": pairs,
         "verdicts": [{"question": q, "met": ok, "detail": d} for q, ok, d in verdicts(arms, pairs)],
         "seconds": outcome["seconds"],
@@ -265,15 +345,19 @@ def write_evidence(bench, outcome: dict) -> tuple[Path, Path]:
         "",
         "## Arms",
         "",
-        "| arm | what | test accuracy (mean ± std) | paired diff vs reference [95% CI] | params added (mean) | seconds (mean) |",
-        "|---|---|---|---|---|---|",
+        "| arm | what | test accuracy (mean ± std) | paired diff vs reference [95% CI] | params added (mean) "
+        "| epochs | training GFLOPs (mean) | seconds (mean) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for arm in [a for a in ARM_ORDER if a in arms]:
         a, p = arms[arm], pairs.get(arm)
         diff = f"{p['mean_diff'] * 100:+.2f} pts [{p['ci95'][0] * 100:+.2f}, {p['ci95'][1] * 100:+.2f}] vs {p['reference']}" if p else "—"
+        flops = [f for f in a["train_flops"] if f is not None]
+        epochs = sorted({e for e in a["epochs"] if e is not None})
         lines.append(
             f"| {arm} | {ARM_NOTES[arm]} | {mean_or_nan(a['test_acc']):.4f} ± {std(a['test_acc']):.4f} | {diff} | "
-            f"{mean_or_nan(a['params_added']):,.0f} | {mean_or_nan(a['seconds']):.0f} |"
+            f"{mean_or_nan(a['params_added']):,.0f} | {'–'.join(map(str, epochs[:: max(1, len(epochs) - 1)])) or '?'} | "
+            f"{mean_or_nan(flops) / 1e9:,.0f} | {mean_or_nan(a['seconds']):.0f} |"
         )
     lines += ["", "## Verdicts", ""]
     for q, ok, detail in verdicts(arms, pairs):

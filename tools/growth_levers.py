@@ -14,8 +14,13 @@ batch order, changing one lever at a time:
     early+peak    ... and seeds start at the host's peak learning rate ("peak")
     early+peak+harm  early+peak, and a blending seed is culled while the training loss
                   rises (the loss_rise rule)
-    static-same   the blueprints `early+peak+harm` ends with on that seed, fossilized
+    early+auto+harm  early, the loss-rise cull, and the plane moves seeds on by itself
+                  (training_ticks: 1), so seeds grow side by side
+    static-same   the blueprints `early+auto+harm` ends with on that seed, fossilized
                   before the first step: what the same modules give when present from the start
+
+Every arm but the last heuristic one leaves ADVANCE to the policy (training_ticks: None),
+as the heuristic did before.
 
 Each arm's gain is its test accuracy minus the host's on the same seed; the table gives
 the mean and a paired 95% t interval. Runs append to WORK/runs.jsonl as they finish, so an
@@ -33,42 +38,43 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from evidence import BLENDS, BLUEPRINTS, HOST_ALONE, SCALES, Benchmark  # noqa: E402
+from evidence import SCALES, Benchmark, Job  # noqa: E402
 from evidence_doc import paired  # noqa: E402
 
-from esper.leyline import Vocabulary  # noqa: E402
-from esper.tamiyo import HeuristicConfig, build_policy  # noqa: E402
+from esper.tamiyo import HeuristicConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_LOSS_RULE = float("inf")
 
 
-def arms(bench: Benchmark, preferred: str) -> dict[str, tuple[HeuristicConfig, str]]:
-    """arm -> (heuristic settings, seed learning-rate rule)."""
-    base = bench.train_config(preferred, bench.scale.data, 0).heuristic
+def arms(bench: Benchmark, preferred: str) -> dict[str, tuple[HeuristicConfig, dict]]:
+    """arm -> (heuristic settings, EnvConfig changes)."""
+    base = bench.heuristic_config(preferred)
     history = min(3 / bench.scale.env.decisions, base.latest_germination)  # the old rule: three decisions of history
 
     def h(**kw) -> HeuristicConfig:
         return dataclasses.replace(base, **kw)
 
+    by_policy = {"training_ticks": None}
     return {
-        "before": (h(earliest_germination=history, loss_rise=NO_LOSS_RULE), "follow"),
-        "early": (h(earliest_germination=0.0, loss_rise=NO_LOSS_RULE), "follow"),
-        "early+peak": (h(earliest_germination=0.0, loss_rise=NO_LOSS_RULE), "peak"),
-        "early+peak+harm": (h(earliest_germination=0.0), "peak"),
+        "before": (h(earliest_germination=history, loss_rise=NO_LOSS_RULE), {**by_policy, "seed_lr_rule": "follow"}),
+        "early": (h(earliest_germination=0.0, loss_rise=NO_LOSS_RULE), {**by_policy, "seed_lr_rule": "follow"}),
+        "early+peak": (h(earliest_germination=0.0, loss_rise=NO_LOSS_RULE), {**by_policy, "seed_lr_rule": "peak"}),
+        "early+peak+harm": (h(earliest_germination=0.0), {**by_policy, "seed_lr_rule": "peak"}),
+        "early+auto+harm": (h(earliest_germination=0.0), {"training_ticks": 1, "seed_lr_rule": "follow"}),
+        "early+auto+harm+window": (h(earliest_germination=0.0, latest_germination=0.25), {"training_ticks": 1, "seed_lr_rule": "follow"}),
     }
 
 
 def study(bench: Benchmark, preferred: str) -> dict[str, dict]:
-    vocab = Vocabulary(BLUEPRINTS, BLENDS, bench.scale.env.blend_steps)
     levers = arms(bench, preferred)
     for seed in bench.eval_seeds:
-        bench.run("host", seed, HOST_ALONE)
-        for arm, (heuristic, rule) in levers.items():
-            env = dataclasses.replace(bench.scale.env, seed_lr_rule=rule)
-            bench.run(arm, seed, build_policy("heuristic", vocab, heuristic=heuristic), env_cfg=env)
-        grown = bench.runs[("early+peak+harm", seed)]["fossils"]
-        bench.run("static-same", seed, HOST_ALONE, env_cfg=dataclasses.replace(bench.scale.env, fossils=grown))
+        jobs = [Job("host", seed, ("wait",))]
+        for arm, (heuristic, changes) in levers.items():
+            jobs.append(Job(arm, seed, ("heuristic", heuristic), env=dataclasses.replace(bench.scale.env, **changes)))
+        bench.run_jobs(jobs)
+        grown = bench.runs[(list(levers)[-1], seed)]["fossils"]
+        bench.run_jobs([Job("static-same", seed, ("wait",), env=dataclasses.replace(bench.scale.env, fossils=grown))])
     names = ["before", *[a for a in levers if a != "before"], "static-same"]
     return {
         arm: paired([bench.runs[(arm, s)]["test_acc"] - bench.runs[("host", s)]["test_acc"] for s in bench.eval_seeds]) for arm in names

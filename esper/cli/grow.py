@@ -23,7 +23,17 @@ import copy
 
 import torch
 
-from esper.cli.runs import add_common, build_config, check_device, check_host_fits, check_out_dir, join_ranks, load_dataset
+from esper.cli.runs import (
+    add_common,
+    build_config,
+    check_device,
+    check_host_fits,
+    check_out_dir,
+    clear_out_dir,
+    join_ranks,
+    load_dataset,
+    split_sizes,
+)
 from esper.kasmina.hosts import load_model_file
 from esper.leyline import UsageError
 
@@ -36,7 +46,8 @@ def add_arguments(p) -> None:
         default="heuristic",
         help=f"runs/NAME/tamiyo.pt, or a built-in policy: {', '.join(policy_names())} (default heuristic; wait: host only)",
     )
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory (new or empty, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (what it holds is deleted first)")
     p.add_argument("--baseline", action="store_true", help="also train the host alone, for comparison")
     p.add_argument(
         "--trust-host-code", action="store_true", help="with a trained policy and no --host, run the model file the policy's settings name"
@@ -76,12 +87,25 @@ def run(args) -> int:
         )
     cfg = build_config(args, trained)
     device = check_device(cfg.device)
-    out = check_out_dir(args.out)
+    out = check_out_dir(args.out, overwrite=args.overwrite)
     cfg, ranks, device = join_ranks(cfg, device)
     try:
         return _grow(args, cfg, policy, device, out, ranks)
     finally:
         stop()
+
+
+def seed_outcome(summary: dict, plane) -> str:
+    """What became of the seeds, for the closing line: the fossils, and every seed the
+    episode ended before it finished (with its blueprint and stage), so none goes unmentioned."""
+    from esper.leyline import ACTIVE_STAGES
+
+    fossils = ", ".join(summary["fossil_blueprints"]) or "none"
+    text = f"{summary['fossilized']} seed(s) fossilized ({fossils})"
+    unfinished = [f"{slot_id} {slot.blueprint} {slot.stage.name}" for slot_id, slot in plane.slots.items() if slot.stage in ACTIVE_STAGES]
+    if unfinished:
+        text += f", {len(unfinished)} left unfinished ({', '.join(unfinished)})"
+    return text
 
 
 def _grow(args, cfg, policy, device, out, ranks) -> int:
@@ -106,6 +130,8 @@ def _grow(args, cfg, policy, device, out, ranks) -> int:
     data, where = place_data(data, device)
     writer = None
     if ranks.main:
+        if args.overwrite:
+            clear_out_dir(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / metrics_io.JSONL_NAME).unlink(missing_ok=True)
         writer = metrics_io.MetricsWriter(out, tensorboard=False)
@@ -115,6 +141,7 @@ def _grow(args, cfg, policy, device, out, ranks) -> int:
         f"esper grow: {cfg.host} with policy {args.policy}, {cfg.env.epochs} epochs on {len(data.train)} "
         f"{data.name} {examples} (on {where}{spread}), output in {out}"
     )
+    say(f"  {data.name}: {split_sizes(data)}")
 
     def grow(run_name: str, chooser_policy) -> tuple[GrowthEnv, dict]:
         env = GrowthEnv(
@@ -130,9 +157,9 @@ def _grow(args, cfg, policy, device, out, ranks) -> int:
         )
         bar = None
         if show:
-            from tqdm import tqdm
+            from esper.runs.metrics import progress_bar
 
-            bar = tqdm(total=cfg.env.decisions, desc=f"grow ({run_name})", unit="step", dynamic_ncols=True)
+            bar = progress_bar(total=cfg.env.decisions, desc=f"grow ({run_name})", unit="step")
 
         def on_decision(decision) -> None:
             info = decision.results[0].info
@@ -172,10 +199,9 @@ def _grow(args, cfg, policy, device, out, ranks) -> int:
 
     report = write_grow_run(out, summary=summary, edits=env.plane.edits, model=env.mm, config=cfg)
 
-    fossils = ", ".join(summary["fossil_blueprints"]) or "none"
     print(
         f"esper grow: val acc {summary['initial_val_acc']:.3f} -> {summary['val_acc']:.3f}, test acc "
-        f"{summary['test_acc']:.3f}; {summary['fossilized']} seed(s) fossilized ({fossils}), "
+        f"{summary['test_acc']:.3f}; {seed_outcome(summary, env.plane)}, "
         f"parameters +{summary['param_ratio']:.1%}; {summary['wall_seconds']:.0f}s"
     )
     next_token = summary["task"] == "next_token"

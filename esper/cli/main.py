@@ -6,7 +6,11 @@ import argparse
 import importlib
 import sys
 
+import esper
 from esper.leyline import EsperError
+
+# The module, not the function esper.graph re-exports under the same name.
+tracing = importlib.import_module("esper.graph.trace")
 
 COMMANDS = {
     "instrument": "place seed slots in a model file and print the slot table",
@@ -19,16 +23,25 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="esper", description="Grow neural networks while they train.")
+    parser.add_argument("--version", action="version", version=f"esper {esper.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     modules = {}
     for name, help_text in COMMANDS.items():
         module = importlib.import_module(f"esper.cli.{name}")
-        module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command)
+        command.add_argument(
+            "--verbose", action="store_true", help="let torch's own output through (e.g. torch.export's graph dump when tracing fails)"
+        )
         modules[name] = module
     args = parser.parse_args(argv)
+    verbose = tracing.VERBOSE
+    tracing.VERBOSE = args.verbose
     try:
         return modules[args.command].run(args) or 0
     except EsperError as e:  # esper's own errors are about what the user gave it
         text = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
         print(f"esper {args.command}: error: {text}", file=sys.stderr)
         return 2
+    finally:
+        tracing.VERBOSE = verbose

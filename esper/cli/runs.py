@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 from pathlib import Path
 
 import torch
@@ -14,6 +15,7 @@ import torch
 from esper.graph.modes import eval_mode
 from esper.leyline import EsperError, UsageError
 from esper.runs import config as config_io
+from esper.runs.files import CHECKPOINT, CONFIG, POLICY
 from esper.simic.train_config import TrainConfig, load_config
 
 # Without --limit, the synthetic tasks are cut to this many training examples, so that the
@@ -49,6 +51,25 @@ SETTINGS = {
     "ppo_lr": "ppo.learning_rate",
 }
 
+# flag dest -> the least value it takes (counts and sizes: 0 or less is a mistake, named by its flag)
+MINIMUM = {
+    "limit": 1,
+    "context": 2,
+    "episodes": 1,
+    "envs": 1,
+    "epochs": 1,
+    "decisions_per_epoch": 1,
+    "batch_size": 1,
+    "blend_steps": 1,
+    "max_slots": 1,
+    "warm_start": 0,
+    "checkpoint_every": 1,
+}
+POSITIVE = ("lr", "ppo_lr", "dist_timeout")  # flag dests that must be above 0
+
+# What an esper run writes into its directory: --overwrite replaces only a directory that holds one of these.
+RUN_FILES = frozenset({CHECKPOINT, CONFIG, POLICY, "metrics.jsonl", "summary.json", "edits.yaml", "report.md", "model", "tb"})
+
 
 def add_common(p: argparse.ArgumentParser) -> None:
     """Flags both commands take. Every default is None: unset flags leave the config alone."""
@@ -63,8 +84,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--limit",
         type=int,
-        help=f"training images to use (default: {SYNTHETIC_LIMIT} for synthetic and seq-synthetic, "
-        "all otherwise); for text, training windows",
+        help=f"training images to use, the validation share included (default: {SYNTHETIC_LIMIT} for synthetic and "
+        "seq-synthetic, all otherwise); for text, training windows. The test split is always used whole",
     )
     p.add_argument("--context", type=int, help="tokens per sequence for sequence data (default 64)")
     p.add_argument("--epochs", type=int, help="epochs per episode (default 8)")
@@ -88,8 +109,51 @@ def explicit_settings(args: argparse.Namespace) -> dict:
     return {key: getattr(args, dest) for dest, key in SETTINGS.items() if getattr(args, dest, None) is not None}
 
 
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    """Counts, sizes and rates given on the command line, each refused by its flag and value
+    when it is out of range (before a config is built from them)."""
+    for dest, least in MINIMUM.items():
+        value = getattr(args, dest, None)
+        if value is not None and value < least:
+            raise UsageError(f"{_flag(dest)} must be at least {least}, got {value}")
+    for dest in POSITIVE:
+        value = getattr(args, dest, None)
+        if value is not None and not value > 0:
+            raise UsageError(f"{_flag(dest)} must be above 0, got {value}")
+
+
+def _unknown(field: str, names, known, what: str) -> None:
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UsageError(f"{field}: unknown {what} {', '.join(repr(n) for n in unknown)}; known {what}s: {', '.join(known)}")
+
+
+def check_names(cfg: TrainConfig) -> None:
+    """Every name a config gives (blueprints, blends, the heuristic's preference, fossils,
+    per-head coefficients) is a registered one: a misspelt name is an error naming its
+    setting and the known names, never silently skipped."""
+    from esper.kasmina.blending import blend_names
+    from esper.kasmina.blueprints import blueprint_names
+    from esper.simic.schedules import SEED_LR_RULES
+    from esper.tamiyo.actions import HEADS
+
+    blueprints, blends = blueprint_names(), blend_names()
+    _unknown("blueprints", cfg.blueprints, blueprints, "blueprint")
+    _unknown("blends", cfg.blends, blends, "blend")
+    _unknown("heuristic.blueprint_preference", cfg.heuristic.blueprint_preference, blueprints, "blueprint")
+    _unknown("env.fossils", list(cfg.env.fossils.values()), blueprints, "blueprint")
+    _unknown("env.seed_lr_rule", [cfg.env.seed_lr_rule], SEED_LR_RULES, "rule")
+    for name in ("entropy_coef", "entropy_floor"):
+        _unknown(f"ppo.{name}", list(getattr(cfg.ppo, name)), HEADS, "head")
+
+
 def build_config(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
     """Defaults, then --config (or `base`), then the flags given on the command line."""
+    check_counts(args)
     try:
         if base is None:
             base = load_config(args.config) if getattr(args, "config", None) else TrainConfig()
@@ -101,6 +165,7 @@ def build_config(args: argparse.Namespace, base: TrainConfig | None = None) -> T
             and not getattr(args, "config", None)
         ):
             cfg = config_io.with_overrides(cfg, {"limit": SYNTHETIC_LIMIT})
+        check_names(cfg)
         return cfg.resolved()
     except (ValueError, FileNotFoundError, TypeError) as e:
         raise UsageError(str(e)) from e
@@ -137,11 +202,67 @@ def load_dataset(cfg: TrainConfig, progress: bool = True):
         raise UsageError(f"--data {cfg.data}: {e}") from e
 
 
-def check_out_dir(path: str) -> Path:
+def check_out_dir(path: str, *, overwrite: bool = False, resume: bool | None = None) -> Path:
+    """--out, checked before anything is loaded or written: a new run starts only in a new
+    or empty directory, unless --overwrite replaces the run there (`clear_out_dir`, once the
+    run is about to write) or, where the command takes --resume (`resume` is not None), it
+    continues the run whose checkpoint is there. A refusal changes nothing."""
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a directory")
-    return out
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+    if resume:
+        if overwrite:
+            raise UsageError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
+        if not (out / CHECKPOINT).is_file():
+            why = "no such directory" if not out.exists() else f"it holds {shown}" if held else "the directory is empty"
+            raise UsageError(
+                f"--resume: {out} has no {CHECKPOINT} to resume from ({why}); start a new run without --resume; nothing was changed"
+            )
+        return out
+    if not held:
+        return out
+    if overwrite:
+        _check_replaceable(out, held, shown)
+        return out
+    if resume is not None and (out / CHECKPOINT).is_file():
+        way = "pass --resume to continue it or --overwrite to replace it"
+    elif resume is not None:
+        way = f"it has no {CHECKPOINT} to resume from; pass --overwrite to replace it"
+    else:
+        way = "pass --overwrite to replace it"
+    raise UsageError(f"--out {out} is not empty ({shown}): {way}, or choose another --out; nothing was changed")
+
+
+def _check_replaceable(out: Path, held: list[str], shown: str) -> None:
+    """--overwrite deletes what `out` holds: only an esper run's directory, never one that
+    holds the working directory or the home directory."""
+    here, where = Path.cwd().resolve(), out.resolve()
+    if where == Path.home().resolve() or where == here or where in here.parents:
+        raise UsageError(f"--overwrite would delete what {out} holds: it is, or holds, the working or home directory; choose another --out")
+    if not RUN_FILES & set(held):
+        raise UsageError(
+            f"--out {out} holds {shown}, which is not an esper run: --overwrite replaces only a run's directory; "
+            "choose another --out; nothing was changed"
+        )
+
+
+def clear_out_dir(out: Path) -> None:
+    """Delete what the run directory `out` holds (--overwrite, checked by `check_out_dir`)."""
+    if not out.is_dir():
+        return
+    for entry in out.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def split_sizes(data) -> str:
+    """What each split of `data` (esper.data.splits.DataSplits) holds, e.g. 'train 5,400, validation 600, test 2,000 images'."""
+    what = "images" if data.unit == "image" else "sequences"
+    return f"train {len(data.train):,}, validation {len(data.val):,}, test {len(data.test):,} {what}"
 
 
 def check_host_fits(model: torch.nn.Module, example: torch.Tensor | None, data) -> torch.Tensor:

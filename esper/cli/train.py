@@ -18,7 +18,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from esper.cli.runs import add_common, build_config, check_device, check_host_fits, check_out_dir, join_ranks, load_dataset
+from esper.cli.runs import (
+    add_common,
+    build_config,
+    check_device,
+    check_host_fits,
+    check_out_dir,
+    clear_out_dir,
+    join_ranks,
+    load_dataset,
+    split_sizes,
+)
 from esper.kasmina.hosts import load_model_file
 from esper.leyline import UsageError
 
@@ -36,6 +46,7 @@ def add_arguments(p) -> None:
     p.add_argument("--ppo-lr", type=float, help="Tamiyo's learning rate (default 3e-4)")
     p.add_argument("--checkpoint-every", type=int, help="episodes between checkpoints (default 1: every round)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (what it holds is deleted first)")
     add_common(p)
 
 
@@ -49,15 +60,14 @@ def run(args) -> int:
 
 
 def _train(args) -> int:
-    from esper.runs.files import CHECKPOINT, CONFIG, POLICY, check_fresh_run
+    from esper.runs.files import CHECKPOINT, CONFIG, POLICY
     from esper.simic.distributed import main_first
     from esper.simic.training import Trainer, load_config
     from esper.simic.vectorized import place_data
 
-    out = check_out_dir(args.out)
     main = int(os.environ.get("RANK", "0")) == 0  # torchrun's rank: the job is joined once the config is known
-    if main:
-        check_fresh_run(out, args.resume)  # before anything is loaded or written
+    # Before anything is loaded or written: a new or empty directory, a run to --resume, or one to --overwrite.
+    out = check_out_dir(args.out, overwrite=args.overwrite, resume=args.resume) if main else Path(args.out)
     if args.resume and (out / CHECKPOINT).exists():
         if args.config:
             raise UsageError("--resume continues with the run's own config.yaml; drop --config")
@@ -67,8 +77,6 @@ def _train(args) -> int:
             raise UsageError(f"cannot resume {out}: {e}") from e
         cfg = build_config(args, base)
     else:
-        if args.resume and main:
-            print(f"esper train: nothing to resume in {out} (no {CHECKPOINT}): starting from the beginning")
         cfg = build_config(args)
     if not args.resume and not args.host and not args.config:
         raise UsageError("--host is required (a model file, e.g. examples/host_cnn.py)")
@@ -83,6 +91,8 @@ def _train(args) -> int:
         data = load_dataset(cfg, progress=not args.no_progress and ranks.main)
     example = check_host_fits(template, example, data)
     data, where = place_data(data, device)
+    if args.overwrite and ranks.main:
+        clear_out_dir(out)
     try:
         trainer = Trainer(cfg, out, template, data, example, resume=args.resume, progress=not args.no_progress, ranks=ranks)
     except ValueError as e:  # a resume whose settings differ, a host that does not fit the data
@@ -93,6 +103,7 @@ def _train(args) -> int:
         f"{len(data.train)} training {'images' if data.unit == 'image' else 'sequences'} ({data.name}, on {where}), "
         f"run directory {out}"
     )
+    say(f"  {data.name}: {split_sizes(data)}")
     result = trainer.run()
     if not ranks.main:
         return 0

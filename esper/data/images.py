@@ -21,10 +21,10 @@ from pathlib import Path, PurePosixPath
 import torch
 from PIL import Image
 from torchvision.datasets import CIFAR10
-from tqdm import tqdm
 
 from esper.leyline import DataError
 from esper.runs.files import save_atomic
+from esper.runs.metrics import progress_bar
 
 IMAGE_SIZE = 32
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -290,7 +290,7 @@ def _decode_all(layout: dict[str, tuple[list[Path], list[int]]], classes: list[s
         # Serial on purpose: a thread pool measured slower (decoding 32×32 files barely
         # releases the GIL), spawned workers spend as long importing torch as the whole
         # decode takes, and forking once torch's thread pools are running can deadlock.
-        for i, p in enumerate(tqdm(paths, desc=f"decoding {part}", unit="img", disable=not progress)):
+        for i, p in enumerate(progress_bar(paths, desc=f"decoding {part}", unit="img", disable=not progress)):
             x[i] = decode_file(p)
         parts[part] = (x, torch.tensor(labels, dtype=torch.int64))
     return RawImages(parts, classes)
@@ -324,7 +324,7 @@ def _check_member(archive: Path, name: str) -> None:
 
 
 def _unpack(archive: Path, dest: Path, progress: bool) -> None:
-    bar = tqdm(desc=f"unpacking {archive.name}", unit="file", disable=not progress)
+    bar = progress_bar(desc=f"unpacking {archive.name}", unit="file", disable=not progress)
     try:
         with bar:
             _extract(archive, dest, bar)

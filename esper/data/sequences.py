@@ -48,8 +48,8 @@ def load_sequences(spec: str, *, context: int, val_fraction: float, seed: int, l
     if context < 2:
         raise DataError(f"the context length must be at least 2 tokens, got {context}")
     if spec == "seq-synthetic":
-        n_train = 10_000 if limit is None else min(limit, 10_000)
-        return recall(seed, context, n_train, max(1, round(2_000 * n_train / 10_000)), val_fraction)
+        # The test sequences are drawn after the training and validation ones: the whole test split, whatever the limit.
+        return recall(seed, context, 10_000 if limit is None else min(limit, 10_000), 2_000, val_fraction)
     kind, _, path = spec.partition(":")
     if not path:
         raise DataError(f"{spec!r} names no file: give {kind}:PATH, e.g. {kind}:README.md")

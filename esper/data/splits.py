@@ -110,10 +110,16 @@ def _stratified_pick(y: torch.Tensor, k: int, generator: torch.Generator) -> tup
     return chosen[:k].sort().values, chosen[k:].sort().values
 
 
+def _looks_like_path(spec: str) -> bool:
+    """A spec written as a path (a folder or an archive), not a dataset's name."""
+    return "/" in spec or "\\" in spec or spec.startswith(("~", ".")) or spec.lower().endswith(ARCHIVE_SUFFIXES)
+
+
 def _raw(spec: str, root: Path, download: bool, seed: int, limit: int | None, progress: bool) -> tuple[RawImages, str]:
     if spec == "synthetic":
-        n_train = 10_000 if limit is None else min(limit, 10_000)
-        return synthetic(seed, n_train, max(1, round(2_000 * n_train / 10_000))), spec
+        # The test split is generated whole whatever the limit: it is drawn from its own generator,
+        # so the training images are the same either way.
+        return synthetic(seed, 10_000 if limit is None else min(limit, 10_000), 2_000), spec
     if spec == "cifar10":
         return cifar10(root, download), spec
     path = Path(spec).expanduser()
@@ -122,6 +128,9 @@ def _raw(spec: str, root: Path, download: bool, seed: int, limit: int | None, pr
     if path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES):
         suffix = next(s for s in ARCHIVE_SUFFIXES if path.name.lower().endswith(s))
         return image_archive(path, root, progress), path.name[: -len(suffix)]
+    if not path.exists() and _looks_like_path(spec):
+        what = "file" if spec.lower().endswith(ARCHIVE_SUFFIXES) else "file or directory"
+        raise DataError(f"no such {what}: {spec}")
     raise DataError(f"unknown dataset {spec!r}: expected {_ACCEPTED}")
 
 
@@ -141,8 +150,8 @@ def load_data(
     or a sequence task: 'text:PATH', 'bytes:PATH', 'seq-synthetic').
 
     root holds downloads and decoded caches. limit caps the training pool (before the
-    validation share is carved out) and shrinks the test split in proportion; for text, it
-    caps the training windows. seed fixes the synthetic data, the subsets and the splits.
+    validation share is carved out); the test split is always whole. For text it caps the
+    training windows. seed fixes the synthetic data, the subsets and the splits.
     Images are normalized with the train split's per-channel mean and std and placed on
     device. context is a sequence task's length in tokens.
     """
@@ -163,11 +172,8 @@ def load_data(
         parts = {"train": (x[train], y[train]), "test": (x[test], y[test])}
     (train_x, train_y), (test_x, test_y) = parts["train"], parts["test"]
     if limit is not None and limit < len(train_y):
-        n_test = max(1, round(len(test_y) * limit / len(train_y)))
         keep, _ = _stratified_pick(train_y, limit, g)
         train_x, train_y = train_x[keep], train_y[keep]
-        keep, _ = _stratified_pick(test_y, n_test, g)
-        test_x, test_y = test_x[keep], test_y[keep]
     val, train = _stratified_pick(train_y, round(val_fraction * len(train_y)), g)
 
     train_f = train_x[train].to(device).float()

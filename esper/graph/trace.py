@@ -6,9 +6,13 @@ Every front-end returns an fx.Graph whose nodes carry `nn_module_stack` and an
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
+import logging
 import os
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +24,11 @@ from esper.graph.modes import eval_mode, train_mode
 from esper.leyline import InputError, TraceError
 
 MAX_LEAF_RETRIES = 8
+
+# When torch.export fails it prints its partial graph to stderr and logs symbolic-shape
+# warnings, dozens of lines ahead of the TraceError that says what went wrong; the fallback
+# keeps them to itself (on the error as `torch_output`) unless this is True (`esper --verbose`).
+VERBOSE = False
 
 
 @dataclass(frozen=True)
@@ -149,6 +158,24 @@ def _mode_stable(model: nn.Module, example_inputs: tuple, code: str) -> bool:
     return other.code == code
 
 
+@contextlib.contextmanager
+def _quiet():
+    """Hold back what torch prints, logs and warns inside the block (unless VERBOSE); yields
+    the buffer that stderr went to."""
+    buffer = io.StringIO()
+    if VERBOSE:
+        yield buffer
+        return
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stderr(buffer), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield buffer
+    finally:
+        logging.disable(previous)
+
+
 def _export_graph(model: nn.Module, example_inputs: tuple) -> tuple[fx.Graph, str]:
     with eval_mode(model):
         ep = torch.export.export(model, tuple(example_inputs), strict=False)
@@ -181,11 +208,12 @@ def trace(model: nn.Module, example_inputs: tuple, prefer: str = "fx") -> TraceR
             fx_failure = _describe("", e)
             first_failure = _FxFailure("", e)
     try:
-        graph, first = _export_graph(model, example_inputs)
+        with _quiet() as held_back:
+            graph, first = _export_graph(model, example_inputs)
     except Exception as e:
         _check_runs(model, example_inputs)
         f = first_failure or _FxFailure("", e)
-        raise TraceError(
+        error = TraceError(
             f"could not trace {type(model).__name__} with torch.fx ({fx_failure or 'not tried'}) "
             f"nor torch.export ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
             module=f.module or "(root)",
@@ -193,7 +221,9 @@ def trace(model: nn.Module, example_inputs: tuple, prefer: str = "fx") -> TraceR
             hint="make the named module traceable (no Python control flow on tensor values), "
             "or pass a spec that places slots on modules that trace, or wrap the untraceable "
             "code in a function decorated with torch.fx.wrap",
-        ) from e
+        )
+        error.torch_output = held_back.getvalue()  # what torch.export printed while it failed
+        raise error from e
     return TraceResult("export", graph, first, [], fx_failure)
 
 

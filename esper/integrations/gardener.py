@@ -83,9 +83,11 @@ class Gardener:
     fossilizes. epochs, decisions_per_epoch: how many epochs you train and how many times
     per epoch you call `step` (the policy plans for epochs x decisions_per_epoch
     decisions). initial_metrics: the untrained model's `val_loss` and `val_acc`, seen by
-    decision 0 (as `esper grow` measures them before training); unknown if left out. blend_steps, blueprints, blends: the blend length
-    in ticks and the vocabulary of the built-in policies (default: every registered
-    blueprint and blend); a trained policy brings its own. heuristic: the heuristic's
+    decision 0 (as `esper grow` measures them before training); unknown if left out.
+    blend_steps, blueprints, blends: the blend length in ticks and the vocabulary of the
+    built-in policies (default: every registered blueprint and blend); a trained policy
+    brings its own. training_ticks: the steps a seed trains in isolation before it blends
+    in on its own (None: only the policy advances seeds). heuristic: the heuristic's
     settings. seed: the random policy's seed. ranks: the processes of a distributed run
     (default: torch.distributed's process group, if one is up).
     """
@@ -102,6 +104,7 @@ class Gardener:
         probe: tuple[torch.Tensor, torch.Tensor] | Callable[[MorphogeneticModel], float] | None = None,
         initial_metrics: dict | None = None,
         blend_steps: int = EnvConfig.blend_steps,
+        training_ticks: int | None = EnvConfig.training_ticks,
         blueprints: list[str] | None = None,
         blends: list[str] | None = None,
         heuristic: HeuristicConfig | None = None,
@@ -135,6 +138,7 @@ class Gardener:
             decisions_per_epoch=decisions_per_epoch,
             measure=self._measure,
             ranks=self.ranks,
+            training_ticks=training_ticks,
         )
         self.records: list[StepInfo] = []
         self.observations: list[Observation] = []  # what the policy saw at each decision

@@ -207,6 +207,20 @@ class KasminaPlane(nn.Module):
     def cull(self, slot_id: str) -> Edit:
         return self.apply(Edit(Op.CULL, slot_id))
 
+    def advance_due(self, training_ticks: int) -> list[Edit]:
+        """Move on every seed whose stage has run its course, as logged ADVANCE edits:
+        GERMINATED -> TRAINING at once, TRAINING -> BLENDING after `training_ticks`.
+        A policy then spends its decisions on what only it can decide (where, what, cull,
+        fossilize), and several seeds grow at once instead of queueing for one edit a tick."""
+        if training_ticks < 1:
+            raise ValueError(f"a seed trains for at least 1 tick before it blends, got {training_ticks}")
+        due = [
+            i
+            for i, slot in self.slots.items()
+            if slot.stage is S.GERMINATED or (slot.stage is S.TRAINING and slot.ticks_in_stage >= training_ticks)
+        ]
+        return [self.advance(i) for i in due]
+
     def step(self, ticks: int = 1) -> None:
         """One tick (or `ticks` at once): blend schedules advance, stage ages grow,
         cooldowns run down."""

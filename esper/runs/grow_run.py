@@ -4,7 +4,8 @@
     out/summary.json   the run in numbers (an EpisodeSummary's record plus the run's own fields)
     out/edits.yaml     the edit log: esper.replay rebuilds the structure from it
     out/model/         esper.save of the grown model (when given)
-    out/config.yaml    the settings it ran with (when given)
+    out/config.yaml    the settings it ran with (when given): those that apply to growing,
+                       not PPO's, imitation's or the training run's (see grow_settings)
     out/metrics.jsonl  one record per decision (when given; esper grow streams its own)
     out/report.md      with its plots (when asked: it needs matplotlib)
 """
@@ -14,11 +15,31 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
 from esper.kasmina.checkpoint import save
 from esper.leyline import Edit, edits_to_yaml
-from esper.runs.config import save_yaml
+from esper.runs.config import to_dict
 from esper.runs.metrics import JSONL_NAME, clean, write_jsonl_atomic
-from esper.runs.report import make_report
+from esper.runs.report import make_report, trained_policy
+
+# Settings of an `esper train` run (TrainConfig) that no grow run reads: how many episodes in
+# how many environments, the warm start, checkpoints, Tamiyo's width, PPO and imitation.
+TRAINING_ONLY = ("episodes", "envs", "runner", "warm_start", "value_warm_epochs", "checkpoint_every", "hidden", "ppo", "imitation")
+
+
+def grow_settings(config, summary: dict) -> dict:
+    """The sections of a run's settings (a TrainConfig or its dict) that apply to a grow run
+    with `summary`'s policy: the host, data, seed, device, vocabulary and host training
+    (env) always; `heuristic` only for the heuristic; `reward` only for a trained Tamiyo,
+    whose reward it is (a built-in policy's run is judged by accuracy, not reward). A file
+    with fewer keys still loads with `--config`: what it leaves out keeps its default."""
+    settings = {k: v for k, v in to_dict(config).items() if k not in TRAINING_ONLY}
+    if summary.get("policy") != "heuristic":
+        settings.pop("heuristic", None)
+    if not trained_policy(summary):
+        settings.pop("reward", None)
+    return settings
 
 
 def write_grow_run(
@@ -31,7 +52,9 @@ def write_grow_run(
     records: list[dict] | None = None,
     report: bool = True,
 ) -> Path | None:
-    """Write a grow run into `out` (created if needed); returns report.md when `report`."""
+    """Write a grow run into `out` (created if needed); returns report.md when `report`.
+    `config`: the settings it ran with (a TrainConfig or its dict), of which config.yaml
+    keeps those that apply (`grow_settings`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if records is not None:
@@ -39,7 +62,7 @@ def write_grow_run(
     if model is not None:
         save(model, out / "model")
     if config is not None:
-        save_yaml(config, out / "config.yaml")
+        (out / "config.yaml").write_text(yaml.safe_dump(grow_settings(config, summary), sort_keys=False))
     (out / "edits.yaml").write_text(edits_to_yaml(edits))
     (out / "summary.json").write_text(json.dumps(clean(summary), indent=2))
     return make_report(out) if report else None

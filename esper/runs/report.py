@@ -7,7 +7,10 @@ DIR/report.md linking the plots it made:
                          loss.png (train/val loss; for next-token tasks also in bits per
                          character or byte, or as perplexity),
                          slots.png (each slot's stage over time, alpha drawn inside its row),
-                         params.png, rewards.png (reward components per decision)
+                         params.png, all four on one epoch axis from 0 (before training);
+                         rewards.png (reward components per decision) only when a trained
+                         Tamiyo grew it: a reward is what she was trained on, and says
+                         nothing about a heuristic's run
     esper train runs     episodes.png (return, final accuracy, fossils per episode),
                          heads.png (per-head entropy, explained variance, value loss, KL, clipping),
                          actions.png (share of each op per update), slots.png (the last episode)
@@ -44,6 +47,16 @@ def _num(v) -> float:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
 
+def trained_policy(summary: dict) -> bool:
+    """Whether a grow run's policy was a trained Tamiyo (whose reward and return mean
+    something), not a built-in one: `summary["trained_policy"]` when the writer said so,
+    else a policy named by its file (`runs/NAME/tamiyo.pt`) or Tamiyo's class."""
+    if isinstance(summary.get("trained_policy"), bool):
+        return summary["trained_policy"]
+    policy = str(summary.get("policy", ""))
+    return policy.endswith(".pt") or policy == "TamiyoPolicy"
+
+
 def pyplot():
     """matplotlib.pyplot on the Agg backend, which needs no display."""
     import matplotlib
@@ -63,13 +76,22 @@ def save_figure(fig, path: Path) -> str:
 
 
 # ---- shared ----------------------------------------------------------------------------------
+EPOCH_LABEL = "epoch (0: before the first epoch)"
+
+
 def timeline_row(plane) -> dict[str, list]:
     """slot -> [stage name, alpha, blueprint]: one row of the timeline `plot_timeline` draws."""
     return {i: [s.stage.name, round(float(s.alpha), 4), s.blueprint] for i, s in plane.slots.items()}
 
 
-def plot_timeline(timeline: list[dict], path: Path, title: str, ticks_per_epoch: int = 1) -> str:
-    """Stage of every slot over time as colored bars; alpha as a black line inside each row."""
+def reopened_slots(slots) -> dict[str, str]:
+    """Slots opened after a fossil (`block3+1` after the fossil in `block3`) -> that slot."""
+    return {s: s.rsplit("+", 1)[0] for s in slots if "+" in s and s.rsplit("+", 1)[1].isdigit()}
+
+
+def plot_timeline(timeline: list[dict], path: Path, title: str, ticks_per_epoch: int = 1, xlim: tuple[float, float] | None = None) -> str:
+    """Stage of every slot over time as colored bars; alpha as a black line inside each row.
+    The legend also says which slots were opened after a fossil (`slot+1`)."""
     plt = pyplot()
     slots: list[str] = []
     for row in timeline:
@@ -93,12 +115,15 @@ def plot_timeline(timeline: list[dict], path: Path, title: str, ticks_per_epoch:
             ax.plot([x for x, _ in points], [y + 0.4 - 0.8 * a for _, a in points], color="black", linewidth=1.2)
     ax.set_yticks(range(len(slots)), slots)
     ax.invert_yaxis()
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(EPOCH_LABEL)
+    if xlim is not None:
+        ax.set_xlim(*xlim)
     ax.set_title(title)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in STAGE_COLORS.values()]
+    reopened = reopened_slots(slots)
     ax.legend(
-        handles + [plt.Line2D([], [], color="black")],
-        list(STAGE_COLORS) + ["alpha"],
+        handles + [plt.Line2D([], [], color="black")] + [plt.Line2D([], [], linestyle="none")] * len(reopened),
+        list(STAGE_COLORS) + ["alpha"] + [f"{s}: slot opened after\nthe fossil in {base}" for s, base in reopened.items()],
         fontsize=7,
         loc="upper left",
         bbox_to_anchor=(1.01, 1),
@@ -108,19 +133,31 @@ def plot_timeline(timeline: list[dict], path: Path, title: str, ticks_per_epoch:
 
 # ---- esper grow ---------------------------------------------------------------------------------
 def _grow_plots(run_dir: Path, epochs: list[dict], summary: dict) -> list[tuple[str, str]]:
+    """accuracy, loss, slots and params on one x axis: epochs from 0, before the first
+    (decision d lies at d / decisions per epoch); rewards only for a trained Tamiyo's run."""
     plt = pyplot()
     grown = [r for r in epochs if r.get("run", "grown") == "grown"]
     baseline = [r for r in epochs if r.get("run") == "baseline"]
     out = []
+    x = [r["epoch"] for r in grown]
+    end = max(x + [r["epoch"] for r in baseline] + [0])
+    pad = 0.03 * end if end else 0.5
+    xlim = (-pad, end + pad)
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    x = [r["epoch"] for r in grown]
+    # Epoch 0 is the model before the first epoch (for esper grow the untrained host, which
+    # its host-alone twin starts from too: the same weights, seed and data); only its
+    # validation accuracy was measured.
+    start = _num(summary.get("initial_val_acc"))
+    x0, v0 = ([0.0], [start]) if math.isfinite(start) else ([], [])
     ax.plot(x, [_num(r["train_acc"]) for r in grown], label="train (grown)", color="#3182bd", linestyle=":")
-    ax.plot(x, [_num(r["val_acc"]) for r in grown], label="validation (grown)", color="#3182bd", marker="o")
+    ax.plot(x0 + x, v0 + [_num(r["val_acc"]) for r in grown], label="validation (grown)", color="#3182bd", marker="o")
     if baseline:
+        base_start = _num((summary.get("baseline") or {}).get("initial_val_acc", start))
+        bx0, bv0 = ([0.0], [base_start]) if math.isfinite(base_start) else ([], [])
         ax.plot(
-            [r["epoch"] for r in baseline],
-            [_num(r["val_acc"]) for r in baseline],
+            bx0 + [r["epoch"] for r in baseline],
+            bv0 + [_num(r["val_acc"]) for r in baseline],
             label="validation (host alone)",
             color="#636363",
             marker="s",
@@ -130,8 +167,7 @@ def _grow_plots(run_dir: Path, epochs: list[dict], summary: dict) -> list[tuple[
     for r in grown:
         op = r["edit"]["op"]
         if op != "WAIT":
-            # esper grow applies an edit before its step's training; a Gardener after its epoch
-            at = r.get("edit_at", (r["step"] - 1) / per_epoch)
+            at = _edit_at(r, per_epoch)
             ax.axvline(at, color=OP_COLORS[op], alpha=0.5)
             ax.annotate(
                 f"{op.lower()} {r['edit'].get('slot', '')}",
@@ -150,26 +186,30 @@ def _grow_plots(run_dir: Path, epochs: list[dict], summary: dict) -> list[tuple[
             alpha=0.3,
             label=f"test (host alone) {summary['baseline']['test_acc']:.3f}",
         )
-    ax.set_xlabel("epoch")
+    ax.set_xlim(*xlim)
+    ax.set_xlabel(EPOCH_LABEL)
     ax.set_ylabel("accuracy")
     ax.set_title("Accuracy (vertical lines: edits applied before that epoch's training)")
     ax.legend(fontsize=8)
     out.append(("Accuracy", save_figure(fig, run_dir / "accuracy.png")))
-    out.append(("Loss", _loss_plot(plt, run_dir / "loss.png", grown, baseline, summary)))
+    out.append(("Loss", _loss_plot(plt, run_dir / "loss.png", grown, baseline, summary, xlim)))
 
     timeline = summary.get("timeline") or [{}] + [r["slots"] for r in grown]
-    out.append(("Seed slots", plot_timeline(timeline, run_dir / "slots.png", "Seed slots: stage and alpha", per_epoch)))
+    out.append(("Seed slots", plot_timeline(timeline, run_dir / "slots.png", "Seed slots: stage and alpha", per_epoch, xlim)))
 
     fig, ax = plt.subplots(figsize=(8, 3.5))
     ax.plot([0] + x, [grown[0]["host_params"]] + [r["params"] for r in grown], marker="o", label="grown model")
     ax.axhline(grown[0]["host_params"], color="#636363", linestyle="--", label="host")
-    ax.set_xlabel("epoch")
+    ax.set_xlim(*xlim)
+    ax.set_xlabel(EPOCH_LABEL)
     ax.set_ylabel("parameters")
     ax.set_title("Parameters over time")
     ax.legend(fontsize=8)
     out.append(("Parameters", save_figure(fig, run_dir / "params.png")))
 
-    if "reward" not in grown[0]:  # a Gardener in someone's loop earns no reward
+    # A reward is what Tamiyo is trained on: it says nothing about a built-in policy's run,
+    # and a Gardener in someone's loop earns none.
+    if not trained_policy(summary) or "reward" not in grown[0]:
         return out
     fig, ax = plt.subplots(figsize=(8, 3.5))
     components = [k for k in grown[0]["reward"] if k != "total"]
@@ -181,14 +221,21 @@ def _grow_plots(run_dir: Path, epochs: list[dict], summary: dict) -> list[tuple[
         bottom_pos = [bp + max(v, 0) for v, bp in zip(values, bottom_pos)]
         bottom_neg = [bn + min(v, 0) for v, bn in zip(values, bottom_neg)]
     ax.plot(x, [_num(r["reward"]["total"]) for r in grown], color="black", marker=".", label="total")
-    ax.set_xlabel("epoch")
-    ax.set_title("Reward components per decision")
+    ax.set_xlim(*xlim)
+    ax.set_xlabel(EPOCH_LABEL)
+    ax.set_title("Tamiyo's reward components per decision")
     ax.legend(fontsize=7, ncol=4)
     out.append(("Rewards", save_figure(fig, run_dir / "rewards.png")))
     return out
 
 
-def _loss_plot(plt, path: Path, grown: list[dict], baseline: list[dict], summary: dict) -> str:
+def _edit_at(record: dict, per_epoch: int) -> float:
+    """The epoch an edit took effect, unless the record says (`edit_at`): esper grow applies
+    an edit before its step's training; a Gardener after its epoch."""
+    return record.get("edit_at", (record["step"] - 1) / per_epoch)
+
+
+def _loss_plot(plt, path: Path, grown: list[dict], baseline: list[dict], summary: dict, xlim: tuple[float, float]) -> str:
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -203,7 +250,8 @@ def _loss_plot(plt, path: Path, grown: list[dict], baseline: list[dict], summary
             marker="s",
             linestyle="--",
         )
-    ax.set_xlabel("epoch")
+    ax.set_xlim(*xlim)
+    ax.set_xlabel(EPOCH_LABEL)
     ax.set_ylabel("loss (nats per prediction)")
     unit = summary.get("unit", "token")
     if summary.get("task") == "next_token" and unit in ("character", "byte"):
@@ -232,6 +280,26 @@ def verdict(summary: dict) -> str | None:
             f"test accuracy {summary['test_acc']:.3f} against {base['test_acc']:.3f} for the host alone ({100 * diff:+.1f} points, {added})"
         )
     return f"{'growth helped' if diff > 0 else 'growth did not help'} on this seed: {numbers}"
+
+
+def _edit_lines(grown: list[dict]) -> list[str]:
+    """The policy's edits other than WAIT, one table row each, at the epoch they took effect."""
+    per_epoch = max(1, round(grown[-1]["step"] / grown[-1]["epoch"])) if grown and grown[-1]["epoch"] else 1
+    rows = []
+    for r in grown:
+        edit = r.get("edit") or {}
+        if edit.get("op", "WAIT") == "WAIT":
+            continue
+        what = " ".join(
+            [edit["op"].lower()]
+            + ([f"`{edit['blueprint']}`"] if edit.get("blueprint") else [])
+            + ([f"at `{edit['slot']}`"] if edit.get("slot") else [])
+            + ([f"({edit['blend']} blend over {edit['steps']} decisions)"] if edit.get("blend") and edit.get("steps") else [])
+        )
+        rows.append(f"| {_edit_at(r, per_epoch):g} | {what} | {r.get('params', 'n/a'):,} |")
+    if not rows:
+        return ["The policy made no edit: every decision was WAIT."]
+    return ["| epoch | edit | parameters after it |", "| --- | --- | --- |", *rows]
 
 
 def _grow_table(summary: dict) -> list[str]:
@@ -270,8 +338,8 @@ def _grow_table(summary: dict) -> list[str]:
         f"{summary.get('germinated', 0)} germinated, {summary.get('fossilized', 0)} fossilized ({fossils}), "
         f"{summary.get('culled', 0)} culled"
     )
-    if summary.get("return") is not None:
-        outcome += f"; return {summary['return']:.3f}"
+    if trained_policy(summary) and summary.get("return") is not None:
+        outcome += f"; Tamiyo's return {summary['return']:.3f}"
     lines.append(f"Policy `{summary.get('policy', '?')}` on `{summary.get('host', '?')}` ({setting}): {outcome}.")
     tp = summary.get("throughput", {})
     if tp:
@@ -396,8 +464,13 @@ def make_report(run_dir) -> Path:
 
     lines = [f"# esper report: {run_dir.name}", ""]
     if epochs:
-        lines += ["## Growth", "", *_grow_table(summary), ""]
+        grown = [r for r in epochs if r.get("run", "grown") == "grown"]
+        lines += ["## Growth", "", *_grow_table(summary), "", "### Edits", "", *_edit_lines(grown), ""]
         plots = _grow_plots(run_dir, epochs, summary)
+        slots = {slot for row in summary.get("timeline") or [r.get("slots") or {} for r in grown] for slot in row}
+        notes = {
+            "Seed slots": [f"`{s}` is a slot opened after the fossil in `{base}`." for s, base in sorted(reopened_slots(slots).items())]
+        }
     else:
         lines += ["## Training", "", *_train_lines(episodes, updates, warm), ""]
         ticks = 1
@@ -407,8 +480,11 @@ def make_report(run_dir) -> Path:
             saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
             ticks = int((saved.get("env") or {}).get("decisions_per_epoch", 1))
         plots = _train_plots(run_dir, episodes, updates, ticks)
+        notes = {}
     for title, name in plots:
         lines += [f"### {title}", "", f"![{title}]({name})", ""]
+        if notes.get(title):
+            lines += [" ".join(notes[title]), ""]
     files = [
         f
         for f in ("config.yaml", "metrics.jsonl", "summary.json", "edits.yaml", "tamiyo.pt", "checkpoint.pt", "model")

@@ -218,6 +218,13 @@ def guard_on_all_ranks(plane, ranks: Ranks) -> list[str]:
     return plane.cull_unhealthy(live, verdict.bool().tolist())
 
 
+def _has_idle_parameters(slot) -> bool:
+    """Whether `slot` holds parameters that this stage's forward pass leaves without gradients."""
+    if slot.stage in _IDLE:
+        return any(True for _ in slot.seed_parameters())
+    return slot.stage is SeedStage.TRAINING and slot.blend is not None and any(True for _ in slot.blend.parameters())
+
+
 class DataParallelHost:
     """The model a training step runs: `mm` itself on one process; under torchrun a
     DistributedDataParallel wrapper, rebuilt when a germination, fossilization or cull
@@ -234,9 +241,10 @@ class DataParallelHost:
         if not self.ranks.spread:
             return self.mm
         trained = tuple(id(p) for p in self.mm.parameters() if p.requires_grad)
-        # A germinated seed takes no part in the forward pass until it trains: DDP must be
-        # told to look for parameters without gradients (a graph traversal per step) only then.
-        idle = any(s.stage in _IDLE and any(True for _ in s.seed_parameters()) for s in self.mm.plane.slots.values())
+        # A germinated seed takes no part in the forward pass until it trains, nor a learned
+        # blend gate until it blends: DDP must be told to look for parameters without
+        # gradients (a graph traversal per step) only then.
+        idle = any(_has_idle_parameters(s) for s in self.mm.plane.slots.values())
         if self._ddp is None or (trained, idle) != self._key:
             from torch.nn.parallel import DistributedDataParallel
 

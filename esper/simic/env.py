@@ -110,6 +110,7 @@ class GrowthEnv:
             measure=self.trainer.measure_contributions,
             reward=self.reward_cfg,
             ranks=self.ranks,
+            training_ticks=cfg.training_ticks,
         )
         self.loop.start(Numbers.before_training(*self.trainer.evaluate(self.data.val)))
         return self.loop.observe()

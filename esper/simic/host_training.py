@@ -78,6 +78,9 @@ class EnvConfig:
     seed_lr_scale: float = 1.0  # seed parameter groups run at this multiple of the host's current lr
     seed_lr_rule: str = "follow"  # or "peak": a seed starts at the host's peak rate (esper.simic.schedules)
     blend_steps: int = 2  # ticks a germinated seed takes to blend in (the policy's Edit.steps)
+    # Ticks a seed trains in isolation before the plane starts blending it (it also leaves
+    # GERMINATED after one tick on its own); None: only the policy advances seeds.
+    training_ticks: int | None = 1
     max_slots: int | None = None
     contribution_samples: int = 512  # the fixed validation batch for ablations
     augment: bool = False
@@ -93,6 +96,8 @@ class EnvConfig:
             raise ValueError("epochs, decisions_per_epoch, batch_size and blend_steps must be at least 1")
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.training_ticks is not None and self.training_ticks < 1:
+            raise ValueError(f"training_ticks must be at least 1 (or None), got {self.training_ticks}")
         if self.lr <= 0 or self.seed_lr_scale <= 0:
             raise ValueError(f"lr and seed_lr_scale must be positive, got {self.lr}, {self.seed_lr_scale}")
         if self.lr_schedule not in ("constant", "cosine") or not 0 <= self.lr_floor <= 1:

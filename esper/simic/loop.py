@@ -19,6 +19,7 @@ logged at those ticks, and T StepInfos.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from functools import partial
 
@@ -34,10 +35,25 @@ from esper.simic.features import build_observation
 from esper.simic.rewards import RewardBreakdown, RewardConfig, RewardState, compute_reward
 
 
+class ShortRunWarning(UserWarning):
+    """A growth run has too few decisions for any seed to be fossilized."""
+
+
+def decisions_to_fossil(blend_steps: int, training_ticks: int | None) -> int:
+    """The fewest decisions in which a seed germinated at the first can be fossilized: it
+    trains `training_ticks` ticks and blends `blend_steps`, and the fossilize decision
+    comes after them. Left to the policy, each advance takes a decision and a tick."""
+    moving = training_ticks if training_ticks is not None else 2  # advance to TRAINING, train a tick, advance
+    return moving + blend_steps + 1
+
+
 class GrowthLoop:
     """The decisions of one growth run of `decisions` intervals, `decisions_per_epoch` of
     them an epoch. `measure()` returns each BLENDING seed's (and fossil's) contribution
-    after a tick, or {} when nothing measures them."""
+    after a tick, or {} when nothing measures them. With `training_ticks` the plane moves
+    seeds on by itself (`KasminaPlane.advance_due`): a germinated seed starts training in
+    the interval it was germinated for, and one that has trained `training_ticks` starts
+    blending before the policy's next decision. None leaves every ADVANCE to the policy."""
 
     def __init__(
         self,
@@ -49,6 +65,7 @@ class GrowthLoop:
         measure: Callable[[], dict[str, float]] | None = None,
         reward: RewardConfig | None = None,
         ranks: Ranks = Ranks(),
+        training_ticks: int | None = None,
     ):
         if decisions < 1 or decisions_per_epoch < 1:
             raise ValueError(f"decisions and decisions_per_epoch must be at least 1, got {decisions}, {decisions_per_epoch}")
@@ -60,6 +77,16 @@ class GrowthLoop:
         self.measure = measure or dict
         self.reward_cfg = reward or RewardConfig()
         self.ranks = ranks
+        self.training_ticks = training_ticks
+        need = decisions_to_fossil(vocab.blend_steps, training_ticks)
+        if decisions < need:
+            warnings.warn(
+                f"a growth run of {decisions} decisions cannot fossilize any seed: germinating, training and blending "
+                f"({vocab.blend_steps} blend steps) take {need}; train more epochs, decide more often "
+                "(decisions_per_epoch), or blend in fewer steps (blend_steps)",
+                ShortRunWarning,
+                stacklevel=3,
+            )
         self.usable_blends = blend_names(self.plane.causal)  # on a causal host only causal-safe seeds are offered
         self.host_params = mm.host_parameter_count()
         self.contributions: dict[str, float] = {}
@@ -103,6 +130,8 @@ class GrowthLoop:
         if self._edit is not None:
             raise RuntimeError(f"decision {self.t} was applied already: close() the interval it opened first")
         self._edit = self.plane.apply(edit)
+        if self.training_ticks is not None:  # a seed germinated now trains in this interval
+            self.plane.advance_due(self.training_ticks)
         self.record.ops[self._edit.op.name] += 1
         return self._edit
 
@@ -117,6 +146,8 @@ class GrowthLoop:
         if numbers.train_loss is None:
             numbers = Numbers(self.record.now.train_loss, self.record.now.train_acc, numbers.val_loss, numbers.val_acc)
         self.plane.step()
+        if self.training_ticks is not None and self.t + 1 < self.decisions:  # no move after the last decision
+            self.plane.advance_due(self.training_ticks)
         check_in_step(self.mm, self.ranks)
         self.contributions = self.measure()
         self.t += 1

@@ -152,14 +152,13 @@ class Trainer:
         )
         bar = None
         if self.progress:
-            from tqdm import tqdm
+            from esper.runs.metrics import progress_bar
 
-            bar = tqdm(
+            bar = progress_bar(
                 total=cfg.warm_start + cfg.episodes,
                 initial=min(self.state.global_step, cfg.warm_start + cfg.episodes),
                 unit="ep",
                 desc="esper train",
-                dynamic_ncols=True,
             )
         self._bar = bar
         try:

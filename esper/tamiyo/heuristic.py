@@ -46,8 +46,9 @@ class HeuristicConfig:
     # blends in while the loss rises by more than this (relative) is doing harm.
     loss_rise: float = 0.02
     # A seed just blended in has had little time to help, and a probe of a few hundred
-    # images is noisy: a blended seed contributing more than -tolerance is fossilized.
-    tolerance: float = 0.0
+    # images is noisy (one standard error is about 2 points at 500 images): a blended seed
+    # contributing more than -tolerance is fossilized; harm shows in the loss-rise rule too.
+    tolerance: float = 0.02
     # Where to germinate: "first", the earliest free slot; "last", the deepest, where a
     # seed of a host trained from scratch changes the most in a short episode.
     germinate_at: str = "last"

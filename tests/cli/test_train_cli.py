@@ -103,7 +103,8 @@ def test_grow_with_each_kind_of_policy(policy, trained, host, tmp_path):
     epochs = [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "epoch"]
     assert len(epochs) == 2 and {"val_acc", "edit", "slots", "reward"} <= set(epochs[0])
     edits = yaml.safe_load((out / "edits.yaml").read_text())
-    assert len(edits) == 2 and all("op" in e for e in edits)
+    # a decision at each of the 2 ticks, and any advance the plane made on its own between them
+    assert sorted({e["tick"] for e in edits}) == [0, 1] and all("op" in e for e in edits)
     model = esper.load(out / "model", trust_host_code=True)
     assert model.plane.ticks == 2
     summary = json.loads((out / "summary.json").read_text())
@@ -115,16 +116,16 @@ def test_grow_heuristic_fossilizes_and_saves_the_model_it_grew(host, tmp_path):
     # A probe of a few dozen images measures contributions of a few images either way, so the
     # cull rules are turned off here (tests/tamiyo/test_baselines.py covers them).
     settings = tmp_path / "heuristic.yaml"
-    settings.write_text("heuristic: {tolerance: 1.0, decline: 1.0}\n")
+    settings.write_text("heuristic: {tolerance: 1.0, decline: 1.0, loss_rise: .inf}\n")
     out = tmp_path / "grown"
     args = ["grow", "--policy", "heuristic", "--config", str(settings), "--host", host, "--out", str(out), *TINY]
     assert main([*args, "--epochs", "8"]) == 0
     ops = [e["op"] for e in yaml.safe_load((out / "edits.yaml").read_text())]
-    assert [op for op in ops if op != "WAIT"] == ["GERMINATE", "ADVANCE", "ADVANCE", "FOSSILIZE"], ops
+    assert [op for op in ops if op != "WAIT"][:4] == ["GERMINATE", "ADVANCE", "ADVANCE", "FOSSILIZE"], ops
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["fossilized"] == 1 and summary["params"] > summary["host_params"]
+    assert summary["fossilized"] == ops.count("FOSSILIZE") >= 1 and summary["params"] > summary["host_params"]
     model = esper.load(out / "model", trust_host_code=True)
-    assert [s.stage.name for s in model.plane.slots.values()].count("FOSSILIZED") == 1
+    assert [s.stage.name for s in model.plane.slots.values()].count("FOSSILIZED") == summary["fossilized"]
     assert [e.op.name for e in model.plane.edits] == ops
     assert sum(p.numel() for p in model.parameters()) == summary["params"]
     # The saved model is the grown one: it scores on the test split exactly what the run reported.

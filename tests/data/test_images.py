@@ -62,7 +62,23 @@ def test_synthetic_is_deterministic_given_seed():
     c = load_data("synthetic", seed=4, limit=500, progress=False)
     assert torch.equal(a.train.x, b.train.x) and torch.equal(a.val.y, b.val.y) and torch.equal(a.test.x, b.test.x)
     assert not torch.equal(a.train.x, c.train.x)
-    assert (len(a.train), len(a.val), len(a.test)) == (450, 50, 100)
+    assert (len(a.train), len(a.val), len(a.test)) == (450, 50, 2_000)
+
+
+def test_limit_caps_the_training_images_only():
+    """--limit is the training images (the validation share carved from them); the test split
+    stays whole, so a small run is still judged on every test image."""
+    small, full = load_data("synthetic", seed=0, limit=120, progress=False), load_data("synthetic", seed=0, limit=10_000, progress=False)
+    assert (len(small.train), len(small.val), len(small.test)) == (108, 12, 2_000)
+    assert torch.equal(small.test.y, full.test.y)  # the same test images, normalized by each run's own training statistics
+    assert torch.bincount(small.test.y).tolist() == [200] * 10
+    recall = load_data("seq-synthetic", context=16, limit=50, progress=False)
+    assert (len(recall.train), len(recall.val), len(recall.test)) == (45, 5, 2_000)
+
+
+def test_limit_leaves_a_folder_test_split_whole(tree, tmp_path):
+    limited = load_data(str(tree), root=tmp_path / "cache", limit=6, progress=False)
+    assert len(limited.train) + len(limited.val) == 6 and len(limited.test) == 6
 
 
 def test_synthetic_is_neither_trivial_nor_noise(synthetic):
@@ -196,10 +212,25 @@ def test_cifar10_without_files_or_download_says_what_to_do(tmp_path):
         load_data("cifar10", root=tmp_path, progress=False)
 
 
-@pytest.mark.parametrize("spec", ["mnist", "no/such/dir", __file__])
+@pytest.mark.parametrize("spec", ["mnist", "cifar-100", __file__])
 def test_unknown_spec_lists_the_accepted_forms(spec):
     with pytest.raises(ValueError, match="'synthetic', 'cifar10', an ImageFolder directory"):
         load_data(spec, progress=False)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("/nope/cifar.tar.gz", "no such file: /nope/cifar.tar.gz"),
+        ("cifar.zip", "no such file: cifar.zip"),
+        ("no/such/dir", "no such file or directory: no/such/dir"),
+        ("./no-such-images", "no such file or directory: ./no-such-images"),
+    ],
+)
+def test_a_missing_path_is_said_to_be_missing(spec, message):
+    with pytest.raises(DataError) as info:
+        load_data(spec, progress=False)
+    assert str(info.value) == message
 
 
 def test_bad_arguments_are_refused():

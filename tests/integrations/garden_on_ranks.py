@@ -34,7 +34,9 @@ def main(out: Path) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     mm, opt, data = tiny()  # seeded: the same host on every rank
     script = grow("block2", "conv_enhance") + [Edit(Op.WAIT), Edit(Op.FOSSILIZE, "block2")]
-    gardener = esper.Gardener(mm, Scripted(script if rank == 0 else []), optimizer=opt, epochs=EPOCHS, probe=(data.val.x, data.val.y))
+    gardener = esper.Gardener(
+        mm, Scripted(script if rank == 0 else []), optimizer=opt, epochs=EPOCHS, probe=(data.val.x, data.val.y), training_ticks=None
+    )
     host = gardener.data_parallel()
     torch.manual_seed(100 + rank)
     order = torch.Generator().manual_seed(7)

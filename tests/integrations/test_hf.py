@@ -64,7 +64,7 @@ def test_the_trainer_grows_a_seed_deciding_at_each_evaluation(tmp_path, monkeypa
     slot = "bert.encoder.layer.1"
     guarded = count_calls(monkeypatch, Gardener, "after_backward")
     policy = Scripted(grow(slot, "lora", steps=2))
-    callback = GardenerCallback(policy, seed_lr_scale=0.5)
+    callback = GardenerCallback(policy, seed_lr_scale=0.5, training_ticks=None)  # the script advances its seed
     hf = trainer(tmp_path, callback)
     hf.train()
     gardener = callback.gardener

@@ -57,6 +57,34 @@ def test_lifecycle_walk_and_telemetry(mm):
     assert t["stage"] == "FOSSILIZED" and t["blueprint"] == "conv_enhance" and t["params"] == s.param_count()
 
 
+def test_the_plane_moves_seeds_on_by_itself_and_logs_each_move(mm):
+    from esper.kasmina.replay import replay
+    from esper.leyline import Op
+
+    p = mm.plane
+    stages = lambda: {i: s.stage for i, s in p.slots.items() if s.stage is not SeedStage.DORMANT}  # noqa: E731
+    p.germinate("block3", "depthwise", steps=2)
+    assert [e.slot for e in p.advance_due(training_ticks=2)] == ["block3"]  # a germinated seed starts training at once
+    p.step()
+    assert p.advance_due(training_ticks=2) == []  # block3 has trained 1 of 2 ticks
+    p.germinate("block2", "depthwise", steps=2)
+    p.step()
+    assert [e.slot for e in p.advance_due(training_ticks=2)] == ["block2", "block3"]
+    assert stages() == {"block3": SeedStage.BLENDING, "block2": SeedStage.TRAINING}
+    p.step(2)
+    p.advance_due(training_ticks=2)
+    p.step(2)
+    p.advance_due(training_ticks=2)  # BLENDING is left to the policy: fossilize or cull
+    assert stages() == {"block3": SeedStage.BLENDING, "block2": SeedStage.BLENDING}
+    assert [(e.slot, e.tick) for e in p.edits if e.op is Op.ADVANCE] == [("block3", 0), ("block2", 2), ("block3", 2), ("block2", 4)]
+    again = replay(HostCNN(), (torch.randn(4, 3, 32, 32),), p.edits, until_step=p.ticks)
+    assert {i: (s.stage, s.ticks_in_stage) for i, s in again.plane.slots.items()} == {
+        i: (s.stage, s.ticks_in_stage) for i, s in p.slots.items()
+    }
+    with pytest.raises(ValueError, match="at least 1 tick"):
+        p.advance_due(training_ticks=0)
+
+
 def test_illegal_moves_name_slot_stage_and_move(mm):
     with pytest.raises(esper.LifecycleError, match="slot 'block1' in stage DORMANT cannot ADVANCE"):
         mm.plane.advance("block1")

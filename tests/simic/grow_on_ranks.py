@@ -71,7 +71,11 @@ def main(out: str, host: str, fault: str) -> None:
     if fault == "nan":
         script = [Edit(Op.GERMINATE, "block2", "nan_on_odd_batches", "linear", 1), Edit(Op.ADVANCE, "block2")]
     env = GrowthEnv(
-        reinitialized_copies(template), data, EnvConfig(epochs=7, batch_size=25, eval_batch_size=10), device=device, ranks=ranks
+        reinitialized_copies(template),
+        data,
+        EnvConfig(training_ticks=None, epochs=7, batch_size=25, eval_batch_size=10),
+        device=device,
+        ranks=ranks,
     )
     policy = Scripted(script if ranks.main else [])
     ticks = []

@@ -71,7 +71,7 @@ def bias_free_cnn() -> nn.Module:
 
 
 def make_envs(toy, k=3, **cfg):
-    cfg = EnvConfig(epochs=4, batch_size=32, blend_steps=1, **cfg)
+    cfg = EnvConfig(training_ticks=None, epochs=4, batch_size=32, blend_steps=1, **cfg)
     return [GrowthEnv(reinitialized_copies(bias_free_cnn()), toy, cfg, device=DEVICE) for _ in range(k)]
 
 
@@ -208,13 +208,18 @@ class Untraceable(nn.Module):
 
 
 def test_batching_problems_are_named_and_auto_falls_back(toy64):
-    hooked = [GrowthEnv(reinitialized_copies(Untraceable()), toy64, EnvConfig(epochs=1, batch_size=32), device=DEVICE) for _ in range(2)]
+    hooked = [
+        GrowthEnv(reinitialized_copies(Untraceable()), toy64, EnvConfig(training_ticks=None, epochs=1, batch_size=32), device=DEVICE)
+        for _ in range(2)
+    ]
     with pytest.raises(ValueError, match="hooks"):
         VectorEnv(hooked, runner="batched").reset([0, 1])
     venv = VectorEnv(hooked, runner="auto")
     venv.reset([0, 1])
     assert not venv.batched
-    tiny = GrowthEnv(reinitialized_copies(TinyCNN()), toy64, EnvConfig(epochs=4, batch_size=32, blend_steps=1), device=DEVICE)
+    tiny = GrowthEnv(
+        reinitialized_copies(TinyCNN()), toy64, EnvConfig(training_ticks=None, epochs=4, batch_size=32, blend_steps=1), device=DEVICE
+    )
     mixed = make_envs(toy64, k=1) + [tiny]
     for i, env in enumerate(mixed):
         env.reset(i)
@@ -242,7 +247,7 @@ def test_a_transformer_on_a_sequence_task_batches_too():
     from tests.helpers import TinyGPT
 
     data = load_data("seq-synthetic", limit=128, progress=False)
-    cfg = EnvConfig(epochs=2, batch_size=32, blend_steps=1)
+    cfg = EnvConfig(training_ticks=None, epochs=2, batch_size=32, blend_steps=1)
     runs = {}
     for runner in ("sequential", "batched"):
         envs = [GrowthEnv(reinitialized_copies(TinyGPT()), data, cfg, device=DEVICE) for _ in range(2)]

@@ -31,7 +31,7 @@ class Script:
 
 
 def make_env(data=None, **cfg) -> GrowthEnv:
-    cfg = EnvConfig(**{"epochs": 6, "batch_size": 32, "blend_steps": 1, **cfg})
+    cfg = EnvConfig(**{"training_ticks": None, "epochs": 6, "batch_size": 32, "blend_steps": 1, **cfg})
     return GrowthEnv(reinitialized_copies(TinyCNN()), data or toy_data(), cfg)
 
 
@@ -147,7 +147,7 @@ def test_seeds_join_and_leave_the_host_optimizer():
 
 
 def test_a_host_that_does_not_fit_the_data_is_refused():
-    env = GrowthEnv(reinitialized_copies(TinyCNN(num_classes=7)), toy_data(), EnvConfig(epochs=1))
+    env = GrowthEnv(reinitialized_copies(TinyCNN(num_classes=7)), toy_data(), EnvConfig(training_ticks=None, epochs=1))
     with pytest.raises(ValueError, match="4 classes"):
         env.reset(0)
 
@@ -166,7 +166,7 @@ def test_heuristic_fossilizes_a_seed_on_the_synthetic_task(synthetic_small):
     whatever the seed (tests/tamiyo/test_baselines.py tests the cull rules on chosen contributions)."""
     from tests.helpers import HostCNN
 
-    cfg = EnvConfig(epochs=8, batch_size=64)
+    cfg = EnvConfig(training_ticks=None, epochs=8, batch_size=64)
     env = GrowthEnv(reinitialized_copies(HostCNN()), synthetic_small, cfg)
     heuristic = HeuristicPolicy(
         Vocabulary(env.vocab.blueprints, env.vocab.blends, cfg.blend_steps), HeuristicConfig(tolerance=1.0, decline=1.0)

@@ -34,7 +34,7 @@ def toy80():
 
 
 def make_env(data, host=TinyCNN, **cfg) -> GrowthEnv:
-    cfg = EnvConfig(**{"epochs": 5, "batch_size": 32, "blend_steps": 1, **cfg})
+    cfg = EnvConfig(**{"training_ticks": None, "epochs": 5, "batch_size": 32, "blend_steps": 1, **cfg})
     return GrowthEnv(reinitialized_copies(host()), data, cfg)
 
 

@@ -28,7 +28,7 @@ class Counting:
 
 
 def make_envs(toy, k=2, epochs=3):
-    cfg = EnvConfig(epochs=epochs, batch_size=32)
+    cfg = EnvConfig(training_ticks=None, epochs=epochs, batch_size=32)
     return [GrowthEnv(reinitialized_copies(TinyCNN()), toy, cfg) for _ in range(k)]
 
 

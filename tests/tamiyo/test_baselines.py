@@ -70,7 +70,7 @@ def test_heuristic_fossilizes_helpers_and_culls_the_rest():
         return make_observation([S.BLENDING], globals_=IMPROVING, slots=blending(alpha, contribution, known))
 
     assert choose(heuristic(), at(1.0, 0.02)) == Action(Op.FOSSILIZE, 0)
-    assert choose(heuristic(), at(1.0, -0.01)) == Action(Op.CULL, 0)
+    assert choose(heuristic(), at(1.0, -0.03)) == Action(Op.CULL, 0)  # beyond the default 2-point tolerance
     assert choose(heuristic(), at(1.0, 0.02, known=0.0)) == Action(Op.WAIT)  # not measured yet
 
     policy = heuristic(decline=0.01)
@@ -125,9 +125,10 @@ def test_heuristic_tolerance_keeps_seeds_that_are_not_clearly_harmful():
     def at(contribution):
         return make_observation([S.BLENDING], globals_=IMPROVING, slots=blending(1.0, contribution))
 
-    assert choose(heuristic(), at(0.0)) == Action(Op.CULL, 0)  # without tolerance, no help is no seed
+    assert choose(heuristic(tolerance=0.0), at(0.0)) == Action(Op.CULL, 0)  # without tolerance, no help is no seed
     lenient = heuristic(tolerance=0.02)
     assert choose(lenient, at(0.0)) == Action(Op.FOSSILIZE, 0)
+    assert choose(lenient, at(-0.03)) == Action(Op.CULL, 0)  # beyond the tolerance, harm is culled
     assert choose(lenient, at(-0.01)) == Action(Op.FOSSILIZE, 0)
     assert choose(lenient, at(-0.03)) == Action(Op.CULL, 0)
 

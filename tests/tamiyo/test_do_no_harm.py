@@ -37,7 +37,7 @@ class Grower:
 
 @pytest.mark.parametrize("sabotage", [False, True])
 def test_a_seed_made_to_hurt_is_culled_and_a_harmless_one_fossilized(sabotage):
-    cfg = EnvConfig(epochs=8, batch_size=32, blend_steps=2, lr=3e-3)
+    cfg = EnvConfig(training_ticks=None, epochs=8, batch_size=32, blend_steps=2, lr=3e-3)
     env = GrowthEnv(TinyCNN, toy_data(), cfg, blueprints=["conv_enhance"], blends=["linear"])
     summary = run_episodes(VectorEnv([env]), [0], Grower(env, sabotage)).summaries[0]
     ops = [e.op for e in env.plane.edits]

@@ -34,8 +34,36 @@ def test_paired_interval_is_the_t_interval_of_the_differences():
     assert math.isnan(doc.paired([0.01])["ci95"][0])  # one pair has no interval
 
 
-def _run(arm, seed, acc, added=0):
-    return (arm, seed), {"test_acc": acc, "val_acc": acc, "params_added": added, "seconds": 1.0, "fossils": {}}
+def _run(arm, seed, acc, added=0, flops=None):
+    return (arm, seed), {"test_acc": acc, "val_acc": acc, "params_added": added, "seconds": 1.0, "fossils": {}, "train_flops": flops}
+
+
+def test_compute_matched_epochs_spend_the_grown_runs_flops():
+    assert evidence.flops_epochs(8, target_flops=110, flops=100) == 9  # the host: a little more training
+    assert evidence.flops_epochs(8, target_flops=110, flops=200) == 4  # a bigger static model: fewer epochs
+    assert evidence.flops_epochs(8, target_flops=1, flops=1000) == 1  # never no training at all
+
+
+def test_growth_is_judged_against_its_ceiling_its_compute_and_every_host():
+    seeds = range(4)
+    runs = dict(
+        [_run("host", s, 0.50 + 0.01 * s, flops=100) for s in seeds]
+        + [_run("heuristic", s, 0.545 + 0.01 * s + 0.001 * (s % 2), 10, flops=110) for s in seeds]
+        + [_run("static-same", s, 0.55 + 0.01 * s, 10, flops=110) for s in seeds]
+        + [_run("host-flops", s, 0.51 + 0.01 * s, flops=112) for s in seeds]
+        + [_run("static-flops", s, 0.56 + 0.01 * s + 0.001 * (s % 2), 100, flops=105) for s in seeds]
+        + [_run("host-deep", s, 0.60 + 0.001 * s, flops=150) for s in seeds]
+        + [_run("heuristic-deep", s, 0.59 + 0.001 * s + 0.001 * (s % 2), 10, flops=160) for s in seeds]
+    )
+    arms, pairs = doc.summarize(runs)
+    assert pairs["heuristic-deep"]["reference"] == "host-deep"
+    verdicts = {q.split(" (")[0]: (ok, detail) for q, ok, detail in doc.growth_verdicts(arms, pairs)}
+    ceiling = verdicts["heuristic reaches 90% of static-same's gain over the host"]
+    assert ceiling[0] is True and ceiling[1].startswith("91%")  # +4.55 of +5.00 points
+    matched = verdicts["At equal training FLOPs heuristic is as accurate as the host and static"]
+    assert matched[0] is False and "static-flops" in matched[1] and "95% of its FLOPs" in matched[1]  # static wins on less compute
+    hosts = verdicts["On every host, growth is never worse than the host alone beyond its 95% interval"]
+    assert hosts[0] is False and "heuristic-deep − host-deep -0.95" in hosts[1]  # worse on the deep host, beyond the interval
 
 
 def test_arms_are_paired_with_their_reference_by_seed_and_judged():
@@ -87,6 +115,13 @@ def test_smoke_scale_runs_the_whole_protocol_and_resumes(tmp_path, capsys):
     assert all(arm["seeds"] == [0, 1] for arm in result["arms"].values())
     assert set(result["paired"]) == set(doc.ARM_ORDER) - {"host"}
     assert result["regime"]["env"]["fossils"] == {}  # arms other than static grow from nothing
+    arms = result["arms"]
+    assert arms["static-same"]["fossils"] == arms["heuristic"]["fossils"]  # the grown blueprints, from the first step
+    for arm in ("host-flops", "static-flops"):  # the epochs that spend the grown run's FLOPs, within one epoch's worth
+        for seed, epochs, flops in zip(arms[arm]["seeds"], arms[arm]["epochs"], arms[arm]["train_flops"]):
+            assert abs(flops - arms["heuristic"]["train_flops"][seed]) <= flops / epochs / 2 + 1
+    questions = " ".join(v["question"] for v in result["verdicts"])
+    assert "static-same" in questions and "equal training FLOPs" in questions and "every host" in questions
     md = (out / "evidence-smoke.md").read_text()
     assert "| heuristic |" in md and "## Verdicts" in md and (out / "evidence-smoke-pareto.png").stat().st_size > 0
     assert "an older run" not in md and md.endswith("\n" + kept)  # the text benchmark's section survives a rewrite
