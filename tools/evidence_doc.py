@@ -185,6 +185,18 @@ def _diff_against(arms: dict, arm: str, other: str) -> dict | None:
     return paired(diffs) if diffs else None
 
 
+def _common_seeds(arms: dict, *names: str) -> list[int]:
+    if not all(n in arms for n in names):
+        return []
+    return sorted(set.intersection(*(set(arms[n]["seeds"]) for n in names)))
+
+
+def _gains(arms: dict, arm: str, seeds: list[int]) -> list[float]:
+    """`arm`'s test accuracy minus the host's, on each of `seeds`."""
+    acc = {n: dict(zip(arms[n]["seeds"], arms[n]["test_acc"])) for n in (arm, "host")}
+    return [acc[arm][s] - acc["host"][s] for s in seeds]
+
+
 def _pts(d: dict) -> str:
     return f"{100 * d['mean_diff']:+.2f} pts [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]"
 
@@ -193,26 +205,31 @@ def growth_verdicts(arms: dict, pairs: dict, grown: str = "heuristic") -> list[t
     """Does growth pay? The grown arm against its own modules from the start, against the
     baselines that spend its training FLOPs, and against the host alone on every host."""
     out = []
-    if grown in pairs and "static-same" in pairs:
-        gain, ceiling = pairs[grown]["mean_diff"], pairs["static-same"]["mean_diff"]
+    both = _common_seeds(arms, grown, "static-same", "host")
+    if both:
+        gain = paired(_gains(arms, grown, both))["mean_diff"]
+        ceiling = paired(_gains(arms, "static-same", both))["mean_diff"]
         share = gain / ceiling if ceiling > 0 else math.nan
         out.append(
             (
                 f"{grown} reaches 90% of static-same's gain over the host (the same modules from the first step)",
                 bool(share >= 0.9) if ceiling > 0 else None,
-                f"{share:.0%}: {100 * gain:+.2f} against {100 * ceiling:+.2f} points" if ceiling > 0 else "static-same shows no gain",
+                f"{share:.0%}: {100 * gain:+.2f} against {100 * ceiling:+.2f} points on seeds {', '.join(map(str, both))}"
+                if ceiling > 0
+                else "static-same shows no gain",
             )
         )
     matched = [(b, _diff_against(arms, b, grown)) for b in ("host-flops", "static-flops")]
     matched = [(b, d) for b, d in matched if d is not None]
     if matched:
         beaten = [b for b, d in matched if d["n"] > 1 and d["ci95"][0] > 0]
+        judged = all(d["n"] > 1 for _, d in matched)  # one seed has no interval to judge by
         flops = {b: mean_or_nan([x / y for x, y in zip(arms[b]["train_flops"], arms[grown]["train_flops"]) if x and y]) for b, _ in matched}
         out.append(
             (
                 f"At equal training FLOPs {grown} is as accurate as the host and static (none better beyond its 95% interval)",
-                not beaten,
-                "; ".join(f"{b} − {grown} {_pts(d)} at {flops[b]:.0%} of its FLOPs" for b, d in matched),
+                (not beaten) if judged or beaten else None,
+                "; ".join(f"{b} − {grown} {_pts(d)} at {flops[b]:.0%} of its FLOPs ({d['n']} seeds)" for b, d in matched),
             )
         )
     hosts = [(grown, "host"), (f"{grown}-deep", "host-deep")]
