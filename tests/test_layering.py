@@ -15,7 +15,7 @@ ALLOWED = {
     "kasmina": {"leyline", "graph", "kernels"},
     "tamiyo": {"leyline"},
     "runs": {"leyline", "kasmina"},  # kasmina.checkpoint: a grow run saves its model
-    "data": {"leyline", "runs"},  # runs.files only: dataset caches are written with its atomic save
+    "data": {"leyline", "runs"},  # runs.files and runs.metrics.progress_bar only: dataset caches are written with its atomic save
     "simic": {"leyline", "graph", "kasmina", "tamiyo", "data", "runs"},
     "integrations": {"leyline", "kasmina", "tamiyo", "data", "runs", "simic"},  # only esper/__init__ (lazily) and cli import it
     "cli": {"leyline", "graph", "kernels", "kasmina", "tamiyo", "data", "runs", "simic", "integrations"},

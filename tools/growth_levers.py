@@ -2,6 +2,8 @@
 
     python tools/growth_levers.py                 # CIFAR-10, the evidence's CPU regime, 5 seeds
     python tools/growth_levers.py --scale smoke   # the synthetic task in about a minute
+    python tools/growth_levers.py --deep --arms early+auto+harm auto+strict auto+window
+                                                  # chosen arms, on the evidence's deeper host
 
 Every arm runs the heuristic of the evidence benchmark (tools/evidence.py: the blueprint
 it prefers, a seed in every slot, deepest first) on the same seeds, host initialisation and
@@ -15,12 +17,15 @@ batch order, changing one lever at a time:
     early+peak+harm  early+peak, and a blending seed is culled while the training loss
                   rises (the loss_rise rule)
     early+auto+harm  early, the loss-rise cull, and the plane moves seeds on by itself
-                  (training_ticks: 1), so seeds grow side by side
-    static-same   the blueprints `early+auto+harm` ends with on that seed, fossilized
+                  (training_ticks: 1), so seeds grow side by side (the evidence's heuristic)
+    auto+strict   early+auto+harm with the library's default cull rules (tolerance 0.02,
+                  decline 0.05) instead of the evidence's lenient 0.1
+    auto+window   early+auto+harm germinating only in the first quarter of the run
+    static-same   the blueprints the last arm run ends with on that seed, fossilized
                   before the first step: what the same modules give when present from the start
 
-Every arm but the last heuristic one leaves ADVANCE to the policy (training_ticks: None),
-as the heuristic did before.
+The first four arms leave ADVANCE to the policy (training_ticks: None), as the heuristic
+did before.
 
 Each arm's gain is its test accuracy minus the host's on the same seed; the table gives
 the mean and a paired 95% t interval. Runs append to WORK/runs.jsonl as they finish, so an
@@ -55,27 +60,30 @@ def arms(bench: Benchmark, preferred: str) -> dict[str, tuple[HeuristicConfig, d
     def h(**kw) -> HeuristicConfig:
         return dataclasses.replace(base, **kw)
 
-    by_policy = {"training_ticks": None}
+    by_policy, by_plane = {"training_ticks": None}, {"training_ticks": 1, "seed_lr_rule": "follow"}
+    defaults = HeuristicConfig()
     return {
         "before": (h(earliest_germination=history, loss_rise=NO_LOSS_RULE), {**by_policy, "seed_lr_rule": "follow"}),
         "early": (h(earliest_germination=0.0, loss_rise=NO_LOSS_RULE), {**by_policy, "seed_lr_rule": "follow"}),
         "early+peak": (h(earliest_germination=0.0, loss_rise=NO_LOSS_RULE), {**by_policy, "seed_lr_rule": "peak"}),
         "early+peak+harm": (h(earliest_germination=0.0), {**by_policy, "seed_lr_rule": "peak"}),
-        "early+auto+harm": (h(earliest_germination=0.0), {"training_ticks": 1, "seed_lr_rule": "follow"}),
-        "early+auto+harm+window": (h(earliest_germination=0.0, latest_germination=0.25), {"training_ticks": 1, "seed_lr_rule": "follow"}),
+        "early+auto+harm": (h(earliest_germination=0.0), by_plane),
+        "auto+strict": (h(earliest_germination=0.0, tolerance=defaults.tolerance, decline=defaults.decline), by_plane),
+        "auto+window": (h(earliest_germination=0.0, latest_germination=0.25), by_plane),
     }
 
 
-def study(bench: Benchmark, preferred: str) -> dict[str, dict]:
+def study(bench: Benchmark, preferred: str, chosen: list[str] | None = None, deep: bool = False) -> dict[str, dict]:
     levers = arms(bench, preferred)
+    levers = {arm: levers[arm] for arm in chosen} if chosen else levers
     for seed in bench.eval_seeds:
-        jobs = [Job("host", seed, ("wait",))]
+        jobs = [Job("host", seed, ("wait",), deep=deep)]
         for arm, (heuristic, changes) in levers.items():
-            jobs.append(Job(arm, seed, ("heuristic", heuristic), env=dataclasses.replace(bench.scale.env, **changes)))
+            jobs.append(Job(arm, seed, ("heuristic", heuristic), deep=deep, env=dataclasses.replace(bench.scale.env, **changes)))
         bench.run_jobs(jobs)
         grown = bench.runs[(list(levers)[-1], seed)]["fossils"]
-        bench.run_jobs([Job("static-same", seed, ("wait",), env=dataclasses.replace(bench.scale.env, fossils=grown))])
-    names = ["before", *[a for a in levers if a != "before"], "static-same"]
+        bench.run_jobs([Job("static-same", seed, ("wait",), deep=deep, env=dataclasses.replace(bench.scale.env, fossils=grown))])
+    names = [*levers, "static-same"]
     return {
         arm: paired([bench.runs[(arm, s)]["test_acc"] - bench.runs[("host", s)]["test_acc"] for s in bench.eval_seeds]) for arm in names
     }
@@ -107,17 +115,30 @@ def main(argv=None) -> int:
     p.add_argument("--data-root", default="~/.cache/esper", help="decoded dataset cache")
     p.add_argument("--preferred", default="depthwise", help="the blueprint the heuristic prefers (the evidence's headroom pick)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes for the runs")
+    p.add_argument("--arms", nargs="+", metavar="ARM", help="the arms to run (default: all; static-same follows the last)")
+    p.add_argument("--deep", action="store_true", help="on the evidence's deeper host (default work dir runs/levers-SCALE-deep)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     scale = SCALES[args.scale]
     if args.seeds:
         scale = dataclasses.replace(scale, seeds=args.seeds)
-    work = Path(args.work or ROOT / "runs" / f"levers-{scale.name}")
-    bench = Benchmark(scale, work, Path(args.out), str(Path(args.data_root).expanduser()))
-    results = study(bench, args.preferred)
-    command = "python tools/growth_levers.py" + (f" --scale {args.scale}" if args.scale != "cpu" else "")
-    path = Path(args.out) / ("growth-levers.md" if scale.name == "cpu" else f"growth-levers-{scale.name}.md")
+    name = f"levers-{scale.name}" + ("-deep" if args.deep else "")
+    work = Path(args.work or ROOT / "runs" / name)
+    bench = Benchmark(scale, work, Path(args.out), str(Path(args.data_root).expanduser()), args.jobs, args.threads)
+    known = arms(bench, args.preferred)
+    unknown = [a for a in args.arms or [] if a not in known]
+    if unknown:
+        print(f"growth_levers: unknown arm(s) {', '.join(unknown)}; arms: {', '.join(known)}", file=sys.stderr)
+        return 2
+    bench.open_pool()
+    try:
+        results = study(bench, args.preferred, args.arms, args.deep)
+    finally:
+        bench.close_pool()
+    command = " ".join(["python tools/growth_levers.py", *(argv if argv is not None else sys.argv[1:])])
+    path = Path(args.out) / (name.replace("levers", "growth-levers") + ".md")
     path.write_text(table(bench, results, command))
     print(path.read_text())
     return 0

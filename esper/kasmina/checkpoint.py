@@ -88,8 +88,14 @@ def load(path: str | Path, host: nn.Module | None = None, example_inputs=None, *
     data = blob.read_bytes()  # verified and then parsed from these very bytes
     if hashlib.sha256(data).hexdigest() != manifest["tensors"]["sha256"]:
         raise CheckpointError(f"{blob} does not match the sha256 in its manifest: the checkpoint is truncated or was modified")
+    try:
+        tensors = load_tensors(data)
+    except SafetensorError as e:
+        raise CheckpointError(f"{where}: field 'tensors.file' names {blob.name}, which is not a safetensors file: {e}") from e
     if host is None:
         host = _build(manifest, path, trust_host_code)
+    else:
+        _check_host(manifest, tensors, host, path)
     examples = tuple(example_inputs) if example_inputs is not None else manifest_examples(manifest, where)
     try:
         mm = instrument(host, examples, spec=manifest["spec"])
@@ -103,16 +109,28 @@ def load(path: str | Path, host: nn.Module | None = None, example_inputs=None, *
         field = "step_count" if e.index is None else f"edits[{e.index}]"
         raise CheckpointError(f"{where}: field '{field}' does not replay: {e}") from e
     check_model(manifest, mm, where)
-    try:
-        tensors = load_tensors(data)
-    except SafetensorError as e:
-        raise CheckpointError(f"{where}: field 'tensors.file' names {blob.name}, which is not a safetensors file: {e}") from e
     mm.load_state_dict(check_tensors(manifest, tensors, mm, where))
     for slot_id, state in manifest["slots"].items():
         mm.plane.slot(slot_id).events = list(state["events"])
     mm.host_factory = manifest["host"]["factory"]
     mm.example_inputs = examples
     return mm
+
+
+def _check_host(manifest: dict, tensors: dict, host: nn.Module, path: Path) -> None:
+    """A host passed in must be the architecture the checkpoint was grown from: the same
+    class, holding as many values (parameters and buffers) as the saved host's."""
+    saved_class = manifest["host"]["class"].rpartition(":")[2]
+    aliases = manifest["tensors"]["aliases"]  # a tied weight is stored once, under one of its names
+    named = {**tensors, **{alias: tensors[source] for alias, source in aliases.items() if source in tensors}}
+    saved = sum(t.numel() for name, t in named.items() if not name.startswith("plane."))
+    given = sum(t.numel() for t in host.state_dict().values())
+    if type(host).__qualname__ != saved_class or given != saved:
+        raise CheckpointError(
+            f"{path} was grown from a {saved_class} holding {saved:,} host values (parameters and buffers); the host "
+            f"passed is a {type(host).__qualname__} holding {given:,}: pass a fresh instance of the host it was grown from "
+            "(esper export: --host FILE defining it)"
+        )
 
 
 def _build(manifest: dict, path: Path, trusted: bool) -> nn.Module:

@@ -144,3 +144,14 @@ def test_a_host_without_a_factory_must_be_given(tmp_path):
     esper.save(mm, tmp_path / "ck")
     with pytest.raises(CheckpointError, match="pass host="):
         esper.load(tmp_path / "ck")
+
+
+def test_a_host_that_is_not_the_one_grown_from_is_named_with_both_sizes(tmp_path):
+    mm = esper.instrument(HostCNN(width=16), (torch.randn(1, 3, 16, 16),))
+    mm.plane.germinate("block2", "depthwise", steps=1)
+    esper.save(mm, tmp_path / "cnn")
+    with pytest.raises(CheckpointError, match=r"grown from a HostCNN holding [\d,]+ host values.*is a HostCNN holding [\d,]+"):
+        esper.load(tmp_path / "cnn", host=HostCNN(width=8))  # same class, another width
+    with pytest.raises(CheckpointError, match="grown from a HostCNN .* the host passed is a TinyGPT"):
+        esper.load(tmp_path / "cnn", host=TinyGPT(depth=2))
+    assert esper.load(tmp_path / "cnn", host=HostCNN(width=16)).plane.slot("block2").blueprint == "depthwise"
