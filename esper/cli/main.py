@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 import esper
 from esper.leyline import EsperError
@@ -38,10 +39,25 @@ def main(argv: list[str] | None = None) -> int:
     verbose = tracing.VERBOSE
     tracing.VERBOSE = args.verbose
     try:
-        return modules[args.command].run(args) or 0
+        with warnings.catch_warnings():
+            warnings.showwarning = _say(args.command, warnings.showwarning)
+            return modules[args.command].run(args) or 0
     except EsperError as e:  # esper's own errors are about what the user gave it
         text = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
         print(f"esper {args.command}: error: {text}", file=sys.stderr)
         return 2
     finally:
         tracing.VERBOSE = verbose
+
+
+def _say(command: str, show):
+    """esper's own warnings speak to the user in one line, like its errors; others as Python shows them."""
+    from esper.simic.loop import ShortRunWarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ShortRunWarning):
+            print(f"esper {command}: warning: {message}", file=file or sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning

@@ -293,3 +293,13 @@ def test_grow_says_which_seeds_the_episode_ended_before_they_finished(grown):
     for seed in unfinished:
         assert seed in closing, closing
     assert ("left unfinished" in closing) == bool(unfinished)
+
+
+def test_a_run_too_short_to_fossilize_says_so_in_one_line(files, tmp_path, capsys):
+    args = ["grow", "--host", str(files / "small.py"), "--out", str(tmp_path / "short"), *TINY]
+    assert main([*args, "--epochs", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "esper grow: warning: a growth run of 2 decisions cannot fossilize any seed" in err and "decisions_per_epoch" in err
+    assert "ShortRunWarning" not in err and ".py:" not in err  # the message alone, not Python's location line
+    assert main([*args, "--epochs", "4", "--overwrite"]) == 0
+    assert "warning" not in capsys.readouterr().err  # four decisions fit a whole lifecycle
