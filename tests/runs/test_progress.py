@@ -64,19 +64,9 @@ def test_decoding_an_image_folder_into_a_log_writes_no_carriage_return(tmp_path,
 
 @pytest.mark.filterwarnings("ignore:a growth run of")  # a short run is all this needs
 def test_esper_train_into_a_log_writes_plain_lines(tmp_path, capsys):
-    from esper.simic.env import EnvConfig
-    from esper.simic.training import TrainConfig, Trainer
-    from esper.tamiyo import ImitationConfig, PPOConfig
-    from tests.simic.toys import TinyCNN, toy_data
+    from esper.simic.training import Trainer
+    from tests.simic.toys import TinyCNN, tiny_config, toy_data
 
-    cfg = TrainConfig(
-        episodes=2,
-        envs=2,
-        hidden=16,
-        env=EnvConfig(epochs=2, batch_size=32),
-        ppo=PPOConfig(minibatch_size=4, update_epochs=2),
-        imitation=ImitationConfig(epochs=3),
-    )
-    Trainer(cfg, tmp_path / "run", TinyCNN(), toy_data(), progress=True, log=lambda s: None).run()
+    Trainer(tiny_config(), tmp_path / "run", TinyCNN(), toy_data(), progress=True, log=lambda s: None).run()
     err = capsys.readouterr().err
     assert "\r" not in err and "esper train: 2/2 ep (100%)" in err

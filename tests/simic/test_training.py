@@ -10,23 +10,9 @@ import yaml
 
 from esper.runs import config as config_io
 from esper.runs.metrics import read_jsonl
-from esper.simic.env import EnvConfig
-from esper.simic.training import TrainConfig, Trainer, load_config, load_policy
-from esper.tamiyo import ImitationConfig, PPOConfig
+from esper.simic.training import Trainer, load_config, load_policy
 from tests.helpers import named
-from tests.simic.toys import TinyCNN
-
-
-def tiny_config(**overrides) -> TrainConfig:
-    cfg = TrainConfig(
-        episodes=2,
-        envs=2,
-        hidden=16,
-        env=EnvConfig(epochs=2, batch_size=32),
-        ppo=PPOConfig(minibatch_size=4, update_epochs=2),
-        imitation=ImitationConfig(epochs=3),
-    )
-    return config_io.with_overrides(cfg, overrides)
+from tests.simic.toys import TinyCNN, tiny_config
 
 
 def train(tmp_path, toy, resume=False, **overrides) -> Trainer:

@@ -56,3 +56,22 @@ def state_hash(model: nn.Module) -> str:
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         h.update(name.encode() + t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def tiny_config(**overrides):
+    """The smallest TrainConfig that runs every part of PPO training: 2 episodes of 2
+    environments, 2 epochs each; `overrides` as dotted keys ("env.lr": 0.02)."""
+    from esper.runs import config as config_io
+    from esper.simic.env import EnvConfig
+    from esper.simic.training import TrainConfig
+    from esper.tamiyo import ImitationConfig, PPOConfig
+
+    cfg = TrainConfig(
+        episodes=2,
+        envs=2,
+        hidden=16,
+        env=EnvConfig(epochs=2, batch_size=32),
+        ppo=PPOConfig(minibatch_size=4, update_epochs=2),
+        imitation=ImitationConfig(epochs=3),
+    )
+    return config_io.with_overrides(cfg, overrides)
