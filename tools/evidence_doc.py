@@ -79,7 +79,6 @@ ARM_NOTES = {
     "heuristic-deep": "the heuristic on the deeper host",
     "tamiyo-deep": "the tamiyo policy run unchanged on the deeper host",
 }
-DEEP_REFERENCE = {"tamiyo-deep": "host-deep", "heuristic-deep": "host-deep"}
 FIELDS = ("test_acc", "val_acc", "params_added", "train_flops", "epochs", "seconds", "fossils")
 
 
@@ -107,9 +106,14 @@ def paired(diffs: list[float]) -> dict:
     return {"mean_diff": m, "ci95": [m - half, m + half], "n": n}
 
 
-def summarize(runs: dict, reference: str = "host", reference_for: dict | None = None) -> tuple[dict, dict]:
+def reference_of(arm: str) -> str:
+    """The arm a run is paired with: the deeper host alone for every arm on the deeper host
+    (named `...-deep`, or `...-deep-...` for a variant), the host alone for the rest."""
+    return "host-deep" if "-deep" in arm else "host"
+
+
+def summarize(runs: dict) -> tuple[dict, dict]:
     """Per-arm lists by seed, and each arm's paired difference against its reference arm."""
-    reference_for = reference_for or DEEP_REFERENCE
     arms = {}
     for (arm, seed), r in sorted(runs.items(), key=lambda kv: kv[0][1]):
         if arm.startswith("static:"):
@@ -120,7 +124,7 @@ def summarize(runs: dict, reference: str = "host", reference_for: dict | None = 
         a["seeds"].append(seed)
     pairs = {}
     for arm, a in arms.items():
-        ref = reference_for.get(arm, reference)
+        ref = reference_of(arm)
         if arm == ref or ref not in arms:
             continue
         base = dict(zip(arms[ref]["seeds"], arms[ref]["test_acc"]))

@@ -56,7 +56,8 @@ def test_growth_is_judged_against_its_ceiling_its_compute_and_every_host():
         + [_run("heuristic-deep", s, 0.59 + 0.001 * s + 0.001 * (s % 2), 10, flops=160) for s in seeds]
     )
     arms, pairs = doc.summarize(runs)
-    assert pairs["heuristic-deep"]["reference"] == "host-deep"
+    assert pairs["heuristic-deep"]["reference"] == "host-deep" and "host-deep" not in pairs
+    assert doc.reference_of("heuristic-deep-late") == "host-deep" and doc.reference_of("heuristic-late") == "host"
     verdicts = {q.split(" (")[0]: (ok, detail) for q, ok, detail in doc.growth_verdicts(arms, pairs)}
     ceiling = verdicts["heuristic reaches 90% of static-same's gain over the host"]
     assert ceiling[0] is True and ceiling[1].startswith("91%")  # +4.55 of +5.00 points
@@ -113,7 +114,7 @@ def test_smoke_scale_runs_the_whole_protocol_and_resumes(tmp_path, capsys):
     assert set(result["headroom"]) == {"host"} | {f"static:{k}" for k in evidence.STATIC_CANDIDATES}
     assert set(result["arms"]) == set(doc.ARM_ORDER)
     assert all(arm["seeds"] == [0, 1] for arm in result["arms"].values())
-    assert set(result["paired"]) == set(doc.ARM_ORDER) - {"host"}
+    assert set(result["paired"]) == set(doc.ARM_ORDER) - {"host", "host-deep"}  # the references themselves
     assert result["regime"]["env"]["fossils"] == {}  # arms other than static grow from nothing
     arms = result["arms"]
     assert arms["static-same"]["fossils"] == arms["heuristic"]["fossils"]  # the grown blueprints, from the first step
