@@ -15,11 +15,11 @@ from esper.kasmina.hosts import reinitialized_copies
 from esper.leyline import Edit, Op, Vocabulary, batch_observations
 from esper.simic.env import EnvConfig, GrowthEnv
 from esper.simic.host_training import probe_accuracy
-from esper.simic.training import TrainConfig, Trainer
+from esper.simic.training import Trainer
 from esper.simic.vectorized import VectorEnv, decide_with, run_episodes
-from esper.tamiyo import HeuristicConfig, HeuristicPolicy, ImitationConfig, PPOConfig, RandomPolicy, TamiyoPolicy
+from esper.tamiyo import HeuristicConfig, HeuristicPolicy, RandomPolicy, TamiyoPolicy
 from tests.helpers import TinyGPT
-from tests.simic.toys import TinyCNN, toy_data
+from tests.simic.toys import TinyCNN, tiny_config, toy_data
 
 UNSAFE_BLUEPRINTS = {"attention", "conv_enhance", "depthwise"}  # at a sequence slot, only "attention" applies
 
@@ -80,16 +80,7 @@ def test_one_policy_network_acts_on_cnn_and_transformer_hosts_in_one_batch(recal
 
 
 def test_ppo_trains_on_a_transformer_host(tmp_path, recall):
-    cfg = TrainConfig(
-        data="seq-synthetic",
-        episodes=2,
-        envs=2,
-        hidden=16,
-        warm_start=2,
-        env=EnvConfig(epochs=2, batch_size=32),
-        ppo=PPOConfig(minibatch_size=4, update_epochs=2),
-        imitation=ImitationConfig(epochs=2),
-    ).resolved()
+    cfg = tiny_config(**{"data": "seq-synthetic", "warm_start": 2, "imitation.epochs": 2}).resolved()
     host = TinyGPT(vocab=64, dim=16, depth=2, heads=2, context=16)
     Trainer(cfg, tmp_path / "run", copy.deepcopy(host), recall, progress=False, log=lambda s: None).run()
     assert (tmp_path / "run" / "tamiyo.pt").is_file()
