@@ -15,11 +15,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
-
 from esper.kasmina.checkpoint import save
 from esper.leyline import Edit, edits_to_yaml
-from esper.runs.config import to_dict
+from esper.runs.config import save_yaml, to_dict
 from esper.runs.metrics import JSONL_NAME, clean, write_jsonl_atomic
 from esper.runs.report import make_report, trained_policy
 
@@ -62,7 +60,7 @@ def write_grow_run(
     if model is not None:
         save(model, out / "model")
     if config is not None:
-        (out / "config.yaml").write_text(yaml.safe_dump(grow_settings(config, summary), sort_keys=False))
+        save_yaml(grow_settings(config, summary), out / "config.yaml")
     (out / "edits.yaml").write_text(edits_to_yaml(edits))
     (out / "summary.json").write_text(json.dumps(clean(summary), indent=2))
     return make_report(out) if report else None

@@ -78,8 +78,8 @@ class EnvConfig:
     seed_lr_scale: float = 1.0  # seed parameter groups run at this multiple of the host's current lr
     seed_lr_rule: str = "follow"  # or "peak": a seed starts at the host's peak rate (esper.simic.schedules)
     blend_steps: int = 2  # ticks a germinated seed takes to blend in (the policy's Edit.steps)
-    # Ticks a seed trains in isolation before the plane starts blending it (it also leaves
-    # GERMINATED after one tick on its own); None: only the policy advances seeds.
+    # Ticks a seed trains in isolation before the plane starts blending it (a germinated
+    # seed starts training at once); None: only the policy advances seeds.
     training_ticks: int | None = 1
     max_slots: int | None = None
     contribution_samples: int = 512  # the fixed validation batch for ablations
