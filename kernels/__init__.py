@@ -85,6 +85,11 @@ def _use_triton(t: torch.Tensor) -> bool:
     return True
 
 
+def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    # torch.broadcast_shapes says the same at ~30x the cost: it runs per blend, per step.
+    return len(shape) <= len(target) and all(n == 1 or n == m for n, m in zip(reversed(shape), reversed(target)))
+
+
 def blend(h: torch.Tensor, s: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
     """``h + alpha * (s - h)`` with gradients dh = g, ds = alpha * g, dalpha = sum g * (s - h).
 
@@ -98,11 +103,7 @@ def blend(h: torch.Tensor, s: torch.Tensor, alpha: torch.Tensor | float) -> torc
         alpha = torch.tensor(float(alpha), device=h.device)
     elif alpha.dim() == 0 and alpha.device != h.device:
         alpha = alpha.to(h.device)  # a CPU scalar is a common schedule value
-    try:
-        fits = torch.broadcast_shapes(h.shape, alpha.shape) == h.shape
-    except RuntimeError:
-        fits = False
-    if not fits:
+    if not _broadcasts_to(alpha.shape, h.shape):
         raise ValueError(f"blend: alpha {tuple(alpha.shape)} must broadcast to h {tuple(h.shape)}")
     if _use_triton(h) and supports(h, alpha):
         return torch.ops.esper.blend(h, s, alpha)

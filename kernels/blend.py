@@ -265,7 +265,10 @@ def _blend_backward(ctx, g):
     if not (need_ds or need_dalpha):
         return g, None, None
     if not need_dalpha:
-        h = s = g  # never read by the kernel
+        # ds = alpha * g alone is one elementwise multiply (rounded once, in fp32 for every
+        # kernel dtype, as in the kernel): an ATen kernel moves the same bytes for a fraction
+        # of the CPU time a Triton launch from Python takes, and the step is CPU bound.
+        return g, (g * alpha).to(g.dtype), None
     ds, dalpha = torch.ops.esper.blend_backward(g, h, s, alpha, need_dalpha)
     return g, ds if need_ds else None, dalpha if need_dalpha else None
 

@@ -39,12 +39,13 @@ from esper.leyline import UsageError
 
 
 def add_arguments(p) -> None:
-    from esper.tamiyo import policy_names
+    from esper.simic.policies import known_policies
 
     p.add_argument(
         "--policy",
         default="heuristic",
-        help=f"runs/NAME/tamiyo.pt, or a built-in policy: {', '.join(policy_names())} (default heuristic; wait: host only)",
+        help=f"runs/NAME/tamiyo.pt, or a built-in policy: {', '.join(known_policies())} "
+        "(default heuristic; tamiyo: the pretrained one; wait: host only)",
     )
     p.add_argument("--out", required=True, help="output directory (new or empty, unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (what it holds is deleted first)")
@@ -86,7 +87,7 @@ def run(args) -> int:
             "--host MODEL.py, or --trust-host-code if you trust whoever made the policy file"
         )
     cfg = build_config(args, trained)
-    device = check_device(cfg.device)
+    device = check_device(cfg.device, compile=cfg.env.compile)
     out = check_out_dir(args.out, overwrite=args.overwrite)
     cfg, ranks, device = join_ranks(cfg, device)
     try:
@@ -174,6 +175,8 @@ def _grow(args, cfg, policy, device, out, ranks) -> int:
         finally:
             if bar is not None:
                 bar.close()
+        if env.mm.compiled is not None:
+            summary["compile"] = env.mm.compiled.summary()
         return env, summary
 
     env, summary = grow("grown", policy)
@@ -207,10 +210,20 @@ def _grow(args, cfg, policy, device, out, ranks) -> int:
     next_token = summary["task"] == "next_token"
     if next_token:
         print(f"  test loss {summary['test_loss']:.3f} nats per {data.unit} ({loss_in_units(summary['test_loss'], data.unit)})")
+    if "compile" in summary:
+        c = summary["compile"]
+        refused = f", CUDA graphs refused {c['cudagraph_refusals']} time(s)" if c["cudagraph_refusals"] else ""
+        print(f"  torch.compile: {c['compiles']} graph(s) for {c['structures']} model structure(s){refused}")
     if "baseline" in summary:
         b = summary["baseline"]
         loss = f", test loss {b['test_loss']:.3f} ({loss_in_units(b['test_loss'], data.unit)})" if next_token else ""
         print(f"  host alone: val acc {b['val_acc']:.3f}, test acc {b['test_acc']:.3f}{loss}")
         print(f"  {verdict(summary)}")
+        if b["wall_seconds"] > 0 and b["train_flops"] and summary["train_flops"]:
+            # Time beyond compute: what growing costs more than the modules it added.
+            print(
+                f"  wall time {summary['wall_seconds'] / b['wall_seconds']:.2f}x the host alone's "
+                f"for {summary['train_flops'] / b['train_flops']:.2f}x its training FLOPs"
+            )
     print(f"  wrote {out / 'model'}, {out / 'edits.yaml'}, {out / metrics_io.JSONL_NAME}, {report}")
     return 0

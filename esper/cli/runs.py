@@ -43,6 +43,7 @@ SETTINGS = {
     "augment": "env.augment",
     "channels_last": "env.channels_last",
     "precision": "env.precision",
+    "compile": "env.compile",
     "seed": "seed",
     "device": "device",
     "dist_timeout": "dist_timeout",
@@ -101,6 +102,13 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dist-timeout", type=float, help="under torchrun: seconds a rank waits for the others (default 600)")
     p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: autocast the forward passes on CUDA (default fp32)")
     p.add_argument("--channels-last", action="store_const", const=True, help="NHWC activations (faster convolutions, also on CPU)")
+    p.add_argument(
+        "--compile",
+        action="store_const",
+        const=True,
+        help="training forward passes under torch.compile, compiled again only when an edit changes the model "
+        "(CUDA graphs on cuda; the CPU needs a C++ compiler; the batched runner keeps its own vmapped graph)",
+    )
     p.add_argument("--config", help="a YAML file of settings (as written to a run's config.yaml)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -171,7 +179,9 @@ def build_config(args: argparse.Namespace, base: TrainConfig | None = None) -> T
         raise UsageError(str(e)) from e
 
 
-def check_device(name: str) -> torch.device:
+def check_device(name: str, compile: bool = False) -> torch.device:
+    from esper.kasmina.model import why_not_compiled
+
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -180,6 +190,9 @@ def check_device(name: str) -> torch.device:
         raise UsageError("--device cuda: no CUDA device is available here; use --device cpu")
     if device.type not in ("cpu", "cuda"):
         raise UsageError(f"--device {name!r}: esper trains on cpu or cuda")
+    why = why_not_compiled(device) if compile else None
+    if why is not None:
+        raise UsageError(f"--compile: {why}")
     return device
 
 

@@ -80,7 +80,7 @@ def _train(args) -> int:
         cfg = build_config(args)
     if not args.resume and not args.host and not args.config:
         raise UsageError("--host is required (a model file, e.g. examples/host_cnn.py)")
-    device = check_device(cfg.device)
+    device = check_device(cfg.device, compile=cfg.env.compile)
     if not Path(cfg.host).is_file():
         raise UsageError(f"no such model file: {cfg.host}")
     cfg, ranks, device = join_ranks(cfg, device)

@@ -89,7 +89,9 @@ class Gardener:
     brings its own. training_ticks: the steps a seed trains in isolation before it blends
     in on its own (None: only the policy advances seeds). heuristic: the heuristic's
     settings. seed: the random policy's seed. ranks: the processes of a distributed run
-    (default: torch.distributed's process group, if one is up).
+    (default: torch.distributed's process group, if one is up). compile: run the model's
+    training forward passes under torch.compile (`model.compile_training()`: compiled
+    again only when an edit changes the model; `model.compiled.summary()` counts it).
     """
 
     def __init__(
@@ -112,6 +114,7 @@ class Gardener:
         seed_lr_rule: str = EnvConfig.seed_lr_rule,
         seed: int | None = None,
         ranks: Ranks | None = None,
+        compile: bool = False,
     ):
         if not isinstance(model, MorphogeneticModel):
             raise TypeError(f"Gardener needs an instrumented model: esper.instrument(model, example_inputs), not {type(model).__name__}")
@@ -119,6 +122,8 @@ class Gardener:
             raise ValueError(f"epochs and decisions_per_epoch must be at least 1, got {epochs}, {decisions_per_epoch}")
         self.model = model
         self.plane = model.plane
+        if compile:
+            model.compile_training()
         self.epochs = epochs
         self.policy_name = str(policy) if isinstance(policy, (str, Path)) else type(policy).__name__
         if isinstance(policy, (str, Path)) and (blueprints is not None or blends is not None) and Path(policy).is_file():

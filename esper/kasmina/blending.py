@@ -8,8 +8,9 @@ Each seed owns one algorithm and one schedule length `steps`, counted in plane t
     gated    alpha = (t / steps) * g(x), g a learned per-sample, per-channel gate in (0, 1)
 
 Register your own with `@register_blend("name")` on a BlendAlgorithm subclass that
-overrides `schedule(progress)`: it gets a float (telemetry) or a 0-dim tensor (the forward
-pass, so that nothing is read back from the device), and returns alpha of the same kind.
+overrides `schedule(progress)`: it gets a float (telemetry) or a 0-dim float64 tensor (alpha
+for the forward pass, computed on the device when the plane ticks, so that nothing is read
+back from it), and returns alpha of the same kind.
 A blend is causal-safe (`causal = True`) when alpha at position t reads nothing after t;
 `gated` is not, since its gate pools x over the whole sequence, so a causal host refuses it.
 """
@@ -55,15 +56,24 @@ class BlendAlgorithm(nn.Module):
     def __init__(self, shape: tuple[int, ...], steps: int):
         super().__init__()
         self.steps = steps
-        # The forward pass computes alpha from this buffer on the device: no read of the
-        # device, and torch.compile sees a tensor, not a constant to recompile for. Python
-        # readers (telemetry, the lifecycle) use the `ticks` mirror.
+        # The forward pass reads alpha from `value`, a buffer on the device computed when
+        # the plane ticks: no read of the device, nothing to compute per call, and
+        # torch.compile sees a tensor, not a constant to recompile for. `t` is the schedule's
+        # state (it checkpoints); Python readers (telemetry, the lifecycle) use its `ticks` mirror.
         self.register_buffer("t", torch.zeros((), dtype=torch.long))
+        self.register_buffer("value", torch.zeros(()), persistent=False)
         self.ticks = 0
+        self._refresh()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.ticks = int(self.t)
+        self._refresh()
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self._refresh()  # a cast (.to(dtype), .half()) rounds alpha afresh from float64, not from the old dtype
+        return self
 
     @property
     def progress(self) -> float:
@@ -78,6 +88,7 @@ class BlendAlgorithm(nn.Module):
             step = min(ticks, self.steps - self.ticks)
             self.ticks += step
             self.t += step
+            self._refresh()
 
     def schedule(self, progress):
         """Alpha at `progress` in [0, 1]: a float for a float, a tensor for a tensor."""
@@ -86,11 +97,22 @@ class BlendAlgorithm(nn.Module):
     def scheduled_alpha(self) -> float:
         return float(self.schedule(self.progress))
 
-    def alpha(self, x: torch.Tensor) -> torch.Tensor:
-        """Alpha for this batch: a 0-dim tensor, or one that broadcasts against x.
-        Computed in float64 like the Python schedule, then rounded to x's dtype."""
+    def _exact(self, dtype: torch.dtype) -> torch.Tensor:
+        """Alpha now, computed in float64 like the Python schedule, then rounded to `dtype`."""
         progress = self.t.clamp(max=self.steps).to(torch.float64) / self.steps
-        return self.schedule(progress).to(x.dtype)
+        return self.schedule(progress).to(dtype)
+
+    def _refresh(self) -> None:
+        # In place: the buffer keeps its address, which CUDA graphs record. A backward pass
+        # still to come reads the value it saved, so tick between steps, as the plane says.
+        with torch.no_grad():
+            self.value.copy_(self._exact(self.value.dtype))
+
+    def alpha(self, x: torch.Tensor) -> torch.Tensor:
+        """Alpha for this batch: a 0-dim tensor, or one that broadcasts against x, in x's dtype."""
+        if x.dtype == self.value.dtype:
+            return self.value
+        return self._exact(x.dtype)  # under autocast: rounded once, from float64
 
     def extra_repr(self) -> str:
         return f"steps={self.steps}"

@@ -10,6 +10,9 @@ Two ways to weave the plane in:
   hooks forward hooks on the host's own modules, for hosts torch.fx cannot trace (placed
         on the graph torch.export finds); they act only while the model (not the bare
         host) is being called.
+
+`compile_training()` runs the model's training forward passes under torch.compile
+(`CompiledForward`: compiled once per structure; evaluation stays eager).
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import types
+import warnings
 from typing import ClassVar
 
 import torch
 import torch.fx as fx
 from torch import nn
+from torch._dynamo.utils import counters
 
 from esper.graph import InjectionPoint
 from esper.graph.rewrite import fold_slot, insert_slot_calls, open_slot_after
@@ -53,6 +59,7 @@ class MorphogeneticModel(nn.Module):
         self.plane = KasminaPlane([(p.id, p.shape) for p in points], causal=bool(spec.get("causal")), graph_host=self)
         object.__setattr__(self, "_host", host)
         object.__setattr__(self, "_hooks", [])
+        object.__setattr__(self, "_compiled", None)
         self.kind = kind
         self.spec = spec
         self.points = {p.id: p for p in points}
@@ -75,10 +82,31 @@ class MorphogeneticModel(nn.Module):
 
     # ---- forward -----------------------------------------------------------------------
     def forward(self, *args, **kwargs):
+        if self._compiled is not None and self.training:
+            return self._compiled(*args, **kwargs)
+        return self.woven(*args, **kwargs)
+
+    def woven(self, *args, **kwargs):
+        """The forward pass itself, host and slots, always eager (what torch.compile traces)."""
         if self.kind == "fx":
             return self._gm(*args, **kwargs)
         with self.plane.routing():
             return self._host(*args, **kwargs)
+
+    def compile_training(self, backend: str = "inductor") -> CompiledForward:
+        """From now on training forward passes (the model in train mode) run under
+        torch.compile with `backend`, compiled once per structure; returns the
+        CompiledForward, whose counts say how often it compiled. A copy of the model runs
+        eagerly."""
+        if self._compiled is None:
+            like = self.parameter_like()
+            device = like.device if like is not None else torch.device("cpu")
+            object.__setattr__(self, "_compiled", CompiledForward(self, device, backend))
+        return self._compiled
+
+    @property
+    def compiled(self) -> CompiledForward | None:
+        return self._compiled
 
     def _recompile(self) -> None:
         gm = fx.GraphModule(self, self._graph, f"Morphogenetic{type(self._host).__name__}")
@@ -112,6 +140,10 @@ class MorphogeneticModel(nn.Module):
         return new_id
 
     # ---- nn.Module plumbing -------------------------------------------------------------------
+    def __getstate__(self):
+        # Compiled code belongs to this object: a copy (FlopMeter's, a deepcopy) runs eagerly.
+        return {**self.__dict__, "_compiled": None}
+
     def train(self, mode: bool = True):
         super().train(mode)
         self._host.training = mode
@@ -151,6 +183,90 @@ class MorphogeneticModel(nn.Module):
         return sum(p.numel() for p in self._host.parameters())
 
 
+class CompiledForward:
+    """`mm.woven` under torch.compile, compiled once per structure.
+
+    Dynamo keeps what it compiles on the code object it starts from, and compiles again
+    when a guard fails, which every edit that changes what the forward pass runs does (a
+    germination, an advance, a fossilization, a cull: the slots' paths and modules, the
+    fx graph). Each structure therefore starts from its own copy of one small function:
+    its cache holds that structure's graphs alone, so no number of structures, or of
+    models in one process, reaches dynamo's recompile limit, and the graphs of a structure
+    left behind go with it. A blend's tick changes only buffers and compiles nothing. The
+    batch dimension is compiled as a symbol, so that a smaller last batch does not either,
+    unless inductor specializes its code on a range of batch sizes (its CPU reductions do):
+    `compiles` counts every graph, `structures` the structures they were for.
+
+    On CUDA the graphs replay as CUDA graphs (mode "reduce-overhead") where inductor
+    accepts them; each refusal is counted and warned about once (TORCH_LOGS=perf_hints
+    says why). On the CPU inductor needs a C++ compiler, checked up front.
+    """
+
+    def __init__(self, mm: MorphogeneticModel, device: torch.device, backend: str = "inductor"):
+        inductor = backend == "inductor"
+        why = why_not_compiled(device) if inductor else None
+        if why is not None:
+            raise RuntimeError(why)
+        self.mm = mm
+        self.backend = backend
+        self.mode = "reduce-overhead" if inductor and device.type == "cuda" else None
+        self.compiles = 0  # graphs dynamo compiled for this model
+        self.structures = 0  # structures it ran: the first, and one more after each edit that changed it
+        self.cudagraph_refusals = 0
+        self._key: tuple | None = None
+        self._entry = None
+
+    def structure(self) -> tuple:
+        """What the forward pass runs: each slot's stage and modules (a fold adds a slot)."""
+        return tuple((i, s.stage, id(s.seed), id(s.blend)) for i, s in self.mm.plane.slots.items())
+
+    def __call__(self, *args, **kwargs):
+        key = self.structure()
+        if key != self._key:
+            self._key, self.structures = key, self.structures + 1
+            self._entry = torch.compile(_fresh_entry(), backend=self.backend, mode=self.mode)
+            for a in args:  # before the first call, which compiles: any batch size, one graph
+                if isinstance(a, torch.Tensor) and a.dim():
+                    torch._dynamo.maybe_mark_dynamic(a, 0)
+        if self.mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # each call is a new training step
+        graphs, skips = counters["stats"]["unique_graphs"], counters["inductor"]["cudagraph_skips"]
+        out = self._entry(self.mm, *args, **kwargs)
+        self.compiles += counters["stats"]["unique_graphs"] - graphs
+        refused = counters["inductor"]["cudagraph_skips"] - skips
+        if refused and self.mode == "reduce-overhead":
+            if not self.cudagraph_refusals:
+                warnings.warn("torch.compile refused CUDA graphs for this model's forward pass (TORCH_LOGS=perf_hints says why)")
+            self.cudagraph_refusals += refused
+        return out
+
+    def summary(self) -> dict:
+        return {"compiles": self.compiles, "structures": self.structures, "cudagraph_refusals": self.cudagraph_refusals}
+
+
+def _run_woven(mm, *args, **kwargs):
+    return mm.woven(*args, **kwargs)
+
+
+def _fresh_entry():
+    """A new function running `mm.woven`, with its own code object (so its own dynamo cache)."""
+    return types.FunctionType(_run_woven.__code__.replace(), _run_woven.__globals__, "compiled_woven")
+
+
+def why_not_compiled(device: torch.device) -> str | None:
+    """Why torch.compile's inductor backend cannot run on `device` here, or None: on the
+    CPU it builds C++ and needs a compiler."""
+    if device.type != "cpu":
+        return None
+    from torch._inductor import cpp_builder
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception as e:  # inductor's error types differ between torch versions
+        return f"compiling on the CPU needs a C++ compiler for torch.compile's inductor backend (g++ or clang++ on PATH): {e}"
+    return None
+
+
 def _route(plane: KasminaPlane, slot_ids: list[str], module, inputs, output):
     if not plane.is_routing:
         return None
@@ -167,7 +283,9 @@ def _route(plane: KasminaPlane, slot_ids: list[str], module, inputs, output):
 
 
 def _next_id(base: str, taken) -> str:
+    # Unique as a submodule name too: 'stage1+1' and a host's own 'stage1.1' would share one.
+    keys = {module_key(t) for t in taken}
     n = 1
-    while f"{base}+{n}" in taken:
+    while module_key(f"{base}+{n}") in keys:
         n += 1
     return f"{base}+{n}"

@@ -243,8 +243,21 @@ class KasminaPlane(nn.Module):
         `guard` in two halves, so that several planes can share one read."""
         live = [slot for slot in self.slots.values() if slot.seed is not None and slot.stage is not S.FOSSILIZED]
         device = self._like().device
-        rows = [slot.health(device) for slot in live]
-        return live, torch.stack(rows) if rows else torch.ones(0, 2, dtype=torch.bool, device=device)
+        if not live:
+            return live, torch.ones(0, 2, dtype=torch.bool, device=device)
+        # One call per seed checks all its gradients: the check GradScaler runs (it also
+        # multiplies them by 1, which changes no bit unless denormals are flushed, not
+        # torch's default), where isfinite(g).all() would take five kernels per tensor.
+        nonfinite = torch.zeros(len(live), dtype=torch.float32, device=device)  # the dtype the check writes
+        one = torch.ones((), dtype=torch.float32, device=device)
+        for i, slot in enumerate(live):
+            grads = [p.grad for p in slot.seed_parameters() if p.grad is not None]
+            if grads:
+                torch._amp_foreach_non_finite_check_and_unscale_(grads, nonfinite[i], one)
+        outputs_ok = torch.stack([slot.output_finite for slot in live])
+        for slot in live:
+            slot.output_finite.fill_(True)  # the next verdict starts afresh
+        return live, torch.stack([outputs_ok, nonfinite == 0], dim=1)
 
     def cull_unhealthy(self, live: list[SeedSlot], health: list[list[bool]]) -> list[str]:
         culled = []

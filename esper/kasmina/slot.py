@@ -8,9 +8,16 @@
 In TRAINING the output is h bit for bit and the host's gradient is exactly what it would
 be without the seed, while the seed learns from the task loss. In BLENDING the host's
 gradient through h stays whole (dh = g) whatever alpha is.
+
+A call costs what its stage computes and little more: the stage's path is chosen when
+the stage changes (`_PATHS`), not tested on every call; alpha is computed when the plane
+ticks (`BlendAlgorithm.value`); the check that keeps a non-finite seed out of the model
+is one reduction (`aminmax`) of the tensor that carries the seed into the output.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -29,9 +36,56 @@ def reads_are_free(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
+_exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # older torch has none
+
+
 def _tracing() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler and (compiler.is_compiling() or getattr(compiler, "is_exporting", lambda: False)()))
+    return torch.compiler.is_compiling() or _exporting()
+
+
+def _passthrough(slot: SeedSlot, h: torch.Tensor) -> torch.Tensor:
+    return h
+
+
+def _fossil(slot: SeedSlot, h: torch.Tensor) -> torch.Tensor:
+    # Hooked hosts only: an fx graph calls a fossil's seed itself (graph/rewrite.fold_slot).
+    return slot.seed(h)
+
+
+def _isolated(slot: SeedSlot, h: torch.Tensor) -> torch.Tensor:
+    if not slot.training:
+        return h  # the seed is not in the output yet: nothing to compute
+    s = slot.seed(h.detach()).to(h.dtype)  # under autocast a seed may answer in another dtype
+    # The output is h whatever s holds, so s is what to check.
+    return slot._finite_or_host(kernels.straight_through(h, s), s, h)
+
+
+def _blended(slot: SeedSlot, h: torch.Tensor) -> torch.Tensor:
+    x = h.detach()
+    s = slot.seed(x).to(h.dtype)
+    out = kernels.blend(h, s, slot.blend.alpha(x))
+    # out is not finite whenever s or alpha is not (even at alpha 0: 0 * inf is NaN).
+    return slot._finite_or_host(out, out, h)
+
+
+# The forward pass of each stage; an ablated slot passes h through whatever its stage.
+_PATHS = {
+    S.DORMANT: _passthrough,
+    S.GERMINATED: _passthrough,
+    S.CULLED: _passthrough,
+    S.TRAINING: _isolated,
+    S.BLENDING: _blended,
+    S.FOSSILIZED: _fossil,
+}
+
+
+def _extremes(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """t's least and greatest element: both finite exactly when every element is (a NaN
+    propagates to both), in one reduction where isfinite(t).all() takes five kernels."""
+    if t.numel() == 0:
+        zero = torch.zeros((), dtype=t.dtype, device=t.device)
+        return zero, zero
+    return t.aminmax()
 
 
 class SeedSlot(nn.Module):
@@ -48,55 +102,51 @@ class SeedSlot(nn.Module):
         self.ticks_in_stage = 0
         self.events: list[str] = []
         self.on_auto_cull = None  # set by the plane
-        self.ablated = False  # forced to alpha 0, to measure what the seed contributes
+        self._ablated = False
+        self._path = _passthrough
         self._calls = 0
         self._stats: torch.Tensor | None = None
         self._grad_norm: torch.Tensor | None = None
-        self._output_finite: torch.Tensor | None = None  # on the device, read by plane.guard()
         self.defer_culls = False  # set by the plane: leave even a free-to-read verdict to guard()
 
     # ---- forward -------------------------------------------------------------------
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         # Training passes only: evaluations and probes differ between loops, and the same
         # training run must show a policy the same statistics. Python counters would make
-        # torch.compile recompile every call.
+        # torch.compile recompile every call, so a compiled model samples none.
         if self.training and not _tracing():
             if self._calls % STATS_EVERY == 0:
                 self._sample(h)
             self._calls += 1
-        stage = self.stage
-        if stage is S.DORMANT or stage is S.GERMINATED or stage is S.CULLED or self.ablated:
-            return h
-        if stage is S.FOSSILIZED:
-            return self.seed(h)
-        if stage is S.TRAINING and not self.training:
-            return h  # the seed is not in the output yet: nothing to compute
-        x = h.detach()
-        s = self.seed(x).to(h.dtype)  # under autocast a seed may answer in another dtype
-        out = kernels.straight_through(h, s) if stage is S.TRAINING else kernels.blend(h, s, self.blend.alpha(x))
-        return out if _tracing() else self._finite_or_host(out, s, h)
+        return self._path(self, h)
 
-    def _finite_or_host(self, out: torch.Tensor, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """Keep a non-finite seed (its output, or its blend's alpha) out of the model. On
-        the CPU the check costs nothing: the seed is culled at once. On a GPU, reading it
-        would stall the queue on every forward pass, so h replaces the output on the
-        device and the flag waits for plane.guard()."""
-        finite = torch.isfinite(s).all() & torch.isfinite(out).all()
-        if reads_are_free(out.device) and not self.defer_culls:
-            if bool(finite):
+    @property
+    def ablated(self) -> bool:
+        """Forced to alpha 0 (the host's activation passes through), to measure what the seed contributes."""
+        return self._ablated
+
+    @ablated.setter
+    def ablated(self, value: bool) -> None:
+        self._ablated = bool(value)
+        self._path = _passthrough if self._ablated else _PATHS[self.stage]
+
+    def _finite_or_host(self, out: torch.Tensor, check: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """Keep a non-finite seed out of the model (`check` carries it into `out`). On the
+        CPU the check costs one reduction and the seed is culled at once. On a GPU,
+        reading it would stall the queue on every forward pass, and torch.compile cannot
+        branch on it, so h replaces the output on the device and the flag waits for
+        plane.guard(). torch.export, which only traces, gets the output unchecked."""
+        if _exporting():
+            return out
+        if reads_are_free(out.device) and not self.defer_culls and not torch.compiler.is_compiling():
+            if all(map(math.isfinite, _extremes(check.detach()))):
                 return out
             self.cull_nonfinite("non-finite seed output")
             return h
-        self._output_finite = finite if self._output_finite is None else self._output_finite & finite
+        lo, hi = _extremes(check.detach())
+        finite = (lo > -math.inf) & (hi < math.inf)
+        self.output_finite.logical_and_(finite)
         return torch.where(finite, out, h)
-
-    def health(self, device: torch.device) -> torch.Tensor:
-        """[output finite since the last call, gradients finite], as one tensor on `device`."""
-        flags = [torch.isfinite(p.grad).all() for p in self.seed_parameters() if p.grad is not None]
-        yes = torch.ones((), dtype=torch.bool, device=device)
-        output = self._output_finite if self._output_finite is not None else yes
-        self._output_finite = None
-        return torch.stack([output, torch.stack(flags).all() if flags else yes])
 
     def _sample(self, h: torch.Tensor) -> None:
         with torch.no_grad():
@@ -118,6 +168,7 @@ class SeedSlot(nn.Module):
         check_move(self.slot_id, self.stage, dst)
         self.stage = dst
         self.ticks_in_stage = 0
+        self._path = _passthrough if self._ablated else _PATHS[dst]
 
     def germinate(self, blueprint: str, blend: str, steps: int, like: torch.Tensor) -> None:
         seed = build_blueprint(blueprint, self.shape)
@@ -125,6 +176,10 @@ class SeedSlot(nn.Module):
         self._move(S.GERMINATED)
         self.seed = seed.to(device=like.device, dtype=like.dtype)
         self.blend = mixer.to(device=like.device, dtype=like.dtype)
+        # While the seed lives: whether every output since the last plane.guard() was finite,
+        # where the forward pass leaves that verdict to it. A buffer, so that it moves with the
+        # model and torch.compile updates it in place (a tensor-or-None would compile twice).
+        self.register_buffer("output_finite", torch.ones((), dtype=torch.bool, device=like.device), persistent=False)
         self.blend.t = self.blend.t.long()
         self.blueprint, self.blend_name = blueprint, blend
 
@@ -134,6 +189,7 @@ class SeedSlot(nn.Module):
 
     def fossilize(self) -> None:
         self._move(S.FOSSILIZED)
+        del self.output_finite
         if isinstance(self.blend, GatedBlend):
             self.seed = GatedResidual(self.seed, self.blend.gate)
         self.blend = None
@@ -149,6 +205,7 @@ class SeedSlot(nn.Module):
 
     def _cull(self, why: str) -> None:
         self._move(S.CULLED)
+        del self.output_finite
         self.events.append(f"{why} ({self.blueprint})")
         self.seed = None
         self.blend = None

@@ -28,6 +28,10 @@ order; each trains its shard of every batch through DistributedDataParallel, eva
 shard of a split, and the sums are added over the ranks, so every rank reads the same
 numbers. Batches with fewer rows than ranks are skipped.
 
+Compilation: with `cfg.compile`, training forward passes run under torch.compile
+(`MorphogeneticModel.compile_training`: compiled again only when an edit changes the
+structure; CUDA graphs on CUDA), evaluation and the probe eagerly.
+
 Precision: with `cfg.precision == "bf16"` on CUDA, forward passes (host, seeds, blends,
 the ablation probe) run under `torch.autocast(dtype=bfloat16)`; parameters, optimizer
 state and the loss stay fp32. On the CPU the setting is ignored: autocast there is
@@ -87,6 +91,7 @@ class EnvConfig:
     # NHWC activations: convolutions on CPU run about twice as fast in this layout.
     channels_last: bool = False
     precision: str = "fp32"  # or "bf16": autocast on CUDA (see the module docstring)
+    compile: bool = False  # training forward passes under torch.compile (see the module docstring)
     # slot -> blueprint: seeds fossilized before the first step, so the episode trains a
     # static bigger model from scratch (the reference that growth is judged against).
     fossils: dict[str, str] = field(default_factory=dict)
@@ -145,6 +150,8 @@ class HostTrainer:
         self.ranks = ranks
         self.model = DataParallelHost(mm, ranks)
         mm.plane.defer_culls = ranks.spread
+        if cfg.compile:
+            mm.compile_training()
         self.task = task
         self.cfg = cfg
         self.device = device

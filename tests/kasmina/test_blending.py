@@ -87,3 +87,27 @@ def test_a_registered_blend_runs_in_a_slot(monkeypatch):
     s = slot.seed(h)
     assert not torch.allclose(s, h, atol=1e-3)
     torch.testing.assert_close(slot(h), h + 9 / 16 * (s - h))
+
+
+@pytest.mark.parametrize("name", ["linear", "sigmoid", "gated"])
+def test_the_forward_pass_reads_alpha_computed_at_the_tick(name):
+    # The buffer holds, after each tick, a load and a cast, exactly the float64 schedule
+    # rounded once to the dtype the blend runs in; under autocast (x in another dtype)
+    # alpha is rounded once from float64 to x's dtype.
+    def exact(blend, dtype):
+        return blend.schedule(torch.tensor(blend.progress, dtype=torch.float64)).to(dtype)
+
+    blend = build_blend(name, SHAPE, 5)
+    x = torch.randn(SHAPE)
+    for _ in range(6):
+        assert torch.equal(blend.value, exact(blend, torch.float32))
+        if name != "gated":
+            assert blend.alpha(x) is blend.value  # nothing computed per call
+            assert torch.equal(blend.alpha(x.bfloat16()), exact(blend, torch.bfloat16))
+        blend.tick()
+    blend.double()
+    assert blend.value.dtype == torch.float64 and torch.equal(blend.value, exact(blend, torch.float64))
+    fresh = build_blend(name, SHAPE, 5)
+    fresh.load_state_dict(blend.float().state_dict())
+    assert fresh.ticks == 5 and torch.equal(fresh.value, exact(fresh, torch.float32))
+    assert "value" not in blend.state_dict()  # derived from t: checkpoints stay as they were

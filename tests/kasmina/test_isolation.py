@@ -160,3 +160,36 @@ def test_deferred_culls_leave_a_nan_output_to_the_guard_on_the_cpu_too():
     assert mm.plane.slots["block1"].stage is SeedStage.BLENDING
     out.sum().backward()
     assert mm.plane.guard() == ["block1"]
+
+
+def test_the_guard_checks_each_seeds_gradients_and_leaves_their_bits_alone():
+    torch.manual_seed(0)
+    mm = esper.instrument(HostCNN(), (torch.randn(2, 3, 16, 16),)).train()
+    for slot_id in ("block1", "block2", "block3"):
+        mm.plane.germinate(slot_id, "conv_enhance")
+        mm.plane.advance(slot_id)
+    mm(torch.randn(2, 3, 16, 16)).square().mean().backward()
+    bad = {"block1": float("-inf"), "block3": float("nan")}
+    for slot_id, value in bad.items():
+        mm.plane.seed_parameters(slot_id)[1].grad.view(-1)[0] = value
+    before = {slot_id: [p.grad.clone() for p in mm.plane.seed_parameters(slot_id)] for slot_id in mm.plane.slots}
+    live, health = mm.plane.health()
+    assert [s.slot_id for s in live] == ["block1", "block2", "block3"]
+    assert health.tolist() == [[True, False], [True, True], [True, False]]
+    for slot_id, kept in before.items():  # the check multiplies by one: every bit stays
+        assert all(torch.equal(a.view(torch.int32), p.grad.view(torch.int32)) for a, p in zip(kept, mm.plane.seed_parameters(slot_id)))
+
+
+def test_a_training_seed_whose_output_is_nan_is_culled_and_the_output_stays_the_hosts():
+    torch.manual_seed(0)
+    host = HostCNN()
+    twin = copy.deepcopy(host).train()
+    mm = esper.instrument(host, (torch.randn(2, 3, 16, 16),)).train()
+    mm.plane.germinate("block2", "depthwise")
+    mm.plane.advance("block2")
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        next(iter(mm.plane.slots["block2"].seed.parameters())).fill_(float("inf"))
+    assert torch.equal(mm(x), twin(x))
+    assert mm.plane.slots["block2"].stage is SeedStage.CULLED
+    assert "output_finite" not in dict(mm.plane.named_buffers())  # the flag lives with the seed

@@ -263,6 +263,20 @@ def test_blend_rejects_mismatched_shapes(s_shape, a_shape):
         K.blend(torch.randn(3, 4), torch.randn(s_shape), torch.rand(a_shape))
 
 
+@given(st.lists(st.integers(1, 3), max_size=4), st.lists(st.integers(1, 3), max_size=5))
+def test_blend_takes_exactly_the_alphas_that_broadcast_to_h_without_growing_it(h_shape, a_shape):
+    try:
+        fits = torch.broadcast_shapes(tuple(h_shape), tuple(a_shape)) == tuple(h_shape)
+    except RuntimeError:
+        fits = False
+    h = torch.randn(h_shape)
+    if fits:
+        K.blend(h, torch.randn(h_shape), torch.rand(a_shape))
+    else:
+        with pytest.raises(ValueError):
+            K.blend(h, torch.randn(h_shape), torch.rand(a_shape))
+
+
 # ------------------------------------------------------------ references
 
 
