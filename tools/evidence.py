@@ -20,14 +20,14 @@ after that many seconds, so a short machine lease finishes whole runs):
                 host-flops (the host trained for the epochs that spend the grown run's
                 training FLOPs) and static-flops (`static` trained for the epochs that
                 spend them: fewer).
-  3. tamiyo     `esper train`'s Trainer on the same data and regime, with episode seeds
-                derived by hash (checked disjoint from the evaluation seeds); a second
-                policy is trained on the synthetic task for the transfer arm.
-  4. policies   tamiyo, tamiyo-synthetic (trained on synthetic, run here unchanged), and
-                tamiyo-deep (the tamiyo policy on the deeper host, which has more slots).
+  3. unseen     on each host of the zoo's UNSEEN_HOSTS (never used to pretrain Tamiyo):
+                the host alone (host@NAME) and the heuristic (heuristic@NAME).
+  4. policies   the Tamiyo that ships with esper (`--policy tamiyo`, pretrained by
+                tools/pretrain_tamiyo.py) on the host (tamiyo), the deeper host
+                (tamiyo-deep) and every unseen host (tamiyo@NAME); `--tamiyo PATH`
+                evaluates another policy file instead.
 
-With `--jobs N` the runs of a phase (and Tamiyo's training, beside the baselines) go to
-N worker processes; one process writes the log.
+With `--jobs N` the runs of a phase go to N worker processes; one process writes the log.
 
 Every arm of one seed starts from the same host initialisation and batch order (the
 environment seeds both from the episode seed). Selection uses validation accuracy only;
@@ -46,6 +46,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -59,14 +60,15 @@ from evidence_regime import BLENDS, BLUEPRINTS, SCALES, STATIC_CANDIDATES, Scale
 from host_cnn import HostCNN  # noqa: E402
 
 from esper import instrument  # noqa: E402
-from esper.data.splits import DataSplits, TensorData, load_data  # noqa: E402
+from esper.data.splits import TensorData  # noqa: E402
 from esper.leyline import SeedStage, Vocabulary  # noqa: E402
 from esper.runs.grow_run import write_grow_run  # noqa: E402
 from esper.runs.metrics import read_jsonl  # noqa: E402
 from esper.simic.env import EnvConfig, GrowthEnv  # noqa: E402
-from esper.simic.train_config import TrainConfig, episode_seed  # noqa: E402
+from esper.simic.host_zoo import HOSTS, UNSEEN_HOSTS  # noqa: E402
+from esper.simic.policies import PRETRAINED  # noqa: E402
+from esper.simic.train_config import TrainConfig  # noqa: E402
 from esper.simic.train_files import load_policy  # noqa: E402
-from esper.simic.training import Trainer  # noqa: E402
 from esper.simic.vectorized import decide_with, grow_once  # noqa: E402
 from esper.tamiyo import HeuristicConfig, build_policy  # noqa: E402
 
@@ -74,13 +76,15 @@ from esper.tamiyo import HeuristicConfig, build_policy  # noqa: E402
 @dataclass(frozen=True)
 class Job:
     """One evaluation run: an arm on a seed, with what it needs to be run in any process.
-    policy: ("wait",), ("random",), ("heuristic", HeuristicConfig) or ("tamiyo", path)."""
+    policy: ("wait",), ("random",), ("heuristic", HeuristicConfig) or ("tamiyo", path);
+    the host is the benchmark's, its deeper one (`deep`) or the zoo's host `zoo`."""
 
     arm: str
     seed: int
     policy: tuple
     deep: bool = False
     env: EnvConfig | None = None
+    zoo: str | None = None
 
 
 def flops_epochs(epochs: int, target_flops: float, flops: float) -> int:
@@ -103,19 +107,25 @@ class Benchmark:
         self.eval_seeds = list(range(scale.seeds))
         self.deadline = float("inf")  # time.time() after which no run starts
         self.skip: set[str] = set()  # arms not run this time
+        self.tamiyo = PRETRAINED  # the tamiyo arms' policy file
         self._pool: ProcessPoolExecutor | None = None
 
     # ---- one run ------------------------------------------------------------------------------
     def run(self, arm: str, seed: int, policy, host=None, env_cfg: EnvConfig | None = None) -> dict:
-        """One episode of `arm` on `seed` in this process (the log is written by the caller)."""
-        template = host if host is not None else self.host
+        """One episode of `arm` on `seed` in this process (the log is written by the caller).
+        `host` is a template (copied) or a factory's name in the zoo (built under the seed)."""
+        if isinstance(host, str):
+            factory = partial(HOSTS[host], self.data.num_classes)
+        else:
+            factory = partial(copy.deepcopy, host if host is not None else self.host)
+        vocab = getattr(policy, "vocab", None)  # a trained policy decides in its own vocabulary
         env = GrowthEnv(
-            lambda: copy.deepcopy(template),
+            factory,
             self.data,
             env_cfg or self.scale.env,
             self.scale.reward,
-            blueprints=BLUEPRINTS,
-            blends=BLENDS,
+            blueprints=list(vocab.blueprints) if vocab else BLUEPRINTS,
+            blends=list(vocab.blends) if vocab else BLENDS,
             device=self.scale.device,
             example_input=self.example,
         )
@@ -153,11 +163,12 @@ class Benchmark:
         """`job`'s record, or None when the budget was spent before it could start."""
         if time.time() > self.deadline:
             return None
-        return self.run(job.arm, job.seed, self.policy(job.policy, job.seed), self.deep if job.deep else None, job.env)
+        host = job.zoo or (self.deep if job.deep else None)
+        return self.run(job.arm, job.seed, self.policy(job.policy, job.seed), host, job.env)
 
     def run_jobs(self, jobs: list[Job]) -> None:
         """Run the jobs the log lacks (in the worker pool, if there is one) and log each as it ends."""
-        todo = [j for j in jobs if (j.arm, j.seed) not in self.runs and j.arm not in self.skip]
+        todo = [j for j in jobs if (j.arm, j.seed) not in self.runs and not self.skipped(j.arm)]
         results = self._pool.map(_execute, todo) if self._pool else map(self.execute, todo)
         for record in results:
             if record is None:
@@ -208,23 +219,11 @@ class Benchmark:
     def heuristic_config(self, preferred: str) -> HeuristicConfig:
         """The heuristic of every heuristic arm and Tamiyo's teacher: the preferred blueprint
         first, a seed in every slot (deepest first), lenient culls (see train_config)."""
-        return self.train_config(preferred, self.scale.data, 0).heuristic
+        return self.train_config(preferred).heuristic
 
-    def train_config(self, preferred: str, data: str, episodes: int, limit: int | None = None) -> TrainConfig:
-        s = self.scale
-        cfg = TrainConfig(
-            data=data,
-            limit=limit,
-            episodes=episodes,
-            envs=s.envs,
-            seed=1000,
-            device=s.device,
-            warm_start=s.warm_start,
-            blueprints=BLUEPRINTS,
-            blends=BLENDS,
-            env=s.env,
-            reward=s.reward,
-        )
+    def train_config(self, preferred: str) -> TrainConfig:
+        """The settings every heuristic arm shares (its `heuristic` field)."""
+        cfg = TrainConfig(blueprints=BLUEPRINTS, blends=BLENDS, env=self.scale.env, reward=self.scale.reward)
         cfg.heuristic.blueprint_preference = [preferred] + [b for b in BLUEPRINTS if b != preferred]
         cfg.heuristic.max_active = 4  # more live seeds than HostCNN has slots: one in every slot, deepest first
         # A seed blended in after a few ticks of isolated training has not yet been trained
@@ -233,25 +232,6 @@ class Benchmark:
         # harmful, and cull only on a large measured harm or fall.
         cfg.heuristic.tolerance = cfg.heuristic.decline = 0.1
         return cfg
-
-    def train_tamiyo(self, name: str, cfg: TrainConfig, data: DataSplits) -> Path:
-        run_dir = self.work / name
-        seeds = {episode_seed(cfg.seed, phase, i) for phase in ("warm", "ppo") for i in range(cfg.warm_start + cfg.episodes)}
-        assert not seeds & set(self.eval_seeds), "training episodes must not reuse an evaluation seed"
-        if not (run_dir / "tamiyo.pt").exists():
-            host = HostCNN(data.num_classes, width=self.scale.width)
-            Trainer(cfg, run_dir, host, data, resume=(run_dir / "checkpoint.pt").exists(), progress=False).run()
-        return run_dir / "tamiyo.pt"
-
-    def train_policies(self, preferred: str) -> tuple[Path, Path]:
-        """The transfer policy on the synthetic task, then Tamiyo on the benchmark's data."""
-        synth_cfg = self.train_config(preferred, "synthetic", self.scale.synthetic_episodes, limit=self.scale.synthetic_images)
-        synthetic = self.train_tamiyo("tamiyo-synthetic", synth_cfg, self.synthetic_data())
-        return synthetic, self.train_tamiyo("tamiyo", self.train_config(preferred, self.scale.data, self.scale.train_episodes), self.data)
-
-    def synthetic_data(self) -> DataSplits:
-        n = self.scale.synthetic_images
-        return load_data("synthetic", seed=0, limit=n, progress=False)
 
     def matched_jobs(self, best: str, seed: int) -> list[Job]:
         """The arms made from seed `seed`'s heuristic run: its fossils from the first step, and
@@ -274,7 +254,6 @@ class Benchmark:
         wait = ("wait",)
 
         def baselines():
-            training = self._pool.submit(_train_policies, preferred) if self._pool and self.trains else None  # beside the baselines
             self.run_jobs(
                 [
                     job
@@ -290,31 +269,39 @@ class Benchmark:
                 ]
             )
             self.run_jobs([job for seed in self.eval_seeds for job in self.matched_jobs(best, seed)])
-            return training.result() if training else None
 
-        self._phase("baselines", baselines)
-        if self.trains:
-            synthetic_policy, tamiyo_policy = self._phase("train tamiyo", lambda: self.train_policies(preferred))
+        def unseen():
+            self.run_jobs(
+                [
+                    Job(f"{arm}@{name}", seed, policy, zoo=name)
+                    for name in UNSEEN_HOSTS
+                    for seed in self.eval_seeds
+                    for arm, policy in (("host", wait), ("heuristic", heuristic))
+                ]
+            )
 
         def policies():
-            tamiyo, synthetic = ("tamiyo", str(tamiyo_policy)), ("tamiyo", str(synthetic_policy))
-            arms = [("tamiyo", tamiyo, False), ("tamiyo-synthetic", synthetic, False), ("tamiyo-deep", tamiyo, True)]
-            self.run_jobs([Job(arm, seed, policy, deep=deep) for seed in self.eval_seeds for arm, policy, deep in arms])
+            tamiyo = ("tamiyo", str(self.tamiyo))
+            self.run_jobs(
+                [Job("tamiyo", seed, tamiyo) for seed in self.eval_seeds]
+                + [Job("tamiyo-deep", seed, tamiyo, deep=True) for seed in self.eval_seeds]
+                + [Job(f"tamiyo@{name}", seed, tamiyo, zoo=name) for name in UNSEEN_HOSTS for seed in self.eval_seeds]
+            )
 
-        if self.trains:
-            self._phase("policies", policies)
+        self._phase("baselines", baselines)
+        self._phase("unseen", unseen)
+        self._phase("policies", policies)
         return {
             "static": best,
             "preferred": preferred,
+            "tamiyo": str(self.tamiyo),
             "seconds": time.perf_counter() - start,
             "phases": dict(self.phase_seconds),
-            "train_dirs": {"tamiyo": str(self.work / "tamiyo"), "tamiyo-synthetic": str(self.work / "tamiyo-synthetic")},
         }
 
-    @property
-    def trains(self) -> bool:
-        """Whether Tamiyo's arms run this time (and so her policies are trained)."""
-        return not {"tamiyo", "tamiyo-synthetic", "tamiyo-deep"} <= self.skip
+    def skipped(self, arm: str) -> bool:
+        """`--skip` names arms (tamiyo) or, for the unseen hosts, their kind (tamiyo@)."""
+        return arm in self.skip or ("@" in arm and arm.split("@")[0] + "@" in self.skip)
 
     def open_pool(self) -> None:
         """Worker processes for `jobs` > 1: each builds its own Benchmark (data, hosts) once."""
@@ -346,10 +333,6 @@ def _execute(job: Job) -> dict | None:
     return _WORKER.execute(job)
 
 
-def _train_policies(preferred: str) -> tuple[Path, Path]:
-    return _WORKER.train_policies(preferred)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu")
@@ -359,9 +342,16 @@ def main(argv=None) -> int:
     p.add_argument("--data-root", default="~/.cache/esper", help="decoded dataset cache")
     p.add_argument("--device", help="override the scale's device")
     p.add_argument("--threads", type=int, help="torch CPU threads (per process)")
-    p.add_argument("--jobs", type=int, default=1, help="worker processes for the runs (and Tamiyo's training beside the baselines)")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes for the runs")
     p.add_argument("--budget-s", type=float, help="start no run after this many seconds; rerun to continue from the log")
-    p.add_argument("--skip", nargs="+", default=[], metavar="ARM", help="arms not to run this time (the report shows those in the log)")
+    p.add_argument(
+        "--skip",
+        nargs="+",
+        default=[],
+        metavar="ARM",
+        help="arms not to run this time (the report shows those in the log); KIND@ skips KIND on every unseen host",
+    )
+    p.add_argument("--tamiyo", default=str(PRETRAINED), help="the policy file of the tamiyo arms (default: the one esper ships)")
     args = p.parse_args(argv)
     scale = SCALES[args.scale]
     scale = dataclasses.replace(scale, data=args.data or scale.data, device=args.device or scale.device)
@@ -372,11 +362,12 @@ def main(argv=None) -> int:
         return 2
     work = Path(args.work or ROOT / "runs" / f"evidence-{scale.name}")
     bench = Benchmark(scale, work, Path(args.out), args.data_root, args.jobs, args.threads)
-    unknown = set(args.skip) - set(ARM_ORDER)
+    unknown = set(args.skip) - set(ARM_ORDER) - {"host@", "heuristic@", "tamiyo@"}
     if unknown:
         print(f"evidence: unknown arm(s) {', '.join(sorted(unknown))}; arms: {', '.join(ARM_ORDER)}", file=sys.stderr)
         return 2
     bench.skip = set(args.skip)
+    bench.tamiyo = Path(args.tamiyo)
     if args.budget_s is not None:
         bench.deadline = time.time() + args.budget_s
     bench.open_pool()

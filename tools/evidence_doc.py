@@ -9,48 +9,21 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from collections import Counter
 from pathlib import Path
 
 from esper.runs.config import to_dict
 from esper.runs.metrics import clean
-from esper.runs.report import make_report
 from esper.tamiyo import mean_or_nan
 
 # Student t quantiles t(0.975, df) for df = 1..30; beyond, the normal 1.96 is close enough.
+# fmt: off
 _T975 = [
-    12.706,
-    4.303,
-    3.182,
-    2.776,
-    2.571,
-    2.447,
-    2.365,
-    2.306,
-    2.262,
-    2.228,
-    2.201,
-    2.179,
-    2.160,
-    2.145,
-    2.131,
-    2.120,
-    2.110,
-    2.101,
-    2.093,
-    2.086,
-    2.080,
-    2.074,
-    2.069,
-    2.064,
-    2.060,
-    2.056,
-    2.052,
-    2.048,
-    2.045,
-    2.042,
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
 ]
+# fmt: on
 ARM_ORDER = [
     "host",
     "static",
@@ -60,7 +33,6 @@ ARM_ORDER = [
     "host-flops",
     "static-flops",
     "tamiyo",
-    "tamiyo-synthetic",
     "host-deep",
     "heuristic-deep",
     "tamiyo-deep",
@@ -73,11 +45,10 @@ ARM_NOTES = {
     "static-same": "the blueprints the heuristic ended with, fossilized before the first step",
     "host-flops": "the host alone, for the epochs that spend the heuristic run's training FLOPs",
     "static-flops": "`static`, for the (fewer) epochs that spend the heuristic run's training FLOPs",
-    "tamiyo": "PPO policy trained on this regime (disjoint seeds)",
-    "tamiyo-synthetic": "PPO policy trained on the synthetic task, run unchanged",
-    "host-deep": "a deeper host alone (transfer reference)",
+    "tamiyo": "the pretrained Tamiyo that ships with esper",
+    "host-deep": "a deeper host alone (the reference of the arms on it)",
     "heuristic-deep": "the heuristic on the deeper host",
-    "tamiyo-deep": "the tamiyo policy run unchanged on the deeper host",
+    "tamiyo-deep": "the pretrained Tamiyo that ships with esper, on the deeper host",
 }
 FIELDS = ("test_acc", "val_acc", "params_added", "train_flops", "epochs", "seconds", "fossils")
 
@@ -107,9 +78,20 @@ def paired(diffs: list[float]) -> dict:
 
 
 def reference_of(arm: str) -> str:
-    """The arm a run is paired with: the deeper host alone for every arm on the deeper host
-    (named `...-deep`, or `...-deep-...` for a variant), the host alone for the rest."""
+    """The arm a run is paired with: for an arm on a zoo host (`KIND@NAME`) that host alone
+    (`host@NAME`), the deeper host alone for every arm on the deeper host (named `...-deep`,
+    or `...-deep-...` for a variant), the host alone for the rest."""
+    if "@" in arm:  # before the `-deep` test: a zoo host's name may contain it
+        return "host@" + arm.split("@", 1)[1]
     return "host-deep" if "-deep" in arm else "host"
+
+
+def seed_diffs(arms: dict, arm: str, other: str) -> list[float]:
+    """Test accuracy of `arm` minus `other`'s on each seed both ran (none if either is missing)."""
+    if arm not in arms or other not in arms:
+        return []
+    theirs = dict(zip(arms[other]["seeds"], arms[other]["test_acc"]))
+    return [acc - theirs[s] for s, acc in zip(arms[arm]["seeds"], arms[arm]["test_acc"]) if s in theirs]
 
 
 def summarize(runs: dict) -> tuple[dict, dict]:
@@ -123,12 +105,9 @@ def summarize(runs: dict) -> tuple[dict, dict]:
             a[key].append(r.get(key))  # runs logged before a field existed read None
         a["seeds"].append(seed)
     pairs = {}
-    for arm, a in arms.items():
+    for arm in arms:
         ref = reference_of(arm)
-        if arm == ref or ref not in arms:
-            continue
-        base = dict(zip(arms[ref]["seeds"], arms[ref]["test_acc"]))
-        diffs = [acc - base[s] for s, acc in zip(a["seeds"], a["test_acc"]) if s in base]
+        diffs = seed_diffs(arms, arm, ref) if arm != ref else []
         if diffs:
             pairs[arm] = {"reference": ref, **paired(diffs)}
     return arms, pairs
@@ -137,7 +116,7 @@ def summarize(runs: dict) -> tuple[dict, dict]:
 def verdicts(arms: dict, pairs: dict) -> list[tuple[str, bool | None, str]]:
     """The benchmark's three questions, each answered from the numbers."""
     out = []
-    growth = [a for a in ("random", "heuristic", "tamiyo", "tamiyo-synthetic") if a in pairs]
+    growth = [a for a in ("random", "heuristic", "tamiyo") if a in pairs]
     winners = [a for a in growth if pairs[a]["n"] > 1 and pairs[a]["ci95"][0] > 0]
     out.append(
         (
@@ -180,12 +159,9 @@ def verdicts(arms: dict, pairs: dict) -> list[tuple[str, bool | None, str]]:
     return out
 
 
-def _diff_against(arms: dict, arm: str, other: str) -> dict | None:
+def diff_against(arms: dict, arm: str, other: str) -> dict | None:
     """Paired differences arm - other over their common seeds, with the 95% interval."""
-    if arm not in arms or other not in arms:
-        return None
-    theirs = dict(zip(arms[other]["seeds"], arms[other]["test_acc"]))
-    diffs = [acc - theirs[s] for s, acc in zip(arms[arm]["seeds"], arms[arm]["test_acc"]) if s in theirs]
+    diffs = seed_diffs(arms, arm, other)
     return paired(diffs) if diffs else None
 
 
@@ -201,8 +177,13 @@ def _gains(arms: dict, arm: str, seeds: list[int]) -> list[float]:
     return [acc[arm][s] - acc["host"][s] for s in seeds]
 
 
-def _pts(d: dict) -> str:
+def pts(d: dict) -> str:
     return f"{100 * d['mean_diff']:+.2f} pts [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]"
+
+
+def verdict_lines(answers) -> list[str]:
+    """Each (question, met, detail) as a bullet; met None means an arm it needs was not run."""
+    return [f"- **{'met' if ok else 'not met' if ok is not None else 'not measured'}**: {q}. {d}." for q, ok, d in answers]
 
 
 def growth_verdicts(arms: dict, pairs: dict, grown: str = "heuristic") -> list[tuple[str, bool | None, str]]:
@@ -223,7 +204,7 @@ def growth_verdicts(arms: dict, pairs: dict, grown: str = "heuristic") -> list[t
                 else "static-same shows no gain",
             )
         )
-    matched = [(b, _diff_against(arms, b, grown)) for b in ("host-flops", "static-flops")]
+    matched = [(b, diff_against(arms, b, grown)) for b in ("host-flops", "static-flops")]
     matched = [(b, d) for b, d in matched if d is not None]
     if matched:
         beaten = [b for b, d in matched if d["n"] > 1 and d["ci95"][0] > 0]
@@ -233,11 +214,11 @@ def growth_verdicts(arms: dict, pairs: dict, grown: str = "heuristic") -> list[t
             (
                 f"At equal training FLOPs {grown} is as accurate as the host and static (none better beyond its 95% interval)",
                 (not beaten) if judged or beaten else None,
-                "; ".join(f"{b} − {grown} {_pts(d)} at {flops[b]:.0%} of its FLOPs ({d['n']} seeds)" for b, d in matched),
+                "; ".join(f"{b} − {grown} {pts(d)} at {flops[b]:.0%} of its FLOPs ({d['n']} seeds)" for b, d in matched),
             )
         )
     hosts = [(grown, "host"), (f"{grown}-deep", "host-deep")]
-    judged = [(a, ref, _diff_against(arms, a, ref)) for a, ref in hosts]
+    judged = [(a, ref, diff_against(arms, a, ref)) for a, ref in hosts]
     judged = [(a, ref, d) for a, ref, d in judged if d is not None and d["n"] > 1]
     if judged:
         worse = [a for a, _, d in judged if d["ci95"][1] < 0]
@@ -245,7 +226,7 @@ def growth_verdicts(arms: dict, pairs: dict, grown: str = "heuristic") -> list[t
             (
                 "On every host, growth is never worse than the host alone beyond its 95% interval",
                 not worse,
-                "; ".join(f"{a} − {ref} {_pts(d)}" for a, ref, d in judged),
+                "; ".join(f"{a} − {ref} {pts(d)}" for a, ref, d in judged),
             )
         )
     return out
@@ -274,9 +255,10 @@ def _pareto(runs: dict, path: Path) -> None:
 
 
 def _slot_table(arms: dict) -> list[str]:
+    """The benchmark host's arms only: a zoo host's slots are other slots (evidence_transfer.py)."""
     counts = Counter()
-    for arm, a in arms.items():
-        for fossils in a["fossils"]:
+    for arm in [a for a in ARM_ORDER if a in arms]:
+        for fossils in arms[arm]["fossils"]:
             for slot, blueprint in fossils.items():
                 counts[(arm, slot, blueprint)] += 1
     if not counts:
@@ -289,6 +271,8 @@ def _slot_table(arms: dict) -> list[str]:
 
 
 def write_evidence(bench, outcome: dict) -> tuple[Path, Path]:
+    from evidence_transfer import policy_record, transfer  # here, not at the top: it imports this module
+
     out = bench.out
     out.mkdir(parents=True, exist_ok=True)
     scale, runs = bench.scale, bench.runs
@@ -306,9 +290,9 @@ def write_evidence(bench, outcome: dict) -> tuple[Path, Path]:
         "reward": to_dict(scale.reward),
         "static": outcome["static"],
         "heuristic_prefers": outcome["preferred"],
-        "train_episodes": scale.train_episodes,
-        "warm_start": scale.warm_start,
+        "tamiyo": policy_record(outcome["tamiyo"]),
     }
+    transfer_lines, transfer_json = transfer(runs, regime["tamiyo"])
     result = {
         "scale": scale.name,
         "regime": regime,
@@ -316,6 +300,7 @@ def write_evidence(bench, outcome: dict) -> tuple[Path, Path]:
         "arms": arms,
         "paired": pairs,
         "verdicts": [{"question": q, "met": ok, "detail": d} for q, ok, d in verdicts(arms, pairs)],
+        "transfer": transfer_json,
         "seconds": outcome["seconds"],
         "phases": outcome["phases"],
         "run_seconds": sum(r["seconds"] for r in runs.values()),
@@ -324,16 +309,8 @@ def write_evidence(bench, outcome: dict) -> tuple[Path, Path]:
     json_path = out / f"{prefix}.json"
     json_path.write_text(json.dumps(clean(result), indent=2))
     _pareto(runs, out / f"{prefix}-pareto.png")
-    plots = []
-    for name, run_dir in outcome["train_dirs"].items():
-        if Path(run_dir, "metrics.jsonl").exists():
-            make_report(run_dir)
-            for png in ("episodes.png", "heads.png"):
-                if Path(run_dir, png).exists():
-                    shutil.copy(Path(run_dir, png), out / f"{prefix}-{name}-{png}")
-                    plots.append((f"{name}: {png[:-4]}", f"{prefix}-{name}-{png}"))
 
-    host_params = next(iter(runs.values()))["host_params"]
+    host_params = runs[("host", 0)]["host_params"]
     run_minutes = sum(r["seconds"] for r in runs.values()) / 60
     lines = [
         f"# Does growth help? Evidence at scale `{scale.name}`",
@@ -372,7 +349,7 @@ def write_evidence(bench, outcome: dict) -> tuple[Path, Path]:
     ]
     for arm in [a for a in ARM_ORDER if a in arms]:
         a, p = arms[arm], pairs.get(arm)
-        diff = f"{p['mean_diff'] * 100:+.2f} pts [{p['ci95'][0] * 100:+.2f}, {p['ci95'][1] * 100:+.2f}] vs {p['reference']}" if p else "—"
+        diff = f"{pts(p)} vs {p['reference']}" if p else "—"
         flops = [f for f in a["train_flops"] if f is not None]
         epochs = sorted({e for e in a["epochs"] if e is not None})
         lines.append(
@@ -380,12 +357,9 @@ def write_evidence(bench, outcome: dict) -> tuple[Path, Path]:
             f"{mean_or_nan(a['params_added']):,.0f} | {'–'.join(map(str, epochs[:: max(1, len(epochs) - 1)])) or '?'} | "
             f"{mean_or_nan(flops) / 1e9:,.0f} | {mean_or_nan(a['seconds']):.0f} |"
         )
-    lines += ["", "## Verdicts", ""]
-    for q, ok, detail in verdicts(arms, pairs):
-        lines.append(f"- **{'met' if ok else 'not met' if ok is not None else 'not measured'}**: {q}. {detail}.")
+    lines += ["", "## Verdicts", ""] + verdict_lines(verdicts(arms, pairs)) + [""] + transfer_lines
     lines += ["", "## Where seeds were fossilized (runs per slot · blueprint)", ""] + _slot_table(arms)
     lines += ["", "## Plots", "", f"![Pareto]({prefix}-pareto.png)", ""]
-    lines += [f"![{title}]({png})\n" for title, png in plots]
     md_path = out / f"{prefix}.md"
     text_section = md_path.read_text().partition(TEXT_SECTION)[1:] if md_path.exists() else ("", "")
     md_path.write_text("\n".join(lines) + "\n" + ("\n" + "".join(text_section) if text_section[0] else ""))

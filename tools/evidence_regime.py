@@ -32,11 +32,6 @@ class Scale:
     width: int  # HostCNN channels of the first block
     deep_blocks: int  # blocks of the transfer host
     seeds: int  # evaluation seeds 0..seeds-1
-    train_episodes: int  # PPO episodes on the benchmark's data
-    warm_start: int  # heuristic episodes cloned first
-    synthetic_episodes: int  # PPO episodes of the transfer policy on the synthetic task
-    synthetic_images: int
-    envs: int
     device: str = "cpu"
     env: EnvConfig = field(default_factory=EnvConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -60,11 +55,6 @@ SCALES = {
         8,
         4,
         2,
-        2,
-        1,
-        1,
-        300,
-        1,
         env=_env(epochs=2, batch_size=64),
         reward=RewardConfig(param_budget=1.0),
     ),
@@ -77,11 +67,6 @@ SCALES = {
         16,
         5,
         5,
-        24,
-        4,
-        8,
-        2_000,
-        4,
         env=_env(epochs=8, batch_size=128, channels_last=True),
         reward=RewardConfig(param_budget=1.0),
     ),
@@ -94,11 +79,6 @@ SCALES = {
         32,
         5,
         10,
-        256,
-        16,
-        64,
-        6_000,
-        8,
         device="cuda",
         env=_env(epochs=15, batch_size=256, augment=True),
         reward=RewardConfig(param_budget=1.0),

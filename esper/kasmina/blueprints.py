@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -115,6 +116,49 @@ def param_count(name: str, shape: tuple[int, ...]) -> int:
     with torch.device("meta"):
         module = build_blueprint(name, shape)
     return sum(p.numel() for p in module.parameters())
+
+
+@dataclass(frozen=True)
+class BlueprintProfile:
+    """What blueprint `name` adds at a slot: its parameters, its forward FLOPs per example
+    (matrix multiplications and convolutions, two per multiply-add, as esper.simic.flops
+    counts) and what kind of module it is, read off the layers it builds, so that a
+    blueprint added later is described like the built-in ones."""
+
+    params: int
+    flops: int
+    spatial_mixing: bool  # a convolution wider than 1x1
+    channel_mixing: bool  # a dense 1x1 convolution or linear layer
+    global_mixing: bool  # attention
+    normalizes: bool
+    depthwise: bool  # a grouped convolution
+
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm2d)
+
+
+@lru_cache(maxsize=4096)
+def blueprint_profile(name: str, shape: tuple[int, ...]) -> BlueprintProfile:
+    """The profile of blueprint `name` at a slot of `shape` (batch first), measured on two examples."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    two = (2, *tuple(shape)[1:])
+    with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the caller's stream alone
+        module = build_blueprint(name, two)
+        layers = list(module.modules())
+        convs = [m for m in layers if isinstance(m, (nn.Conv1d, nn.Conv2d))]
+        # Training mode: attention's inference fast path is a fused op the counter does not see.
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            module.train()(torch.randn(two))
+    return BlueprintProfile(
+        params=sum(p.numel() for p in module.parameters()),
+        flops=counter.get_total_flops() // 2,
+        spatial_mixing=any(max(c.kernel_size) > 1 for c in convs),
+        channel_mixing=any(isinstance(m, nn.Linear) for m in layers) or any(max(c.kernel_size) == 1 and c.groups == 1 for c in convs),
+        global_mixing=any(isinstance(m, nn.MultiheadAttention) or "attention" in type(m).__name__.lower() for m in layers),
+        normalizes=any(isinstance(m, _NORMS) for m in layers),
+        depthwise=any(c.groups > 1 for c in convs),
+    )
 
 
 def load_blueprint_catalogue(path: str | Path) -> list[str]:

@@ -54,9 +54,12 @@ __all__ = [
 ]
 
 from esper.leyline.observations import (  # noqa: E402
+    BLUEPRINT_FEATURES,
+    BLUEPRINT_PROPERTIES,
     GLOBAL_FEATURES,
     MAX_BLENDS,
     MAX_BLUEPRINTS,
+    NUM_BLUEPRINT_FEATURES,
     NUM_GLOBAL_FEATURES,
     NUM_OPS,
     NUM_SLOT_FEATURES,
@@ -67,9 +70,12 @@ from esper.leyline.observations import (  # noqa: E402
 )
 
 __all__ += [
+    "BLUEPRINT_FEATURES",
+    "BLUEPRINT_PROPERTIES",
     "GLOBAL_FEATURES",
     "MAX_BLENDS",
     "MAX_BLUEPRINTS",
+    "NUM_BLUEPRINT_FEATURES",
     "NUM_GLOBAL_FEATURES",
     "NUM_OPS",
     "NUM_SLOT_FEATURES",

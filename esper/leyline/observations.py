@@ -33,22 +33,33 @@ FEATURE_CLIP = 3.0  # every scaled feature lies in [-3, 3]
 
 GLOBAL_FEATURES: tuple[str, ...] = (
     "progress",  # decision / total_decisions
-    "train_loss",  # log1p(loss)
-    "val_loss",
-    "train_acc",  # fraction
+    "epochs_left",  # epochs still to train / EPOCH_SCALE
+    # Accuracies and losses relative to chance (when the number of classes C is known): 0
+    # is guessing and 1 is perfect (a loss of 0), on any task with any number of classes.
+    "train_acc",  # (acc - 1/C) / (1 - 1/C)
     "val_acc",
-    "train_loss_delta_1",  # relative change of the loss over the last 1 (3) epochs
+    "train_loss",  # loss / log C, clipped
+    "val_loss",
+    "classes_known",
+    "train_loss_delta_1",  # relative change of the loss over the last 1 (3) decisions
     "train_loss_delta_3",
     "val_loss_delta_1",
     "val_loss_delta_3",
-    "train_acc_delta_1",  # accuracy change over the last 1 (3) epochs, x ACC_SCALE
+    "train_acc_delta_1",  # accuracy change over the last 1 (3) decisions, x ACC_SCALE
     "train_acc_delta_3",
     "val_acc_delta_1",
     "val_acc_delta_3",
-    "delta_1_known",  # history is long enough for the 1-epoch (3-epoch) deltas
+    "delta_1_known",  # history is long enough for the 1-decision (3-decision) deltas
     "delta_3_known",
-    "generalization_gap",  # train_acc - val_acc
+    # The same over the last epoch, whatever the decisions per epoch: what transfers
+    # between runs that decide at different rates.
+    "val_acc_per_epoch",  # x ACC_SCALE
+    "train_loss_per_epoch",  # relative change
+    "epoch_known",
+    "generalization_gap",  # train_acc - val_acc (fractions)
     "param_ratio",  # parameters added to the host, log-scaled ratio (PARAM_RATIO_SCALE)
+    "budget",  # the growth granted for free (a ratio of the host's parameters), log-scaled
+    "budget_left",  # budget - added, a ratio of the host's parameters, clipped
     "active_fraction",  # slots holding a GERMINATED / TRAINING / BLENDING seed
     "fossilized_fraction",
     "dormant_fraction",
@@ -56,29 +67,49 @@ GLOBAL_FEATURES: tuple[str, ...] = (
 
 STAGE_FEATURES = tuple(f"stage_{s.name.lower()}" for s in SeedStage)
 
+# What a blueprint does, read off the module it builds (esper.kasmina.blueprints
+# `blueprint_profile`), so that a policy sees a blueprint it was never trained with as the
+# kind of module it is rather than as an unknown index.
+BLUEPRINT_PROPERTIES: tuple[str, ...] = (
+    "spatial_mixing",  # a convolution wider than 1x1
+    "channel_mixing",  # a dense 1x1 convolution or linear layer
+    "global_mixing",  # attention
+    "normalizes",  # a normalization layer
+    "depthwise",  # a grouped convolution
+)
+
 SLOT_FEATURES: tuple[str, ...] = (
     *STAGE_FEATURES,  # one-hot SeedStage
     "alpha",  # blend progress 0..1
     "ticks_in_stage",  # / EPOCH_SCALE
-    "position",  # slot index / (N - 1): early 0 .. late 1
+    "depth",  # the host's forward FLOPs before this slot / all of them: early 0 .. late 1
     "rank_2",  # activation rank one-hot (rank_4 also covers higher ranks)
     "rank_3",
     "rank_4",
     "width",  # log2(channels or features) / WIDTH_SCALE
+    "extent",  # log2(positions per example: H*W, or T) / WIDTH_SCALE
     "param_ratio",  # seed params relative to host params, log-scaled like the global one
     "contribution",  # val acc with the seed minus with alpha forced to 0, x ACC_SCALE
     "contribution_known",
     "grad_ratio",  # log10(seed grad norm / host grad norm) / GRAD_DECADES
     "grad_known",
-    "input_mean",  # sign(m) log1p(|m|)
-    "input_std",  # log1p(std)
-    "input_stats_known",
-    *(f"blueprint_{i}" for i in range(MAX_BLUEPRINTS)),  # one-hot, zeros when no seed
+    *(f"seed_{p}" for p in BLUEPRINT_PROPERTIES),  # the seed's blueprint; zeros when no seed
     *(f"blend_{i}" for i in range(MAX_BLENDS)),
+)
+
+# One row per (slot, candidate blueprint): what germinating that blueprint there would
+# add. Zeros where it cannot grow (blueprint_mask False).
+BLUEPRINT_FEATURES: tuple[str, ...] = (
+    "param_ratio",  # its parameters / the host's, log-scaled
+    "flop_ratio",  # its forward FLOPs per example / the host's, log-scaled
+    "budget_use",  # its parameter ratio / budget_left, clipped (FEATURE_CLIP when nothing is left)
+    "fits_budget",  # 1 when it fits in what is left of the budget
+    *BLUEPRINT_PROPERTIES,
 )
 
 NUM_GLOBAL_FEATURES = len(GLOBAL_FEATURES)
 NUM_SLOT_FEATURES = len(SLOT_FEATURES)
+NUM_BLUEPRINT_FEATURES = len(BLUEPRINT_FEATURES)
 
 
 def _check_rows(mask: Tensor, what: str) -> None:
@@ -104,6 +135,7 @@ class Observation:
     blueprint_mask: Tensor  # [N, MAX_BLUEPRINTS] bool
     blend_mask: Tensor  # [MAX_BLENDS] bool
     slot_ids: list[str]
+    blueprint_features: Tensor  # [N, MAX_BLUEPRINTS, NUM_BLUEPRINT_FEATURES] float
 
     def __post_init__(self):
         n = len(self.slot_ids)
@@ -115,12 +147,13 @@ class Observation:
             "op_mask": (n, NUM_OPS),
             "blueprint_mask": (n, MAX_BLUEPRINTS),
             "blend_mask": (MAX_BLENDS,),
+            "blueprint_features": (n, MAX_BLUEPRINTS, NUM_BLUEPRINT_FEATURES),
         }
         for name, shape in expected.items():
             got = tuple(getattr(self, name).shape)
             if got != shape:
                 raise ValueError(f"{name} has shape {got}, expected {shape}")
-        for name in ("global_features", "slot_features"):
+        for name in ("global_features", "slot_features", "blueprint_features"):
             if not bool(torch.isfinite(getattr(self, name)).all()):
                 raise ValueError(f"{name} holds a non-finite value")
         for name in ("op_mask", "blueprint_mask", "blend_mask"):
@@ -158,6 +191,7 @@ class ObservationBatch:
     blueprint_mask: Tensor  # [B, N, MAX_BLUEPRINTS] bool
     blend_mask: Tensor  # [B, MAX_BLENDS] bool
     slot_ids: list[list[str]]
+    blueprint_features: Tensor  # [B, N, MAX_BLUEPRINTS, NUM_BLUEPRINT_FEATURES]
 
     @property
     def size(self) -> int:
@@ -176,6 +210,7 @@ class ObservationBatch:
             self.blueprint_mask.to(device),
             self.blend_mask.to(device),
             self.slot_ids,
+            self.blueprint_features.to(device),
         )
 
 
@@ -194,12 +229,14 @@ def batch_observations(observations: list[Observation]) -> ObservationBatch:
     slot_valid = torch.zeros(b, n, dtype=torch.bool)
     op_mask = _first_only(b, n, NUM_OPS)  # WAIT only
     blueprint_mask = _first_only(b, n, MAX_BLUEPRINTS)
+    blueprint_features = torch.zeros(b, n, MAX_BLUEPRINTS, NUM_BLUEPRINT_FEATURES)
     for i, o in enumerate(observations):
         k = o.num_slots
         slot_features[i, :k] = o.slot_features
         slot_valid[i, :k] = True
         op_mask[i, :k] = o.op_mask
         blueprint_mask[i, :k] = o.blueprint_mask
+        blueprint_features[i, :k] = o.blueprint_features
     return ObservationBatch(
         global_features=torch.stack([o.global_features for o in observations]).float(),
         slot_features=slot_features,
@@ -208,4 +245,5 @@ def batch_observations(observations: list[Observation]) -> ObservationBatch:
         blueprint_mask=blueprint_mask,
         blend_mask=torch.stack([o.blend_mask for o in observations]),
         slot_ids=[list(o.slot_ids) for o in observations],
+        blueprint_features=blueprint_features,
     )

@@ -23,6 +23,7 @@ Every random draw of an episode comes from the environment's own RngStream
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -34,7 +35,7 @@ from esper.graph import eval_mode
 from esper.kasmina.blueprints import registered_names
 from esper.kasmina.instrument import instrument
 from esper.kasmina.replay import fossilize_from_start
-from esper.leyline import Edit, EpisodeSummary, Observation, StepInfo, Vocabulary
+from esper.leyline import Edit, EpisodeSummary, Observation, Op, StepInfo, Vocabulary
 from esper.simic.distributed import Ranks
 from esper.simic.episode import Numbers, RngStream
 from esper.simic.host_training import EnvConfig, HostTrainer
@@ -58,7 +59,9 @@ class GrowthEnv:
     has `.train`, `.val` (TensorData) and `.num_classes` (esper.data.splits.DataSplits).
     The targets choose the task (esper.simic.tasks): class ids, or next tokens. Under
     torchrun, `ranks` says which process this is: every rank runs the same episode on
-    its shards of the data (esper.simic.distributed)."""
+    its shards of the data (esper.simic.distributed). With `reward.relative_to_twin`, each
+    seed's host-alone twin runs once and is kept in `twin_cache` (seed -> validation
+    accuracies), which environments of the same host and data may share."""
 
     def __init__(
         self,
@@ -72,6 +75,7 @@ class GrowthEnv:
         device: str | torch.device = "cpu",
         example_input: torch.Tensor | None = None,
         ranks: Ranks = Ranks(),
+        twin_cache: dict[int, list[float]] | None = None,
     ):
         self.host_factory = host_factory
         self.data = data
@@ -86,12 +90,14 @@ class GrowthEnv:
         self.ranks = ranks
         self.mm = None
         self.loop: GrowthLoop | None = None
+        self._twins = twin_cache if twin_cache is not None else {}
 
     @property
     def plane(self):
         return self.mm.plane
 
     def reset(self, seed: int) -> Observation:
+        twin = self._twin(seed) if self.reward_cfg.relative_to_twin else None
         cfg = self.cfg
         with self.rng(seed):
             host = self.host_factory().to(self.device)
@@ -111,9 +117,27 @@ class GrowthEnv:
             reward=self.reward_cfg,
             ranks=self.ranks,
             training_ticks=cfg.training_ticks,
+            classes=self.data.num_classes,
         )
+        self.loop.twin = twin
         self.loop.start(Numbers.before_training(*self.trainer.evaluate(self.data.val)))
         return self.loop.observe()
+
+    def _twin(self, seed: int) -> list[float]:
+        """The validation accuracies of `seed`'s host alone at every decision (run once per
+        seed, then cached): initialisation and batch order come from the seed, so the twin
+        is what this episode would reach growing nothing."""
+        if seed not in self._twins:
+            relative, self.reward_cfg = self.reward_cfg, dataclasses.replace(self.reward_cfg, relative_to_twin=False)
+            try:
+                self.reset(seed)
+                accuracies = [self.loop.record.now.val_acc]
+                while not self.done:
+                    accuracies.append(self.step(Edit(Op.WAIT)).info.val_acc)
+            finally:
+                self.reward_cfg = relative
+            self._twins[seed] = accuracies
+        return self._twins[seed]
 
     @property
     def done(self) -> bool:

@@ -87,7 +87,9 @@ class EpisodeRecord:
         self.train_seconds += seconds
         self.train_flops = None if flops is None or self.train_flops is None else self.train_flops + flops
 
-    def signals(self, decision: int, total_decisions: int, host_params: int, total_params: int) -> TrainingSignals:
+    def signals(self, decision: int, total_decisions: int, host_params: int, total_params: int, **run) -> TrainingSignals:
+        """The signals at `decision`; `run` holds what the run knows of itself
+        (decisions_per_epoch, classes, param_budget: see TrainingSignals)."""
         h = self.history
         return TrainingSignals(
             decision=decision,
@@ -99,6 +101,7 @@ class EpisodeRecord:
             train_acc_history=[n.train_acc for n in h],
             val_loss_history=[n.val_loss for n in h],
             val_acc_history=[n.val_acc for n in h],
+            **run,
         )
 
     def summary(self, plane, params: int, host_params: int, host_flops_per_image: float | None = None) -> EpisodeSummary:

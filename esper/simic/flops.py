@@ -34,10 +34,13 @@ import copy
 import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from esper.graph import eval_mode
 
 
 def structure(mm, x: torch.Tensor, y: torch.Tensor) -> tuple:
@@ -88,3 +91,44 @@ class FlopMeter:
             if self.host_per_image is None:
                 self.host_per_image = step_flops(model.host, self.task, x, y, self.autocast()) / rows
             return step_flops(model, self.task, x, y, self.autocast()) * total // rows
+
+
+@dataclass(frozen=True)
+class HostProfile:
+    """Where a host's forward compute lies: its FLOPs per example, and for each slot the
+    share of them computed before it (its depth by compute, which moves less than its index
+    between hosts of different shapes); and the width of its output's last dimension (a
+    classifier's classes, a language model's vocabulary), read off its logits."""
+
+    flops: int
+    depth: dict[str, float]
+    outputs: int | None = None
+
+
+def host_profile(mm) -> HostProfile | None:
+    """The profile of `mm` as it is now, measured on its example inputs (None without them)."""
+    if not mm.example_inputs:
+        return None
+    before: dict[str, int] = {}
+    with FlopCounterMode(display=False) as counter:
+
+        def mark(slot_id):
+            def hook(module, args) -> None:  # returning a value would replace the slot's input
+                before.setdefault(slot_id, counter.get_total_flops())
+
+            return hook
+
+        hooks = [slot.register_forward_pre_hook(mark(slot_id)) for slot_id, slot in mm.plane.slots.items()]
+        try:
+            with eval_mode(mm), torch.no_grad(), torch.random.fork_rng(devices=[]):
+                out = mm(*mm.example_inputs)
+        finally:
+            for hook in hooks:
+                hook.remove()
+    total = counter.get_total_flops()
+    rows = mm.example_inputs[0].shape[0]
+    out = getattr(out, "logits", out)  # a HuggingFace model's output holds its logits
+    if isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    outputs = out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() >= 2 else None
+    return HostProfile(total // rows, {slot: before.get(slot, 0) / max(total, 1) for slot in mm.plane.slots}, outputs)

@@ -32,6 +32,7 @@ from esper.runs.report import timeline_row
 from esper.simic.distributed import Ranks, check_in_step
 from esper.simic.episode import EpisodeRecord, Numbers
 from esper.simic.features import build_observation
+from esper.simic.flops import host_profile
 from esper.simic.rewards import RewardBreakdown, RewardConfig, RewardState, compute_reward
 
 
@@ -53,7 +54,9 @@ class GrowthLoop:
     after a tick, or {} when nothing measures them. With `training_ticks` the plane moves
     seeds on by itself (`KasminaPlane.advance_due`): a germinated seed starts training in
     the interval it was germinated for, and one that has trained `training_ticks` starts
-    blending before the policy's next decision. None leaves every ADVANCE to the policy."""
+    blending before the policy's next decision. None leaves every ADVANCE to the policy.
+    `classes` (of the task; a next-token task's vocabulary; default: the width of the
+    model's output) lets the features read accuracies and losses against chance."""
 
     def __init__(
         self,
@@ -66,6 +69,7 @@ class GrowthLoop:
         reward: RewardConfig | None = None,
         ranks: Ranks = Ranks(),
         training_ticks: int | None = None,
+        classes: int | None = None,
     ):
         if decisions < 1 or decisions_per_epoch < 1:
             raise ValueError(f"decisions and decisions_per_epoch must be at least 1, got {decisions}, {decisions_per_epoch}")
@@ -87,9 +91,16 @@ class GrowthLoop:
                 ShortRunWarning,
                 stacklevel=3,
             )
+        # Measured once: the features place slots by the host's compute before them.
+        self.profile = host_profile(mm)
+        outputs = self.profile.outputs if self.profile else None
+        self.classes = classes or (outputs if outputs and outputs >= 2 else None)
         self.usable_blends = blend_names(self.plane.causal)  # on a causal host only causal-safe seeds are offered
         self.host_params = mm.host_parameter_count()
         self.contributions: dict[str, float] = {}
+        # The host alone's validation accuracy at decisions 0..T on the same seed, when known:
+        # the reward then pays for accuracy beyond what the host reaches by itself.
+        self.twin: list[float] | None = None
         self.t = 0
         self.record: EpisodeRecord | None = None
         self._edit: Edit | None = None  # the edit that opened the interval now running
@@ -109,10 +120,20 @@ class GrowthLoop:
     def start(self, numbers: Numbers) -> None:
         """Begin at decision 0 with the numbers of the model before training (NaN: unknown)."""
         self.record = EpisodeRecord(self.plane, numbers)
-        self._reward_state = RewardState.from_telemetry(self._telemetry(), numbers.val_acc, self.host_params, self.total_params(), {})
+        self._reward_state = RewardState.from_telemetry(
+            self._telemetry(), self._paid(numbers.val_acc, 0), self.host_params, self.total_params(), {}
+        )
 
     def observe(self) -> Observation:
-        signals = self.record.signals(self.t, self.decisions, self.host_params, self.total_params())
+        signals = self.record.signals(
+            self.t,
+            self.decisions,
+            self.host_params,
+            self.total_params(),
+            decisions_per_epoch=self.decisions_per_epoch,
+            classes=self.classes,
+            param_budget=self.reward_cfg.param_budget,
+        )
         return build_observation(
             self._telemetry(),
             signals,
@@ -121,6 +142,7 @@ class GrowthLoop:
             partial(blueprints_for, causal=self.plane.causal),
             list(self.vocab.blends),
             usable_blends=self.usable_blends,
+            profile=self.profile,
         )
 
     def apply(self, edit: Edit) -> Edit:
@@ -154,7 +176,7 @@ class GrowthLoop:
         telemetry = self._telemetry()
         params = self.total_params()
         state = RewardState.from_telemetry(
-            telemetry, numbers.val_acc, self.host_params, params, self.contributions, prev=self._reward_state
+            telemetry, self._paid(numbers.val_acc, self.t), self.host_params, params, self.contributions, prev=self._reward_state
         )
         reward = compute_reward(self._reward_state, state, self._edit, self.done, self.reward_cfg)
         self._reward_state = state
@@ -181,6 +203,10 @@ class GrowthLoop:
         """The run in numbers; `host_flops_per_image` is what a training example costs the
         host alone, where the trainer measured it."""
         return self.record.summary(self.plane, self.total_params(), self.host_params, host_flops_per_image)
+
+    def _paid(self, val_acc: float, t: int) -> float:
+        """The accuracy the reward reads at decision t: against the twin's when there is one."""
+        return val_acc - self.twin[t] if self.twin is not None else val_acc
 
     def _telemetry(self):
         return [slot.telemetry() for slot in self.plane.slots.values()]

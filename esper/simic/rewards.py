@@ -15,6 +15,8 @@ next-token task they are next-token accuracies, see esper.simic.tasks):
 
 where baseline_acc is the validation accuracy just before that slot's seed germinated and
 added' = (total_params' - host_params) / host_params is the growth the model ends with.
+With `relative_to_twin`, every val_acc above is val_acc - twin_acc at the same decision,
+twin_acc being the host alone's on the same seed (same initialisation and batch order).
 
 Why each piece:
 - The task term pays for real accuracy, measured on the whole model; WAIT earns only
@@ -60,6 +62,10 @@ class RewardConfig:
     shaping_weight: float = 5.0  # Phi per unit of credited contribution
     contribution_cap: float = 0.05  # most credited contribution per seed (5 points)
     gamma: float = PPOConfig.gamma  # the shaping discount; must equal PPO's
+    # Read every accuracy against the same seed's host-alone twin (esper.simic.env runs it
+    # once per seed): the return is then what growth added, not what the host learned by
+    # itself, which is most of an absolute return and varies from seed to seed.
+    relative_to_twin: bool = False
 
 
 @dataclass(frozen=True)

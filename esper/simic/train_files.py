@@ -1,19 +1,27 @@
 """The files of an `esper train` run: the trained policy (tamiyo.pt), the checkpoint
 (checkpoint.pt) a killed run resumes from, and the update records of metrics.jsonl. The
 .pt files are written atomically (a temporary file, then a rename) and read with
-`weights_only=True`."""
+`weights_only=True`.
+
+A pretrained policy (the one esper ships) is two files, like a model checkpoint: its
+weights in NAME.safetensors and NAME.yaml, a manifest with the config it was trained with,
+the weights' sha256 and what its training did. `load_policy` reads either kind."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 
 from esper.leyline import CheckpointError, EpisodeSummary, Op
 from esper.runs import config as config_io
-from esper.runs.files import save_atomic
+from esper.runs.files import save_atomic, write_atomic
 from esper.runs.metrics import JSONL_NAME, truncate_jsonl
 from esper.simic.train_config import TrainConfig
 from esper.tamiyo import TamiyoPolicy, mean_or_nan
@@ -52,11 +60,50 @@ def save_policy(policy: TamiyoPolicy, path: Path, cfg: TrainConfig, episodes: in
     )
 
 
+PRETRAINED_FORMAT = "esper-tamiyo-pretrained"
+
+
+def save_pretrained(policy: TamiyoPolicy, manifest_path: Path, cfg: TrainConfig, training: dict) -> None:
+    """NAME.safetensors and the NAME.yaml manifest beside it (`training`: what the run did)."""
+    manifest_path = Path(manifest_path)
+    weights = manifest_path.with_suffix(".safetensors")
+    tensors = {k: v.detach().contiguous() for k, v in policy.state_dict().items() if isinstance(v, torch.Tensor)}
+    blob = save_tensors(tensors)
+    write_atomic(weights, lambda f: f.write(blob))
+    manifest = {
+        "format": PRETRAINED_FORMAT,
+        "version": 1,
+        "weights": {"file": weights.name, "sha256": hashlib.sha256(blob).hexdigest()},
+        "config": config_io.to_dict(cfg),
+        "training": training,
+    }
+    write_atomic(manifest_path, lambda f: f.write(yaml.safe_dump(manifest, sort_keys=False).encode()))
+
+
+def _load_pretrained(path: Path) -> tuple[TamiyoPolicy, TrainConfig]:
+    try:
+        manifest = yaml.safe_load(path.read_text())
+        if not isinstance(manifest, dict) or manifest.get("format") != PRETRAINED_FORMAT:
+            raise ValueError(f"no {PRETRAINED_FORMAT} manifest inside")
+        blob = (path.parent / manifest["weights"]["file"]).read_bytes()
+    except Exception as e:
+        raise ValueError(f"{path} is not a pretrained Tamiyo manifest ({type(e).__name__}: {e})") from None
+    if hashlib.sha256(blob).hexdigest() != manifest["weights"]["sha256"]:
+        raise ValueError(f"{manifest['weights']['file']} does not match the sha256 in {path}: the weights are truncated or were modified")
+    cfg = config_io.from_dict(TrainConfig, manifest["config"])
+    policy = TamiyoPolicy(cfg.vocabulary, hidden=cfg.hidden)
+    policy.load_state_dict({**load_tensors(blob), "_extra_state": policy.get_extra_state()})
+    return policy.eval(), cfg
+
+
 def load_policy(path) -> tuple[TamiyoPolicy, TrainConfig]:
-    """A trained policy from tamiyo.pt (or a training checkpoint.pt) and the config it was trained with."""
+    """A trained policy and the config it was trained with: from tamiyo.pt (or a training
+    checkpoint.pt), or from a pretrained policy's NAME.yaml manifest."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such policy file: {path}")
+    if path.suffix in (".yaml", ".yml"):
+        return _load_pretrained(path)
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

@@ -246,9 +246,9 @@ class Trainer:
         if not self.ranks.main:
             self._share_policy()
             return
-        losses = behaviour_clone(self.policy, observations, actions, cfg.imitation)
+        losses = behaviour_clone(self.policy, observations, actions, cfg.imitation).losses
         agree = agreement(self.policy, observations, actions)
-        value_losses, ev = fit_value(self.policy, observations, actions, returns, cfg.value_warm_epochs, cfg.imitation)
+        value_losses, ev = fit_value(self.policy, observations, returns, cfg.value_warm_epochs, cfg.imitation)
         self._share_policy()
         self._write(
             "warm_start",
@@ -283,8 +283,8 @@ class Trainer:
         buffer = RolloutBuffer(k)
         for d in rollout.decisions:
             buffer.add(d.observations, d.choice.sample, d.rewards, d.dones)
-        buffer.compute_returns(torch.zeros(k), cfg.ppo.gamma, cfg.ppo.gae_lambda)
-        metrics = ppo_update(self.policy, self.optimizer, buffer, cfg.ppo)
+        buffer.compute_returns(cfg.ppo)
+        metrics = ppo_update(self.policy, self.optimizer, buffer, cfg.ppo, update_index=self.state.updates_done)
         self._share_policy()
         self.state.history.append(metrics)
         warnings = health_warnings(self.state.history, cfg.ppo)

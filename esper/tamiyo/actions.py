@@ -96,6 +96,14 @@ def masks_for(batch: ObservationBatch, actions: Tensor) -> ActionMasks:
     )
 
 
+def check_legal(masks: ActionMasks, actions: Tensor, who: str) -> None:
+    """Raise unless each head's choice in `actions` [B, 4] is allowed by its mask."""
+    for i, head in enumerate(HEADS):
+        legal = masks[head].gather(-1, actions[:, i : i + 1]).squeeze(-1)
+        if not bool(legal.all()):
+            raise ValueError(f"{who} {head} choices are illegal in rows {(~legal).nonzero().flatten().tolist()}")
+
+
 class Policy(Protocol):
     """What the training loop and evaluation need from any growth policy: one Edit
     per environment, observations[i] being environment i."""

@@ -40,3 +40,8 @@ def count_calls(monkeypatch, cls, name: str) -> list:
     calls, original = [], getattr(cls, name)
     monkeypatch.setattr(cls, name, lambda self, *a, **k: calls.append(name) or original(self, *a, **k))
     return calls
+
+
+def against_chance(accuracies, classes: int) -> list[float]:
+    """Accuracies as the features read them: 0 for guessing among `classes`, 1 for perfect."""
+    return [(a - 1 / classes) / (1 - 1 / classes) for a in accuracies]

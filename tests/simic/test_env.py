@@ -222,3 +222,32 @@ def test_channels_last_trains_the_same_model_in_the_other_layout():
     assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) for p in seed)
     for key in ("train_loss", "val_loss"):
         assert getattr(runs[True].loop.record.now, key) == pytest.approx(getattr(runs[False].loop.record.now, key), rel=1e-3)
+
+
+def test_rewards_relative_to_the_twin_pay_only_for_what_growth_added():
+    """With relative_to_twin the host alone on the same seed earns exactly nothing, and a
+    grown episode's accuracy terms are its own minus the twin's; the twin runs once per
+    seed, in a cache environments may share."""
+    from esper.simic.rewards import RewardConfig
+
+    cfg = EnvConfig(training_ticks=1, epochs=4, batch_size=32, blend_steps=1, decisions_per_epoch=1)
+    data = toy_data()
+    twins: dict = {}
+
+    def env(relative: bool) -> GrowthEnv:
+        reward = RewardConfig(relative_to_twin=relative)
+        return GrowthEnv(reinitialized_copies(TinyCNN()), data, cfg, reward, twin_cache=twins if relative else None)
+
+    alone = play(env(True), WaitPolicy(), seed=3)
+    assert sum(d.rewards[0] for d in alone.decisions) == 0.0
+    assert list(twins) == [3] and len(twins[3]) == cfg.decisions + 1
+
+    grow = Script([Edit(Op.GERMINATE, "block2", blueprint="conv_enhance", blend="linear", steps=1)])
+    relative, absolute = play(env(True), grow, seed=3), play(env(False), Script(grow.edits), seed=3)
+    for rel, ab in zip(relative.decisions, absolute.decisions):
+        assert rel.results[0].info.val_acc == ab.results[0].info.val_acc  # the same episode, paid differently
+    r, a = relative.summaries[0].reward, absolute.summaries[0].reward
+    assert r["task"] + r["terminal_acc"] == pytest.approx(
+        a["task"] + a["terminal_acc"] - 10 * twins[3][-1] - 10 * (twins[3][-1] - twins[3][0])
+    )
+    assert list(twins) == [3]  # the cached twin was reused

@@ -223,3 +223,35 @@ def test_a_loop_that_reports_no_flops_leaves_them_unknown():
     assert [i.train_flops for i in infos] == [None, None]
     assert summary.train_flops is None and summary.host_flops_per_image is None
     assert summary.to_dict()["host_train_flops"] is None
+
+
+def test_host_profile_places_slots_by_the_compute_before_them():
+    """Depth is the share of the host's forward FLOPs computed before each slot: increasing
+    in host order, within [0, 1], and the total is the host's FLOPs per example."""
+    from esper.simic.flops import HostProfile, host_profile
+
+    x = torch.randn(2, 3, 16, 16)
+    mm = esper.instrument(TinyCNN(), (x,))
+    profile = host_profile(mm)
+    assert isinstance(profile, HostProfile) and list(profile.depth) == list(mm.plane.slots)
+    depths = list(profile.depth.values())
+    assert depths == sorted(depths) and 0 < depths[0] and depths[-1] <= 1
+    conv1 = 2 * 3 * 8 * 9 * 16 * 16  # two FLOPs per multiply-add of block1's 3x3 convolution
+    conv2 = 2 * 8 * 16 * 9 * 8 * 8
+    head = 2 * 16 * 4
+    assert profile.flops == conv1 + conv2 + head
+    assert profile.depth["block1"] == pytest.approx(conv1 / profile.flops)
+
+
+def test_blueprint_profile_reads_what_a_blueprint_is_off_its_layers():
+    from esper.kasmina.blueprints import blueprint_profile, param_count
+
+    shape = (2, 16, 8, 8)
+    conv, depthwise, attention, norm = (blueprint_profile(n, shape) for n in ("conv_enhance", "depthwise", "attention", "norm"))
+    assert conv.params == param_count("conv_enhance", shape) and conv.flops > depthwise.flops > 0
+    assert conv.spatial_mixing and not conv.depthwise and depthwise.depthwise and depthwise.spatial_mixing
+    assert attention.global_mixing and not conv.global_mixing
+    assert norm.normalizes and norm.flops == 0 and not norm.spatial_mixing
+    state = torch.get_rng_state()
+    blueprint_profile("conv_enhance", (2, 24, 8, 8))  # measuring leaves the caller's random stream alone
+    assert torch.equal(state, torch.get_rng_state())

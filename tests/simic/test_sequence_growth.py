@@ -80,7 +80,7 @@ def test_one_policy_network_acts_on_cnn_and_transformer_hosts_in_one_batch(recal
 
 
 def test_ppo_trains_on_a_transformer_host(tmp_path, recall):
-    cfg = tiny_config(**{"data": "seq-synthetic", "warm_start": 2, "imitation.epochs": 2}).resolved()
+    cfg = tiny_config(**{"data": "seq-synthetic", "warm_start": 2, "imitation.max_epochs": 2}).resolved()
     host = TinyGPT(vocab=64, dim=16, depth=2, heads=2, context=16)
     Trainer(cfg, tmp_path / "run", copy.deepcopy(host), recall, progress=False, log=lambda s: None).run()
     assert (tmp_path / "run" / "tamiyo.pt").is_file()

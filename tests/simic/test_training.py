@@ -11,6 +11,7 @@ import yaml
 from esper.runs import config as config_io
 from esper.runs.metrics import read_jsonl
 from esper.simic.training import Trainer, load_config, load_policy
+from esper.tamiyo import PPOConfig
 from tests.helpers import named
 from tests.simic.toys import TinyCNN, tiny_config
 
@@ -39,7 +40,8 @@ def test_config_files_may_be_partial_and_strict(tmp_path):
     (tmp_path / "part.yaml").write_text("episodes: 5\nenv: {epochs: 3, lr: 1e-3}\nppo: {entropy_coef: {op: 0.05}}\n")
     cfg = load_config(tmp_path / "part.yaml")
     assert cfg.episodes == 5 and cfg.env.epochs == 3 and cfg.env.lr == 0.001 and cfg.env.batch_size == 128
-    assert cfg.ppo.entropy_coef == {"op": 0.05, "slot": 0.01, "blueprint": 0.01, "blend": 0.01}
+    default = PPOConfig().entropy_coef["slot"]
+    assert cfg.ppo.entropy_coef == {"op": 0.05, "slot": default, "blueprint": default, "blend": default}
     (tmp_path / "bad.yaml").write_text("env: {epoch: 3}\n")
     with pytest.raises(ValueError, match="env.epoch"):
         load_config(tmp_path / "bad.yaml")
@@ -126,7 +128,7 @@ def test_resume_refuses_changed_settings(tmp_path, toy):
 def test_warm_start_clones_the_heuristic_first(tmp_path, toy):
     # Six epochs: the heuristic germinates after three, so the teacher does more than WAIT,
     # which an untrained policy might pick greedily anyway. Enough cloning to fit these pairs.
-    train(tmp_path, toy, warm_start=2, episodes=2, **{"env.epochs": 6, "imitation.epochs": 60, "imitation.learning_rate": 1e-2})
+    train(tmp_path, toy, warm_start=2, episodes=2, **{"env.epochs": 6, "imitation.max_epochs": 60, "imitation.learning_rate": 1e-2})
     warm = records(tmp_path, "warm_start")
     assert len(warm) == 1 and warm[0]["pairs"] == 2 * 6
     assert any(r["germinated"] for r in records(tmp_path, "episode") if r["phase"] == "warm_start")

@@ -72,6 +72,6 @@ def tiny_config(**overrides):
         hidden=16,
         env=EnvConfig(epochs=2, batch_size=32),
         ppo=PPOConfig(minibatch_size=4, update_epochs=2),
-        imitation=ImitationConfig(epochs=3),
+        imitation=ImitationConfig(max_epochs=3),
     )
     return config_io.with_overrides(cfg, overrides)

@@ -7,6 +7,8 @@ from hypothesis import strategies as st
 
 from esper.leyline import (
     GLOBAL_FEATURES,
+    MAX_BLUEPRINTS,
+    NUM_BLUEPRINT_FEATURES,
     NUM_GLOBAL_FEATURES,
     NUM_SLOT_FEATURES,
     SLOT_FEATURES,
@@ -50,7 +52,8 @@ def make_observation(
 
     fitting = [{b for b in blueprints if rank in BLUEPRINT_RANKS[b]} for rank in ranks]
     op_mask, blueprint_mask, blend_mask = action_masks(stages, fitting, blueprints, blends)
-    return Observation(global_features, slot_features, op_mask, blueprint_mask, blend_mask, [f"s{i}" for i in range(n)])
+    blueprint_features = (torch.rand(n, MAX_BLUEPRINTS, NUM_BLUEPRINT_FEATURES, generator=g) * 2 - 1) * blueprint_mask.unsqueeze(-1)
+    return Observation(global_features, slot_features, op_mask, blueprint_mask, blend_mask, [f"s{i}" for i in range(n)], blueprint_features)
 
 
 @st.composite

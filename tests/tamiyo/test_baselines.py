@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
 import torch
 
 from esper.leyline import Edit, Op, SeedStage
-from esper.tamiyo import Action, HeuristicConfig, HeuristicPolicy, RandomPolicy, TamiyoPolicy, agreement, behaviour_clone
+from esper.tamiyo import (
+    Action,
+    HeuristicConfig,
+    HeuristicPolicy,
+    RandomPolicy,
+    TamiyoPolicy,
+    agreement,
+    behaviour_clone,
+    fit_value,
+)
 from esper.tamiyo.imitation import ImitationConfig
 from tests.tamiyo.factory import STEPS, VOCAB, make_observation
 
@@ -89,10 +99,12 @@ def test_random_policy_is_uniform_over_legal_ops_and_seeded():
     assert actions == again
 
 
-def test_behaviour_cloning_copies_the_heuristic():
+def _teacher_pairs(count: int) -> tuple[list, list[Action]]:
+    """`count` random observations (1 to 5 slots of random ranks, every stage) and the
+    heuristic's actions on them."""
     rng = random.Random(0)
     observations = []
-    for i in range(256):
+    for i in range(count):
         n = rng.randint(1, 5)
         stages = [rng.choice(list(S)) for _ in range(n)]
         globals_ = {
@@ -101,18 +113,45 @@ def test_behaviour_cloning_copies_the_heuristic():
             "progress": rng.random(),
         }
         slots = {"alpha": [rng.choice([0.5, 1.0]) for _ in range(n)], "contribution_known": [1.0] * n}
-        observations.append(make_observation(stages, seed=i, globals_=globals_, slots=slots))
+        ranks = [rng.choice([2, 3, 4]) for _ in range(n)]
+        observations.append(make_observation(stages, ranks, seed=i, globals_=globals_, slots=slots))
     # One environment per observation, so the heuristic's memory never links two of them.
-    actions = heuristic().choose(observations)
+    # The preference makes the blueprint depend on the slot: lora at rank 3, attention at 4.
+    return observations, heuristic(blueprint_preference=["lora", "attention"]).choose(observations)
+
+
+def test_behaviour_cloning_trains_until_it_agrees_with_the_heuristic():
+    observations, actions = _teacher_pairs(500)
     assert len({a.op for a in actions}) == 5  # every op is demonstrated
+    assert len({a.blueprint for a in actions if a.op == Op.GERMINATE}) == 3  # noop, attention, lora
 
     torch.manual_seed(0)
     policy = TamiyoPolicy(VOCAB, hidden=64)
     before = agreement(policy, observations, actions)
-    losses = behaviour_clone(policy, observations, actions, ImitationConfig(epochs=40, learning_rate=3e-3))
-    assert losses[-1] < losses[0] / 3
-    after = agreement(policy, observations, actions)
-    assert after > max(0.85, before), (before, after)
+    critic = copy.deepcopy(policy.critic.state_dict())
+    cfg = ImitationConfig()
+    result = behaviour_clone(policy, observations, actions, cfg)
+    assert result.agreement >= cfg.target_agreement > before, (before, result)
+    assert result.agreement == agreement(policy, observations, actions)
+    assert result.epochs == len(result.losses) < cfg.max_epochs and result.epochs % cfg.check_every == 0
+    assert result.losses[-1] < result.losses[0] / 3
+    assert all(torch.equal(v, critic[k]) for k, v in policy.critic.state_dict().items())  # the actor only
+
+    # Stops at max_epochs when the target is out of reach.
+    capped = behaviour_clone(TamiyoPolicy(VOCAB, hidden=16), observations[:64], actions[:64], ImitationConfig(max_epochs=3))
+    assert capped.epochs == len(capped.losses) == 3
+
+
+def test_fit_value_fits_the_critic_and_leaves_the_actor():
+    observations, _ = _teacher_pairs(128)
+    returns = [o.global_feature("progress") * 2 - 1 for o in observations]  # something the critic can see
+    torch.manual_seed(0)
+    policy = TamiyoPolicy(VOCAB, hidden=32)
+    actor = [p.detach().clone() for p in policy.actor_parameters()]
+    losses, ev = fit_value(policy, observations, returns, 30, ImitationConfig(learning_rate=3e-3))
+    assert len(losses) == 30 and losses[-1] < losses[0] / 3
+    assert ev > 0.5
+    assert all(torch.equal(p, q) for p, q in zip(policy.actor_parameters(), actor))
 
 
 def test_behaviour_cloning_rejects_illegal_teacher_actions():

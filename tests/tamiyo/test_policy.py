@@ -10,11 +10,12 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from esper.leyline import Edit, Observation, Op, SeedStage, Vocabulary, batch_observations, legal_ops
+from esper.leyline import MAX_BLUEPRINTS, Edit, Observation, Op, SeedStage, Vocabulary, batch_observations, legal_ops
 from esper.tamiyo import (
     HEADS,
     Action,
     HeuristicPolicy,
+    PPOConfig,
     RandomPolicy,
     RolloutBuffer,
     TamiyoPolicy,
@@ -35,7 +36,12 @@ POLICY64 = copy.deepcopy(POLICY).double()
 
 
 def float64(batch):
-    return dataclasses.replace(batch, global_features=batch.global_features.double(), slot_features=batch.slot_features.double())
+    return dataclasses.replace(
+        batch,
+        global_features=batch.global_features.double(),
+        slot_features=batch.slot_features.double(),
+        blueprint_features=batch.blueprint_features.double(),
+    )
 
 
 def assert_legal(obs: Observation, action: Action) -> None:
@@ -119,14 +125,14 @@ def test_evaluate_reproduces_act_with_stored_masks():
         sample = POLICY64.act(float64(batch_observations(obs_list)))
         buffer.add(obs_list, sample, [0.0] * num_envs, [False] * num_envs)
         samples.append(sample)
-    buffer.compute_returns(torch.zeros(num_envs), 0.99, 0.95)
+    buffer.compute_returns(PPOConfig(advantages="gae"))
     old_log_prob = torch.cat([s.log_prob for s in samples])
     old_value = torch.cat([s.value for s in samples])
     assert old_log_prob.dtype == torch.float64
     index = torch.randperm(len(buffer))[:13]
-    batch, actions, masks, stored_log_prob, _, _ = buffer.minibatch(index)
-    log_prob, entropy, value = POLICY64.evaluate(float64(batch), actions, masks)
-    torch.testing.assert_close(stored_log_prob, old_log_prob[index], rtol=0, atol=0)  # a copy
+    mb = buffer.minibatch(index)
+    log_prob, entropy, value = POLICY64.evaluate(float64(mb.observations), mb.actions, mb.masks)
+    torch.testing.assert_close(mb.old_log_prob, old_log_prob[index], rtol=0, atol=0)  # a copy
     torch.testing.assert_close(log_prob, old_log_prob[index], msg=named("log_prob"))
     torch.testing.assert_close(value, old_value[index], msg=named("value"))
     assert set(entropy) == set(HEADS)
@@ -159,3 +165,49 @@ def test_weights_remember_their_vocabulary():
         other.load_state_dict(POLICY.state_dict(), strict=False)
     same = TamiyoPolicy(VOCAB, hidden=32)
     same.load_state_dict(POLICY.state_dict())
+
+
+def _germinate_log_probs(policy, obs: Observation, slot: int) -> torch.Tensor:
+    """log pi(GERMINATE, slot, j) for every blueprint j, with the blend forced to index 0 so
+    that its head adds nothing: the op and slot heads never see the candidates, so between
+    two observations that differ only in candidate features, the differences are the
+    blueprint head's."""
+    batch = float64(batch_observations([obs] * MAX_BLUEPRINTS))
+    actions = torch.tensor([[Op.GERMINATE, slot, j, 0] for j in range(MAX_BLUEPRINTS)])
+    masks = masks_for(batch, actions)
+    masks.blend = torch.zeros_like(masks.blend)
+    masks.blend[:, 0] = True
+    masks.blueprint = batch.blueprint_mask[:, slot]  # every row: the legal candidates at the slot
+    with torch.no_grad():
+        log_prob, _ = policy.evaluate_actor(batch, actions, masks)
+    return log_prob
+
+
+@given(st.integers(0, 2), st.integers(0, 2**16))
+def test_the_blueprint_head_scores_candidates_by_their_features(candidate, seed):
+    obs = make_observation([S.DORMANT, S.DORMANT], ranks=[4, 4], seed=seed)  # noop, conv, attention fit
+    legal = obs.blueprint_mask[1].nonzero().flatten().tolist()
+    assert legal == [0, 1, 2]
+    base = _germinate_log_probs(POLICY64, obs, slot=1)[legal]
+
+    changed = obs.blueprint_features.clone()
+    changed[1, candidate] = -changed[1, candidate] + 0.5
+    moved = _germinate_log_probs(POLICY64, dataclasses.replace(obs, blueprint_features=changed), slot=1)[legal]
+    assert abs(float(moved[candidate] - base[candidate])) > 1e-6  # its logit changed...
+    # ...and only the blueprint head moved: P(op) P(slot) is the same, summed over candidates.
+    torch.testing.assert_close(moved.exp().sum(), base.exp().sum())
+
+    # Another slot's candidates, and candidates the mask rules out, change nothing.
+    elsewhere = obs.blueprint_features.clone()
+    elsewhere[0] += 1.0
+    elsewhere[1, 3:] += 1.0
+    same = _germinate_log_probs(POLICY64, dataclasses.replace(obs, blueprint_features=elsewhere), slot=1)[legal]
+    torch.testing.assert_close(same, base, rtol=0, atol=1e-12)
+
+
+def test_candidates_with_equal_features_still_differ_by_index():
+    obs = make_observation([S.DORMANT], ranks=[4], seed=5)
+    features = obs.blueprint_features.clone()
+    features[0, 1] = features[0, 2]  # conv described exactly as attention
+    log_prob = _germinate_log_probs(POLICY64, dataclasses.replace(obs, blueprint_features=features), slot=0)
+    assert abs(float(log_prob[1] - log_prob[2])) > 1e-9

@@ -1,7 +1,9 @@
-"""PPO: GAE by hand, learning a bandit, update metrics, KL early stop, health warnings."""
+"""PPO: GAE and leave-one-out advantages by hand, learning a bandit, update metrics, KL early
+stop, the teacher schedule, health warnings. The loss's parts: test_ppo_loss.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -15,9 +17,11 @@ from esper.tamiyo import (
     TamiyoPolicy,
     compute_gae,
     health_warnings,
+    loo_advantages,
     make_optimizer,
     masks_for,
     ppo_update,
+    teacher_coef_at,
 )
 from tests.tamiyo.factory import STEPS, VOCAB, make_observation
 
@@ -38,6 +42,73 @@ def test_gae_matches_a_hand_computation():
     torch.testing.assert_close(returns, expected + values)
 
 
+# Leave-one-out, by hand, gamma 0.5, two steps, six environments in groups {0, 1}, {2, 3, 4}, {5}.
+LOO_REWARDS = torch.tensor([[1.0, 0.0, 2.0, 4.0, 0.0, 1.0], [2.0, 4.0, 0.0, 2.0, 6.0, 3.0]])
+LOO_VALUES = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.5]])
+LOO_GROUPS = [7, 7, 3, 3, 3, 9]  # any ids: only equality matters
+# Returns-to-go: G[1] = r[1]; G[0] = r[0] + 0.5 r[1] = 2, 2, 2, 5, 3, 2.5.
+LOO_RETURNS = torch.tensor([[2.0, 2.0, 2.0, 5.0, 3.0, 2.5], [2.0, 4.0, 0.0, 2.0, 6.0, 3.0]])
+LOO_EXPECTED = torch.tensor(
+    [
+        # {0, 1}: each minus the other. {2, 3, 4}: 2 - (5+3)/2, 5 - (2+3)/2, 3 - (2+5)/2.
+        # 5 is alone: G - V = 2.5 - 1.0.
+        [0.0, 0.0, -2.0, 2.5, -0.5, 1.5],
+        # 2 - 4, 4 - 2; 0 - (2+6)/2, 2 - (0+6)/2, 6 - (0+2)/2; 3 - 0.5.
+        [-2.0, 2.0, -4.0, -1.0, 5.0, 2.5],
+    ]
+)
+
+
+def test_loo_advantages_match_a_hand_computation():
+    advantages, returns = loo_advantages(LOO_REWARDS, LOO_VALUES, torch.tensor(LOO_GROUPS), 0.5)
+    torch.testing.assert_close(returns, LOO_RETURNS)
+    torch.testing.assert_close(advantages, LOO_EXPECTED)
+
+
+def _loo_buffer(dones: list[list[bool]], groups=LOO_GROUPS) -> RolloutBuffer:
+    """A buffer of LOO_REWARDS over one-slot observations, the critic's values set to LOO_VALUES."""
+    torch.manual_seed(0)
+    policy = TamiyoPolicy(VOCAB, hidden=16)
+    buffer = RolloutBuffer(len(groups))
+    for t, step_dones in enumerate(dones):
+        obs_list = [make_observation([SeedStage.DORMANT], seed=10 * t + e) for e in range(len(groups))]
+        sample = dataclasses.replace(policy.act(batch_observations(obs_list)), value=LOO_VALUES[t])
+        buffer.add(obs_list, sample, LOO_REWARDS[t].tolist(), step_dones, groups=groups)
+    return buffer
+
+
+def test_the_buffer_computes_loo_advantages_for_whole_episodes_and_refuses_others():
+    buffer = _loo_buffer([[False] * 6, [True] * 6])
+    buffer.compute_returns(PPOConfig(advantages="loo", gamma=0.5))
+    torch.testing.assert_close(buffer.advantages, LOO_EXPECTED.flatten())  # step-major, like the observations
+    torch.testing.assert_close(buffer.returns, LOO_RETURNS.flatten())
+
+    ragged = [[False, True, False, False, False, False], [True] * 6]  # env 1's episode ended at step 0
+    cut = [[False] * 6, [False] * 5 + [True]]  # five episodes continue past the buffer
+    for dones in (ragged, cut):
+        with pytest.raises(ValueError, match="whole episodes"):
+            _loo_buffer(dones).compute_returns(PPOConfig(advantages="loo"))
+        _loo_buffer(dones).compute_returns(PPOConfig(advantages="gae"))  # GAE handles both
+    regrouped = _loo_buffer([[False] * 6])
+    obs_list = regrouped.observations[:6]
+    sample = TamiyoPolicy(VOCAB, hidden=16).act(batch_observations(obs_list))
+    with pytest.raises(ValueError, match="the same way at every step"):
+        regrouped.add(obs_list, sample, [0.0] * 6, [True] * 6, groups=[0] * 6)
+    with pytest.raises(ValueError, match="groups must name all 6 environments"):
+        RolloutBuffer(6).add(obs_list, sample, [0.0] * 6, [True] * 6, groups=[0, 0, 1])
+    with pytest.raises(ValueError, match="advantages must be"):
+        PPOConfig(advantages="mc")
+
+
+def test_the_teacher_weight_anneals_linearly_between_its_endpoints():
+    cfg = PPOConfig(teacher_coef=1.0, teacher_coef_final=0.2, teacher_anneal_updates=10)
+    assert teacher_coef_at(cfg, 0) == 1.0
+    assert teacher_coef_at(cfg, 5) == pytest.approx(0.6)
+    assert teacher_coef_at(cfg, 10) == pytest.approx(0.2)
+    assert teacher_coef_at(cfg, 1000) == pytest.approx(0.2)  # stays at the final weight
+    assert teacher_coef_at(dataclasses.replace(cfg, teacher_anneal_updates=0), 0) == 0.2
+
+
 def _bandit_probability(policy, obs) -> float:
     batch = batch_observations([obs])
     target = torch.tensor([[Op.GERMINATE, 1, 0, 0]])
@@ -46,7 +117,8 @@ def _bandit_probability(policy, obs) -> float:
 
 
 def test_ppo_learns_a_bandit():
-    """GERMINATE in slot 1 pays 1, anything else 0; one-step episodes."""
+    """GERMINATE in slot 1 pays 1, anything else 0; one-step episodes, each observation
+    played by two environments of one group, each the other's leave-one-out baseline."""
     torch.manual_seed(0)
     # One blueprint and one blend: those heads are forced, so the target's probability is
     # P(op = GERMINATE) * P(slot = 1 | GERMINATE), 0.25 for a uniform policy.
@@ -56,14 +128,14 @@ def test_ppo_learns_a_bandit():
     optimizer = make_optimizer(policy, cfg)
     before = _bandit_probability(policy, obs_list[0])
     history = []
-    for _ in range(10):
-        buffer = RolloutBuffer(len(obs_list))
-        for _ in range(2):
-            sample = policy.act(batch_observations(obs_list))
-            rewards = [float(a[0] == Op.GERMINATE and a[1] == 1) for a in sample.actions.tolist()]
-            buffer.add(obs_list, sample, rewards, [True] * len(obs_list))
-        buffer.compute_returns(torch.zeros(len(obs_list)), cfg.gamma, cfg.gae_lambda)
-        history.append(ppo_update(policy, optimizer, buffer, cfg))
+    envs = obs_list * 2
+    for update in range(10):
+        buffer = RolloutBuffer(len(envs))
+        sample = policy.act(batch_observations(envs))
+        rewards = [float(a[0] == Op.GERMINATE and a[1] == 1) for a in sample.actions.tolist()]
+        buffer.add(envs, sample, rewards, [True] * len(envs), groups=list(range(len(obs_list))) * 2)
+        buffer.compute_returns(cfg)
+        history.append(ppo_update(policy, optimizer, buffer, cfg, update_index=update))
     after = _bandit_probability(policy, obs_list[0])
     assert 0.23 < before < 0.27
     assert after > 0.6, (before, after)
@@ -71,6 +143,8 @@ def test_ppo_learns_a_bandit():
     metrics = history[-1]
     for key in ("policy_loss", "value_loss", "approx_kl", "clip_fraction"):
         assert math.isfinite(metrics[key]), key
+    assert math.isnan(metrics["teacher_loss"]) and math.isnan(metrics["teacher_agreement"])  # no teacher
+    assert metrics["teacher_coef"] == teacher_coef_at(cfg, 9)
     # nan only when every return was equal (e.g. the policy always won); rare early on.
     assert any(math.isfinite(m["explained_variance"]) for m in history)
     for head in HEADS:
@@ -91,7 +165,7 @@ def test_update_stops_early_on_kl():
     buffer.add(obs_list, sample, torch.randn(len(obs_list)).tolist(), [True] * len(obs_list))
     with pytest.raises(RuntimeError, match="compute_returns"):
         ppo_update(policy, make_optimizer(policy, cfg), buffer, cfg)
-    buffer.compute_returns(torch.zeros(len(obs_list)), cfg.gamma, cfg.gae_lambda)
+    buffer.compute_returns(cfg)
     metrics = ppo_update(policy, make_optimizer(policy, cfg), buffer, cfg)
     assert metrics["kl_early_stop"] is True
     assert 1 <= metrics["minibatches"] < 16
@@ -119,95 +193,3 @@ def test_health_warnings_flag_collapse_dead_critic_and_wait_only():
         assert f"{head} head entropy" in text
     assert "blueprint head" not in text  # unknown, not collapsed
     assert "explained variance" in text and "WAIT" in text
-
-
-# ---- the update's parts, one full-batch step each --------------------------------------------------
-class Recording(torch.optim.SGD):
-    """Plain SGD that keeps the gradient norm it was handed, after PPO's clipping."""
-
-    def __init__(self, params):
-        self.params = list(params)
-        super().__init__(self.params, lr=0.1)
-        self.grad_norms = []
-
-    def step(self, closure=None):
-        self.grad_norms.append(float(torch.cat([p.grad.flatten() for p in self.params if p.grad is not None]).norm()))
-        return super().step(closure)
-
-
-def _one_step(advantages=None, seed=0, **overrides):
-    """One PPO step over one full batch; returns the policy, the optimizer and the gradient."""
-    torch.manual_seed(seed)
-    obs_list = [make_observation([SeedStage.DORMANT, SeedStage.TRAINING, SeedStage.BLENDING], seed=s) for s in range(16)]
-    policy = TamiyoPolicy(VOCAB, hidden=32)
-    settings = dict(
-        minibatch_size=16,
-        update_epochs=1,
-        target_kl=None,
-        value_coef=0.0,
-        entropy_floor_coef=0.0,
-        entropy_coef={h: 0.0 for h in HEADS},
-        max_grad_norm=1e9,
-    )
-    cfg = PPOConfig(**{**settings, **overrides})
-    buffer = RolloutBuffer(len(obs_list))
-    sample = policy.act(batch_observations(obs_list))
-    buffer.add(obs_list, sample, torch.randn(len(obs_list)).tolist(), [True] * len(obs_list))
-    buffer.compute_returns(torch.zeros(len(obs_list)), cfg.gamma, cfg.gae_lambda)
-    if advantages is not None:
-        buffer.advantages = advantages(buffer.advantages)
-    optimizer = Recording(policy.parameters())
-    before = [p.detach().clone() for p in policy.parameters()]
-    ppo_update(policy, optimizer, buffer, cfg)
-    step = torch.cat([(p.detach() - b).flatten() for p, b in zip(policy.parameters(), before)])
-    return policy, optimizer, step, obs_list
-
-
-def test_gradients_are_clipped_to_max_grad_norm():
-    _, free, _, _ = _one_step()
-    assert free.grad_norms[0] > 0.01  # so that the clip below has something to cut
-    _, clipped, step, _ = _one_step(max_grad_norm=0.01)
-    assert clipped.grad_norms[0] == pytest.approx(0.01, rel=1e-4)
-    assert float(step.norm()) == pytest.approx(0.1 * 0.01, rel=1e-3)  # SGD moved by lr times the clipped gradient
-
-
-def _sixteenths(a):
-    """Advantages on a grid of 1/16: then a * 4 + 3, their mean (a sum over 16 rows, over
-    16) and each deviation from it are exact in fp32, the deviations' squares and sum are
-    exact in the float64 torch accumulates the variance in, and a square root scales
-    exactly by 4. So normalising 4 a + 3 gives the same bits as normalising a; a scale
-    of 10 would round differently, and leave a step that differs by rounding."""
-    a = (16 * a).round() / 16
-    assert a.std() >= 0.25  # so that the + 1e-8 under the division rounds away in both
-    return a
-
-
-def test_advantages_are_normalised_per_minibatch():
-    # Normalised, a positive affine change of the advantages leaves the policy step as it was,
-    # to the bit (see _sixteenths): a missed mean or deviation changes it by far more.
-    _, _, step, _ = _one_step(advantages=_sixteenths)
-    _, _, shifted, _ = _one_step(advantages=lambda a: 4 * _sixteenths(a) + 3)
-    torch.testing.assert_close(shifted, step, rtol=0, atol=0)
-    _, _, raw, _ = _one_step(advantages=_sixteenths, normalize_advantages=False)
-    _, _, raw_shifted, _ = _one_step(advantages=lambda a: 4 * _sixteenths(a) + 3, normalize_advantages=False)
-    assert not torch.allclose(raw_shifted, raw, rtol=1e-2)
-
-
-def _op_entropy(policy, obs_list):
-    batch = batch_observations(obs_list)
-    sample = policy.act(batch)
-    _, entropy, _ = policy.evaluate(batch, sample.actions, sample.masks)
-    return float(entropy["op"].detach().mean())
-
-
-def test_the_entropy_floor_pushes_a_head_back_up_and_is_silent_above_it():
-    # No policy, value or entropy-bonus term: only the floor's penalty can move the policy.
-    zero = lambda a: torch.zeros_like(a)  # noqa: E731
-    floors = {h: 2.0 for h in HEADS}  # above any normalised entropy: the penalty is active on every head
-    base, _, _, obs_list = _one_step(advantages=zero, normalize_advantages=False, entropy_floor_coef=0.0)
-    pushed, _, step, _ = _one_step(advantages=zero, normalize_advantages=False, entropy_floor_coef=5.0, entropy_floor=floors)
-    assert float(step.abs().max()) > 0
-    assert _op_entropy(pushed, obs_list) > _op_entropy(base, obs_list)
-    below = {h: 0.0 for h in HEADS}  # met everywhere: relu(0 - entropy) = 0, nothing to push
-    _, _, silent, _ = _one_step(advantages=zero, normalize_advantages=False, entropy_floor_coef=5.0, entropy_floor=below)
-    assert float(silent.abs().max()) == 0.0
