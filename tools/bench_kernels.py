@@ -22,8 +22,9 @@ import statistics
 import time
 from collections.abc import Callable
 
-import esper.kernels as K
 import torch
+
+import esper.kernels as K
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 B, D = 32, 1024  # h is (B, T, D); T follows from the working set

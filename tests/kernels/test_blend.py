@@ -7,12 +7,13 @@ import subprocess
 import sys
 from unittest import mock
 
-import esper.kernels as K
 import pytest
 import torch
-from esper.kernels import blend_reference, straight_through_reference
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+
+import esper.kernels as K
+from esper.kernels import blend_reference, straight_through_reference
 
 # Dims alpha keeps, as a function of h's rank; every other dim broadcasts.
 LAYOUTS = {
