@@ -1,10 +1,12 @@
 """The shipped training spec loads and runs as it stands, and each benchmark in tools/ runs in a smoke mode."""
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 
+import torch
 import yaml
 
 from esper.runs import config as config_io
@@ -59,16 +61,41 @@ def test_bench_instrument_smoke():
     assert "host_cnn" in out
 
 
+def test_bench_overhead_smoke(capsys):
+    spec = importlib.util.spec_from_file_location("bench_overhead", ROOT / "tools" / "bench_overhead.py")
+    bench_overhead = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_overhead)
+    # --threads: main sets the thread count, which must not change for the tests after this one
+    short = ["--sizes", "launch", "--modes", "eager", "--rounds", "2", "--warmup", "1", "--threads", str(torch.get_num_threads())]
+    table = bench_overhead.main(short)
+    out = capsys.readouterr().out
+    assert list(table) == [("launch", "eager")]
+    for variant in ("host", "dormant", "training", "blend:linear", "blend:gated", "fossil", "fossil:gated"):
+        assert f"| {variant} | " in out, variant
+    assert table[("launch", "eager")]["training"]["vs_fossil"] > 0
+
+
 def test_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     """tools/gpu_check.py --cpu: every part (bench_kernels, the kernel tests, bench_envs,
-    esper grow) on tiny sizes, so the script a GPU lease runs first cannot rot."""
+    esper grow, bench_overhead) on tiny sizes, so the script a GPU lease runs first cannot rot."""
     out = _tool("tools/gpu_check.py", "--cpu", "--out", str(tmp_path), env={"TRITON_INTERPRET": "1"})
     result = json.loads((tmp_path / "gpu_check.json").read_text())
-    for part in ("kernels", "tests", "envs", "grow"):
+    for part in ("kernels", "tests", "envs", "grow", "overhead"):
         assert result[part]["ok"], (part, result[part].get("error"))
     assert {(r["variant"], r["pass"]) for r in result["kernels"]["result"]} >= {("kernel", "fwd+bwd"), ("compile", "fwd")}
     assert result["tests"]["result"]["returncode"] == 0 and result["tests"]["result"]["passed"] > 0
-    assert {(r["k"], r["runner"]) for r in result["envs"]["result"]} == {(1, "sequential"), (2, "sequential"), (2, "batched")}
-    assert 0 <= result["grow"]["result"]["test_acc"] <= 1
+    runs = {(r["k"], r["runner"]) for r in result["envs"]["result"]}
+    assert runs == {(1, "bare host"), (1, "sequential"), (2, "sequential"), (2, "batched")}
+    assert 0 <= result["grow"]["result"]["test_acc"] <= 1 and result["grow"]["result"]["wall_ratio"] > 0
+    assert set(result["overhead"]["result"]) == {"launch eager"}
     table = (tmp_path / "gpu_check.md").read_text()
-    assert "| kernel tests on this device | all pass |" in table and "K=2 batched" in table and table in out
+    for claim in (
+        "| kernel tests on this device | all pass |",
+        "K=2 batched",
+        "| one env train img/s vs the bare host | >= 0.60x |",
+        "| esper grow wall time vs the host alone's | <= 1.2x |",
+        "| launch eager step, dormant vs bare host | <= 1.05x |",
+        "| launch eager step, TRAINING/BLENDING vs fossilized",
+    ):
+        assert claim in table, claim
+    assert table in out

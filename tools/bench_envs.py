@@ -15,6 +15,10 @@ Printed per configuration:
                   evaluation, ablation probe, rewards, observations)
     vs 1 env      train img/s divided by that of one environment (K = 1 runs
                   sequentially: one host has nothing to batch with)
+
+The first row, `bare host`, trains HostCNN alone (not instrumented, no growth
+environment) on the same batches with the same optimizer and precision: the speed one
+environment's train img/s is held against.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ import argparse
 import json
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
@@ -35,6 +41,7 @@ from esper.data.splits import DataSplits, TensorData  # noqa: E402
 from esper.kasmina.hosts import reinitialized_copies  # noqa: E402
 from esper.leyline import Edit, Op  # noqa: E402
 from esper.simic.env import EnvConfig, GrowthEnv  # noqa: E402
+from esper.simic.host_training import make_optimizer  # noqa: E402
 from esper.simic.vectorized import VectorEnv  # noqa: E402
 
 
@@ -85,6 +92,48 @@ def measure(k: int, runner: str, args, data: DataSplits, device: torch.device) -
     }
 
 
+def bare_host(args, data: DataSplits, device: torch.device) -> dict:
+    """The host's own training step timed as `measure` times an environment's: one
+    untimed warm-up epoch, then `--steps` epochs, the loss read from the device once per
+    epoch (as a training chunk reads it)."""
+    host = HostCNN(width=args.width).to(device).train()
+    if args.channels_last:
+        host.to(memory_format=torch.channels_last)
+    opt = make_optimizer(host.parameters(), EnvConfig())  # the environments' optimizer: `measure` keeps its defaults
+    bf16 = args.precision == "bf16" and device.type == "cuda"  # the CPU ignores bf16, as HostTrainer does
+    order = torch.Generator(device=data.train.x.device).manual_seed(0)
+
+    def epoch() -> int:
+        total, images = torch.zeros((), device=device), 0
+        for x, y in data.train.batches(args.batch_size, shuffle=True, generator=order):
+            x = x.contiguous(memory_format=torch.channels_last) if args.channels_last else x
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext():
+                loss = F.cross_entropy(host(x), y)
+            loss.backward()
+            opt.step()
+            total += loss.detach()
+            images += len(y)
+        total.item()
+        return images
+
+    epoch()
+    start = time.perf_counter()
+    images = sum(epoch() for _ in range(args.steps))
+    seconds = time.perf_counter() - start
+    ips = images / seconds
+    return {
+        "k": 1,
+        "runner": "bare host",
+        "images": images,
+        "train_seconds": seconds,
+        "step_seconds": seconds,
+        "train_ips": ips,
+        "step_ips": ips,
+        "vs_one": None,
+    }
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
@@ -115,7 +164,9 @@ def main(argv=None) -> list[dict]:
     header = f"{'K':>3}  {'runner':<11}{'train img/s':>13}{'step img/s':>12}{'vs 1 env':>10}"
     print(header)
     print("-" * len(header))
-    rows, one = [], None
+    host = bare_host(args, data, device)
+    print(f"{1:>3}  {'bare host':<11}{host['train_ips']:>13,.0f}{host['step_ips']:>12,.0f}", flush=True)
+    rows, one = [host], None
     for k in args.ks:
         for runner in args.runners if k > 1 else ["sequential"]:
             row = measure(k, runner, args, data, device)
