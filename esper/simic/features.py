@@ -156,8 +156,7 @@ def global_features(signals: TrainingSignals, stages: list[SeedStage]) -> torch.
     return torch.tensor([f[name] for name in GLOBAL_FEATURES], dtype=torch.float32)
 
 
-def _properties(name: str, shape: tuple[int, ...]) -> dict[str, float]:
-    profile = blueprint_profile(name, tuple(shape))
+def _properties(profile) -> dict[str, float]:
     return {p: float(getattr(profile, p)) for p in BLUEPRINT_PROPERTIES}
 
 
@@ -198,7 +197,7 @@ def slot_features(
         f["grad_ratio"] = _clip(math.log10(ratio) / GRAD_DECADES)
         f["grad_known"] = 1.0
     if t.blueprint is not None:
-        f.update({f"seed_{p}": v for p, v in _properties(t.blueprint, t.shape).items()})
+        f.update({f"seed_{p}": v for p, v in _properties(blueprint_profile(t.blueprint, tuple(t.shape))).items()})
     blend = _index(t.blend, blends, "blend")
     if blend is not None:
         f[f"blend_{blend}"] = 1.0
@@ -223,7 +222,7 @@ def blueprint_features(
             "flop_ratio": _log_ratio(profile.flops / host_flops) if host_flops else 0.0,
             "budget_use": _clip(ratio / left, 0.0) if left > 0 else FEATURE_CLIP,
             "fits_budget": float(ratio <= left),
-            **_properties(name, shape),
+            **_properties(profile),
         }
         rows[j] = torch.tensor([f[name] for name in BLUEPRINT_FEATURES])
     return rows

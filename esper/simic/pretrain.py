@@ -1,7 +1,7 @@
 """Pretraining Tamiyo across hosts: a clone of the teacher, corrected by PPO on cheap episodes.
 
     pretrainer = Pretrainer(PretrainConfig(), data)   # data: DataSplits at the proxy's size
-    policy, history = pretrainer.run(log=print)
+    policy = pretrainer.run(log=print)   # pretrainer.history: the clone's and each update's record
 
 1. Clone. The teacher (the heuristic) plays `clone_episodes` episodes spread over the
    hosts; the policy is cloned on its decisions until its greedy agreement reaches the
@@ -37,7 +37,7 @@ from esper.simic.env import EnvConfig, GrowthEnv
 from esper.simic.host_zoo import HOSTS, TRAINING_HOSTS
 from esper.simic.rewards import RewardConfig
 from esper.simic.train_config import episode_seed
-from esper.simic.vectorized import Choice, Rollout, VectorEnv, run_episodes, sample_with
+from esper.simic.vectorized import Choice, Rollout, VectorEnv, merge_rollouts, run_episodes, sample_with
 from esper.tamiyo import (
     HeuristicConfig,
     ImitationConfig,
@@ -135,13 +135,16 @@ class Pretrainer:
         self._pair += 1
         return host, seed
 
-    def _play(self, host: str, seed: int, k: int, act: Callable) -> tuple[Rollout, list[list]]:
-        """k rollouts of `host` on `seed` with `act`, and the teacher's action at every state."""
+    def _play(self, host: str, seed: int, k: int, act: Callable | None) -> tuple[Rollout, list[list]]:
+        """k rollouts of `host` on `seed` with `act` (None: the teacher itself), and the
+        teacher's action at every state."""
         teacher = build_policy("heuristic", self.vocab, heuristic=self.cfg.teacher)
         labels: list[list] = []
 
         def choose(observations) -> Choice:
             labels.append(teacher.choose(observations))
+            if act is None:
+                return Choice([self.vocab.to_edit(a, o) for a, o in zip(labels[-1], observations)], actions=labels[-1])
             return act(observations)
 
         rollout = run_episodes(VectorEnv(self.envs[host][:k]), [seed] * k, choose)
@@ -152,13 +155,9 @@ class Pretrainer:
         keep (state, teacher action) pairs."""
         for _ in range(episodes):
             host, seed = self._next_pair()
-            rollout, labels = self._play(host, seed, 1, act or self._teacher_act())
+            rollout, labels = self._play(host, seed, 1, act)
             for decision, label in zip(rollout.decisions, labels):
                 pairs.append((decision.observations[0], label[0]))
-
-    def _teacher_act(self) -> Callable:
-        teacher = build_policy("heuristic", self.vocab, heuristic=self.cfg.teacher)
-        return lambda observations: Choice(teacher.decide(observations))
 
     def clone(self, log: Callable[[str], None]) -> dict:
         """Steps 1 and 2: behaviour cloning on the teacher's episodes, then DAgger."""
@@ -183,29 +182,24 @@ class Pretrainer:
         """Step 3, once: play the update's groups, then one PPO update on all of them."""
         cfg = self.cfg
         start = time.perf_counter()
-        buffer = RolloutBuffer(cfg.episodes_per_update)
-        steps: list[list] = []  # per decision: (observations, samples, rewards, dones, teacher actions, groups)
-        summaries, hosts = [], []
+        rollouts, labels, hosts = [], [], []
         self.policy.train()
-        for g in range(cfg.groups):
+        for _ in range(cfg.groups):
             host, seed = self._next_pair()
-            rollout, labels = self._play(host, seed, cfg.group_size, sample_with(self.policy))
-            summaries += rollout.summaries
+            rollout, group_labels = self._play(host, seed, cfg.group_size, sample_with(self.policy))
+            rollouts.append(rollout)
+            labels.append(group_labels)
             hosts += [host] * cfg.group_size
-            for t, (decision, label) in enumerate(zip(rollout.decisions, labels)):
-                if len(steps) <= t:
-                    steps.append([])
-                steps[t].append((decision, label, g))
-        for t, parts in enumerate(steps):
-            observations = [o for d, _, _ in parts for o in d.observations]
-            sample = type(parts[0][0].choice.sample).cat([d.choice.sample for d, _, _ in parts])
-            rewards = [r for d, _, _ in parts for r in d.rewards]
-            dones = [x for d, _, _ in parts for x in d.dones]
-            teacher = torch.tensor([tuple(a) for _, label, _ in parts for a in label], dtype=torch.long)
-            groups = [g for d, _, g in parts for _ in d.observations]
-            buffer.add(observations, sample, rewards, dones, teacher_actions=teacher, groups=groups)
+        # The groups side by side, as one rollout of all their environments.
+        merged = merge_rollouts(rollouts)
+        groups = [g for g in range(cfg.groups) for _ in range(cfg.group_size)]
+        buffer = RolloutBuffer(cfg.episodes_per_update)
+        for t, d in enumerate(merged.decisions):
+            teacher = torch.tensor([tuple(a) for group in labels for a in group[t]], dtype=torch.long)
+            buffer.add(d.observations, d.choice.sample, d.rewards, d.dones, teacher_actions=teacher, groups=groups)
         buffer.compute_returns(cfg.ppo)
         metrics = ppo_update(self.policy, optimizer, buffer, cfg.ppo, update_index=index)
+        summaries = merged.summaries
         returns = [s.episode_return for s in summaries]
         record = {
             "update": index,
