@@ -13,15 +13,17 @@ after that many seconds, so a short machine lease finishes whole runs):
                 validation accuracy; the heuristic prefers the blueprint of the best
                 candidate that fits the reward's parameter budget, and may grow a seed
                 in every slot (deepest first).
-  2. baselines  host, static, random, heuristic, the deeper host alone and the heuristic
-                on it, on every evaluation seed; then, from each seed's heuristic run:
+  2. baselines  host, static, random, heuristic, heuristic-budget (the same rule, each
+                blueprint the largest that fits the budget left: a candidate teacher),
+                the deeper host alone and the heuristic on it, on every evaluation seed; then, from each seed's heuristic run:
                 static-same (the blueprints it ended with, fossilized before the first
                 step: what the same modules give when present from the start),
                 host-flops (the host trained for the epochs that spend the grown run's
                 training FLOPs) and static-flops (`static` trained for the epochs that
                 spend them: fewer).
   3. unseen     on each host of the zoo's UNSEEN_HOSTS (never used to pretrain Tamiyo):
-                the host alone (host@NAME) and the heuristic (heuristic@NAME).
+                the host alone (host@NAME), the heuristic (heuristic@NAME) and
+                heuristic-budget@NAME.
   4. policies   the Tamiyo that ships with esper (`--policy tamiyo`, pretrained by
                 tools/pretrain_tamiyo.py) on the host (tamiyo), the deeper host
                 (tamiyo-deep) and every unseen host (tamiyo@NAME); `--tamiyo PATH`
@@ -223,15 +225,8 @@ class Benchmark:
 
     def train_config(self, preferred: str) -> TrainConfig:
         """The settings every heuristic arm shares (its `heuristic` field)."""
-        cfg = TrainConfig(blueprints=BLUEPRINTS, blends=BLENDS, env=self.scale.env, reward=self.scale.reward)
-        cfg.heuristic.blueprint_preference = [preferred] + [b for b in BLUEPRINTS if b != preferred]
-        cfg.heuristic.max_active = 4  # more live seeds than HostCNN has slots: one in every slot, deepest first
-        # A seed blended in after a few ticks of isolated training has not yet been trained
-        # with the host, so ablating it then says little about what it will add by the end
-        # (the static runs gain most from co-training): keep every seed that is not clearly
-        # harmful, and cull only on a large measured harm or fall.
-        cfg.heuristic.tolerance = cfg.heuristic.decline = 0.1
-        return cfg
+        heuristic = HeuristicConfig.every_slot(preferred)
+        return TrainConfig(blueprints=BLUEPRINTS, blends=BLENDS, env=self.scale.env, reward=self.scale.reward, heuristic=heuristic)
 
     def matched_jobs(self, best: str, seed: int) -> list[Job]:
         """The arms made from seed `seed`'s heuristic run: its fossils from the first step, and
@@ -251,6 +246,7 @@ class Benchmark:
         start = time.perf_counter()
         best, preferred = self._phase("headroom", self.headroom)
         heuristic = ("heuristic", self.heuristic_config(preferred))
+        budget = ("heuristic", dataclasses.replace(heuristic[1], blueprint_by="budget"))
         wait = ("wait",)
 
         def baselines():
@@ -263,6 +259,7 @@ class Benchmark:
                         Job("static", seed, wait, env=self.static_env(best)),
                         Job("random", seed, ("random",)),
                         Job("heuristic", seed, heuristic),
+                        Job("heuristic-budget", seed, budget),
                         Job("host-deep", seed, wait, deep=True),
                         Job("heuristic-deep", seed, heuristic, deep=True),
                     )
@@ -276,7 +273,7 @@ class Benchmark:
                     Job(f"{arm}@{name}", seed, policy, zoo=name)
                     for name in UNSEEN_HOSTS
                     for seed in self.eval_seeds
-                    for arm, policy in (("host", wait), ("heuristic", heuristic))
+                    for arm, policy in (("host", wait), ("heuristic", heuristic), ("heuristic-budget", budget))
                 ]
             )
 
@@ -362,7 +359,7 @@ def main(argv=None) -> int:
         return 2
     work = Path(args.work or ROOT / "runs" / f"evidence-{scale.name}")
     bench = Benchmark(scale, work, Path(args.out), args.data_root, args.jobs, args.threads)
-    unknown = set(args.skip) - set(ARM_ORDER) - {"host@", "heuristic@", "tamiyo@"}
+    unknown = set(args.skip) - set(ARM_ORDER) - {"host@", "heuristic@", "heuristic-budget@", "tamiyo@"}
     if unknown:
         print(f"evidence: unknown arm(s) {', '.join(sorted(unknown))}; arms: {', '.join(ARM_ORDER)}", file=sys.stderr)
         return 2

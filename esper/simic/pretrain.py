@@ -70,7 +70,7 @@ class PretrainConfig:
     # Growth up to the host's own size is free (the evidence benchmark's budget); the twin
     # takes what the host learns by itself out of every return.
     reward: RewardConfig = field(default_factory=lambda: RewardConfig(param_budget=1.0, relative_to_twin=True))
-    teacher: HeuristicConfig = field(default_factory=HeuristicConfig)
+    teacher: HeuristicConfig = field(default_factory=HeuristicConfig.every_slot)  # the evidence benchmark's rule
     hidden: int = 64
     clone_episodes: int = 16
     dagger_rounds: int = 1

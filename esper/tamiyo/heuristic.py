@@ -13,7 +13,9 @@ Rules, first match wins, one action per environment and step:
      decisions; with the default 1.0 always, and then no history is needed), fewer than
      `max_active` seeds are live and the episode is between `earliest_germination` and
      `latest_germination` of the way through, the deepest slot that may germinate (or the
-     earliest, with germinate_at "first") gets the first applicable preferred blueprint;
+     earliest, with germinate_at "first") gets a blueprint: the first applicable preferred
+     one, or with blueprint_by "budget" the largest (by parameters) that fits in what is
+     left of the parameter budget (the preferred one when none fits);
   5. otherwise WAIT.
 It reads only the observation (scaled features, decoded with the leyline scales), so it
 runs wherever the network policy runs.
@@ -24,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from esper.leyline import ACTIVE_STAGES, Edit, Observation, Op, SeedStage, Vocabulary
-from esper.leyline.observations import ACC_SCALE, EPOCH_SCALE
+from esper.leyline.observations import ACC_SCALE, BLUEPRINT_FEATURES, EPOCH_SCALE
 from esper.tamiyo.actions import Action
 
 
@@ -56,8 +58,29 @@ class HeuristicConfig:
     # Where to germinate: "first", the earliest free slot; "last", the deepest, where a
     # seed of a host trained from scratch changes the most in a short episode.
     germinate_at: str = "last"
+    # "preference": the first of blueprint_preference the slot accepts. "budget": the
+    # largest that fits in what is left of the reward's parameter budget, so that a wide
+    # host gets whole convolutions where a narrow one gets what it can afford; with no
+    # budget nothing fits and the preference decides.
+    blueprint_by: str = "preference"
+
+    @classmethod
+    def every_slot(cls, preferred: str | None = None, **changes) -> HeuristicConfig:
+        """The rule of the evidence benchmark and Tamiyo's teacher: up to four seeds at once,
+        a seed in every slot of most hosts (deepest first), `preferred` tried first, and
+        lenient culls. A seed blended in after a few ticks of isolated training has not yet
+        been trained with the host, so ablating it then says little about what it will add
+        by the end (static seeds gain most from co-training): keep every seed that is not
+        clearly harmful, and cull only on a large measured harm or fall. A search over these
+        settings on proxy episodes (tools/search_teacher.py) found none better."""
+        preference = cls().blueprint_preference
+        if preferred is not None:
+            preference = [preferred] + [b for b in preference if b != preferred]
+        return cls(**{"blueprint_preference": preference, "max_active": 4, "tolerance": 0.1, "decline": 0.1, **changes})
 
     def __post_init__(self):
+        if self.blueprint_by not in ("preference", "budget"):
+            raise ValueError(f"blueprint_by must be 'preference' or 'budget', got {self.blueprint_by!r}")
         if self.germinate_at not in ("first", "last"):
             raise ValueError(f"germinate_at must be 'first' or 'last', got {self.germinate_at!r}")
         if not 0.0 <= self.earliest_germination <= self.latest_germination <= 1.0:
@@ -124,7 +147,20 @@ class HeuristicPolicy:
         if live < self.cfg.max_active and stalled and in_window:
             free = [n for n in range(obs.num_slots) if legal[n, Op.GERMINATE]]
             for n in free[-1:] if self.cfg.germinate_at == "last" else free:
-                blueprint = next(i for i in self.blueprint_order if obs.blueprint_mask[n, i])
+                blueprint = self._blueprint(obs, n)
                 blend = int(obs.blend_mask.int().argmax())  # the first available blend
                 return Action(Op.GERMINATE, n, blueprint, blend)
         return Action(Op.WAIT)
+
+    def _blueprint(self, obs: Observation, slot: int) -> int:
+        accepted = [i for i in self.blueprint_order if obs.blueprint_mask[slot, i]]
+        if self.cfg.blueprint_by == "budget":
+            rows = obs.blueprint_features[slot]
+            fits = [i for i in accepted if rows[i, _FITS] > 0.5]
+            if fits:
+                return max(fits, key=lambda i: float(rows[i, _PARAMS]))  # ties: the preferred one
+        return accepted[0]
+
+
+_PARAMS = BLUEPRINT_FEATURES.index("param_ratio")
+_FITS = BLUEPRINT_FEATURES.index("fits_budget")

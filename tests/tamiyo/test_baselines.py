@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from esper.leyline import Edit, Op, SeedStage
+from esper.leyline import BLUEPRINT_FEATURES, Edit, Op, SeedStage
 from esper.tamiyo import (
     Action,
     HeuristicConfig,
@@ -192,3 +192,27 @@ def test_the_default_heuristic_grows_from_the_first_decision():
     assert choose(later, make_observation([S.DORMANT, S.DORMANT], ranks=[4, 4], globals_={"progress": 0.25})).op is Op.GERMINATE
     with pytest.raises(ValueError, match="earliest_germination"):
         HeuristicConfig(earliest_germination=0.6, latest_germination=0.5)
+
+
+def test_the_budget_rule_grows_the_largest_blueprint_that_fits_what_is_left():
+    obs = make_observation([S.DORMANT], ranks=[4], globals_=PLATEAU)
+    params, fits = (BLUEPRINT_FEATURES.index(name) for name in ("param_ratio", "fits_budget"))
+    # Slot 0 accepts noop, conv and attention (rank 4): conv is the largest, attention the largest that fits.
+    obs.blueprint_features[0, :3, params] = torch.tensor([-3.0, 0.5, -1.0])
+    obs.blueprint_features[0, :3, fits] = torch.tensor([1.0, 0.0, 1.0])
+    assert choose(heuristic(blueprint_by="budget"), obs).blueprint == VOCAB.blueprints.index("attention")
+    assert choose(heuristic(blueprint_by="preference"), obs).blueprint == VOCAB.blueprints.index("noop")
+    obs.blueprint_features[0, :3, fits] = 0.0  # nothing fits (no budget): the preference decides
+    assert choose(heuristic(blueprint_by="budget", blueprint_preference=["conv"]), obs).blueprint == VOCAB.blueprints.index("conv")
+    with pytest.raises(ValueError, match="blueprint_by"):
+        HeuristicConfig(blueprint_by="cheapest")
+
+
+def test_the_every_slot_rule_tries_the_preferred_blueprint_first_and_culls_leniently():
+    rule = HeuristicConfig.every_slot("conv")
+    assert rule.blueprint_preference[0] == "conv" and rule.blueprint_preference.count("conv") == 1
+    assert set(HeuristicConfig().blueprint_preference) <= set(rule.blueprint_preference)
+    assert rule.max_active > 1 and rule.tolerance > HeuristicConfig().tolerance
+    assert HeuristicConfig.every_slot(blueprint_by="budget").blueprint_by == "budget"
+    obs = make_observation([S.DORMANT, S.DORMANT, S.DORMANT], ranks=[4, 4, 4], globals_={"progress": 0.0})
+    assert choose(HeuristicPolicy(VOCAB, rule), obs) == Action(Op.GERMINATE, 2, VOCAB.blueprints.index("conv"), 0)

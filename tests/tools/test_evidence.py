@@ -118,7 +118,7 @@ def test_smoke_scale_runs_the_whole_protocol_and_resumes(tmp_path, capsys):
     result = json.loads((out / "evidence-smoke.json").read_text())
     assert result["scale"] == "smoke" and result["regime"]["train_images"] == 400
     assert set(result["headroom"]) == {"host"} | {f"static:{k}" for k in evidence.STATIC_CANDIDATES}
-    unseen = {f"{kind}@{name}" for name in evidence.UNSEEN_HOSTS for kind in ("host", "heuristic")}
+    unseen = {f"{kind}@{name}" for name in evidence.UNSEEN_HOSTS for kind in ("host", "heuristic", "heuristic-budget")}
     assert set(result["arms"]) == set(doc.ARM_ORDER) - {"tamiyo", "tamiyo-deep"} | unseen
     assert all(arm["seeds"] == [0, 1] for arm in result["arms"].values())
     references = {"host", "host-deep"} | {f"host@{name}" for name in evidence.UNSEEN_HOSTS}  # not paired with themselves
