@@ -37,10 +37,12 @@ from esper.simic.train_files import save_pretrained  # noqa: E402
 from esper.tamiyo import ImitationConfig  # noqa: E402
 
 
-def proxy_data(spec: str, size: int, train: int, val: int):
-    """The proxy's splits: fixed random subsets, images pooled to size x size."""
+def proxy_data(spec: str, size: int, train: int, val: int, test: int | None = None):
+    """The proxy's splits: fixed random subsets (test: as many as val unless given), images
+    pooled to size x size."""
     data = load_data(spec, progress=False, limit=train + val if spec == "synthetic" else None)
-    data = dataclasses.replace(data, train=_subset(data.train, train, 11), val=_subset(data.val, val, 12), test=_subset(data.test, val, 13))
+    test_split = _subset(data.test, test or val, 13)
+    data = dataclasses.replace(data, train=_subset(data.train, train, 11), val=_subset(data.val, val, 12), test=test_split)
     return downsampled(data, size)
 
 
