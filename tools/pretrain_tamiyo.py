@@ -9,6 +9,8 @@ validation, 6 epochs of two decisions each, on every host of the zoo's TRAINING_
 turn (esper.simic.pretrain says what is learned and how). Writes OUT/tamiyo.safetensors
 (the weights), OUT/tamiyo.yaml (the manifest: the weights' sha256, the policy's config,
 every setting of the run and what it did) and OUT/pretrain.jsonl (one record per update).
+OUT/pretrain.ckpt holds the run after the clone and after every update until the policy
+is written: the same command, run again after a crash, goes on from it.
 """
 
 from __future__ import annotations
@@ -102,15 +104,13 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     data = proxy_data(spec, 16, 400 if args.smoke else 3000, 100 if args.smoke else 500)
     start = time.perf_counter()
-    log_path = out / "pretrain.jsonl"
-    log_path.write_text("")
-
-    def record(entry: dict) -> None:
-        with open(log_path, "a") as f:
-            f.write(json.dumps(entry) + "\n")
-
     trainer = Pretrainer(cfg, data)
-    policy = trainer.run(log=lambda text: print(text, flush=True), on_update=record)
+    log_path, checkpoint = out / "pretrain.jsonl", out / "pretrain.ckpt"
+
+    def record(_: dict) -> None:  # every update so far, those of a run this one resumed included
+        log_path.write_text("".join(json.dumps(r) + "\n" for r in trainer.history if "update" in r))
+
+    policy = trainer.run(log=lambda text: print(text, flush=True), on_update=record, checkpoint=checkpoint)
     seconds = time.perf_counter() - start
     episodes = cfg.clone_episodes + cfg.dagger_rounds * cfg.dagger_episodes + cfg.updates * cfg.episodes_per_update
     # What `esper grow --policy tamiyo` starts from: a grow run's defaults in the policy's
@@ -135,6 +135,7 @@ def main(argv=None) -> int:
         "pretrain": config_io.to_dict(cfg),
     }
     save_pretrained(policy, out / "tamiyo.yaml", described, training)
+    checkpoint.unlink()  # the policy is written: a rerun starts afresh
     print(f"pretrain: {episodes} episodes on {len(cfg.hosts)} hosts in {seconds / 60:.1f} min; wrote {out / 'tamiyo.yaml'}")
     return 0
 

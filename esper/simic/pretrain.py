@@ -25,14 +25,18 @@ families; seeds come from `episode_seed`, so a run is reproducible.
 from __future__ import annotations
 
 import dataclasses
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from esper.kasmina.blueprints import registered_names
 from esper.leyline import Vocabulary
+from esper.runs import config as config_io
+from esper.runs.files import save_atomic
 from esper.simic.env import EnvConfig, GrowthEnv
 from esper.simic.host_zoo import HOSTS, TRAINING_HOSTS
 from esper.simic.rewards import RewardConfig
@@ -108,8 +112,9 @@ class Pretrainer:
         self.example = data.train.x[:2]
         # group_size environments per host, sharing one twin cache: a seed's twin runs once.
         self.envs = {}
+        self.twins: dict[str, dict[int, list[float]]] = {}  # host -> its environments' shared twin cache
         for name in cfg.hosts:
-            twins: dict[int, list[float]] = {}
+            twins = self.twins[name] = {}
             self.envs[name] = [
                 GrowthEnv(
                     lambda name=name: HOSTS[name](data.num_classes),
@@ -213,19 +218,64 @@ class Pretrainer:
         self.history.append(record)
         return record
 
-    def run(self, log: Callable[[str], None] = print, on_update: Callable[[dict], None] | None = None) -> TamiyoPolicy:
-        cloned = self.clone(log)
-        self.history.append({"clone": cloned})
+    def run(
+        self, log: Callable[[str], None] = print, on_update: Callable[[dict], None] | None = None, checkpoint: Path | None = None
+    ) -> TamiyoPolicy:
+        """Clone, then the PPO updates. With `checkpoint`, the run is saved there after the
+        clone and after every update, and a run that finds one goes on from it."""
         optimizer = make_optimizer(self.policy, self.cfg.ppo)
-        for index in range(self.cfg.updates):
+        if checkpoint is not None and checkpoint.exists():
+            self.restore(checkpoint, optimizer)
+            log(f"resumed from {checkpoint}: the clone and {len(self.history) - 1} updates")
+        else:
+            self.history.append({"clone": self.clone(log)})
+            if checkpoint is not None:
+                self.save(checkpoint, optimizer)
+        for index in range(len(self.history) - 1, self.cfg.updates):
             record = self.update(index, optimizer)
             log(
                 f"update {index + 1}/{self.cfg.updates}: return {record['return']:+.3f} (vs twin), "
                 f"fossils {record['fossils']:.2f}, {record['seconds']:.0f}s"
             )
+            if checkpoint is not None:
+                self.save(checkpoint, optimizer)
             if on_update is not None:
                 on_update(record)
         return self.policy.eval()
+
+    def save(self, path: Path, optimizer) -> None:
+        """Everything the run needs to go on as if never stopped, RNG states included."""
+        state = {
+            "format": "esper-pretrain-checkpoint",
+            "config": config_io.to_dict(self.cfg),
+            "policy": self.policy.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "history": self.history,
+            "pair": self._pair,
+            "twins": self.twins,
+            "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
+        }
+        save_atomic(state, path)
+
+    def restore(self, path: Path, optimizer) -> None:
+        """The run saved at `path`, which must have the same settings but for `updates`."""
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(saved, dict) or saved.get("format") != "esper-pretrain-checkpoint":
+                raise ValueError("no esper-pretrain-checkpoint inside")
+        except Exception as e:  # a torn or foreign file fails in many ways; each means the same here
+            what = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+            raise ValueError(f"cannot resume from {path}: it is truncated or not a pretraining checkpoint ({what})") from None
+        changed = [k for k in config_io.diff(saved["config"], self.cfg) if k != "updates"]
+        if changed:
+            raise ValueError(f"{path} was saved by a run with other settings ({', '.join(changed)}); remove it to start afresh")
+        self.policy.load_state_dict(saved["policy"])
+        optimizer.load_state_dict(saved["optimizer"])
+        self.history, self._pair = saved["history"], saved["pair"]
+        for host, twins in saved["twins"].items():
+            self.twins[host].update(twins)  # in place: the host's environments share this dict
+        random.setstate(saved["rng"]["python"])
+        torch.set_rng_state(saved["rng"]["torch"])
 
 
 def downsampled(splits, size: int):

@@ -32,6 +32,38 @@ def test_a_tiny_pretraining_clones_then_updates_on_twin_relative_groups():
     assert 0.0 <= record["teacher_agreement"] <= 1.0
 
 
+def _tiny(updates: int) -> PretrainConfig:
+    cfg = PretrainConfig(
+        hosts=["plain-w8-b4", "inverted-w8-b3"], hidden=16, clone_episodes=2, dagger_rounds=0,
+        updates=updates, groups=1, group_size=2, imitation=ImitationConfig(max_epochs=5),
+    )  # fmt: skip
+    cfg.env = dataclasses.replace(cfg.env, epochs=2, batch_size=32, contribution_samples=32)
+    return cfg
+
+
+def test_a_killed_pretraining_resumes_from_its_checkpoint_as_if_never_stopped(tmp_path):
+    torch.manual_seed(0)
+    whole = Pretrainer(_tiny(2), toy_data()).run(log=lambda _: None)
+    ckpt = tmp_path / "pretrain.ckpt"
+    torch.manual_seed(0)
+    Pretrainer(_tiny(1), toy_data()).run(log=lambda _: None, checkpoint=ckpt)  # stopped after one update
+    torch.manual_seed(123)  # whatever the new process's RNG: the checkpoint's comes back
+    resumed = Pretrainer(_tiny(2), toy_data())
+    logged = []
+    policy = resumed.run(log=logged.append, checkpoint=ckpt)
+    assert logged[0].startswith("resumed from") and logged[1].startswith("update 2/2") and len(logged) == 2
+    assert [r["update"] for r in resumed.history[1:]] == [0, 1]
+    mine = dict(policy.named_parameters())
+    for name, value in whole.named_parameters():
+        assert torch.equal(value, mine[name]), name
+    other = dataclasses.replace(_tiny(2), hidden=8)
+    with pytest.raises(ValueError, match="other settings.*hidden"):
+        Pretrainer(other, toy_data()).run(log=lambda _: None, checkpoint=ckpt)
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    with pytest.raises(ValueError, match="truncated"):
+        Pretrainer(_tiny(2), toy_data()).run(log=lambda _: None, checkpoint=ckpt)
+
+
 def test_bad_configs_are_refused():
     with pytest.raises(ValueError, match="unknown hosts"):
         PretrainConfig(hosts=["no-such-host"])

@@ -33,6 +33,7 @@ def test_a_smoke_pretraining_writes_a_policy_its_config_and_its_record(smoke_run
     assert cfg.episodes == 2 + 2 + 4  # clone, DAgger, one update of two groups of two
     records = [json.loads(line) for line in (smoke_run / "pretrain.jsonl").read_text().splitlines()]
     assert len(records) == 1 and records[0]["episodes"] == 4 and "teacher_agreement" in records[0]
+    assert not (smoke_run / "pretrain.ckpt").exists()  # written during the run, gone once the policy is
 
 
 def test_the_curves_are_drawn_from_the_record(smoke_run, tmp_path):
