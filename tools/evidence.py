@@ -15,7 +15,8 @@ after that many seconds, so a short machine lease finishes whole runs):
                 in every slot (deepest first).
   2. baselines  host, static, random, heuristic, heuristic-budget (the same rule, each
                 blueprint the largest that fits the budget left: a candidate teacher),
-                the deeper host alone and the heuristic on it, on every evaluation seed; then, from each seed's heuristic run:
+                the deeper host alone and the heuristic on it, on every evaluation
+                seed; then, from each seed's heuristic run:
                 static-same (the blueprints it ended with, fossilized before the first
                 step: what the same modules give when present from the start),
                 host-flops (the host trained for the epochs that spend the grown run's
