@@ -31,11 +31,13 @@ from evidence_regime import CIFAR_ARCHIVE, _subset  # noqa: E402
 
 from esper.data.splits import load_data  # noqa: E402
 from esper.runs import config as config_io  # noqa: E402
-from esper.simic.env import EnvConfig  # noqa: E402
+from esper.simic.env import EnvConfig, GrowthEnv  # noqa: E402
+from esper.simic.host_zoo import HOSTS  # noqa: E402
 from esper.simic.policies import PRETRAINED  # noqa: E402
-from esper.simic.pretrain import PretrainConfig, Pretrainer, downsampled  # noqa: E402
+from esper.simic.pretrain import PretrainConfig, Pretrainer, downsampled, proxy_env  # noqa: E402
 from esper.simic.train_config import TrainConfig  # noqa: E402
 from esper.simic.train_files import save_pretrained  # noqa: E402
+from esper.simic.vectorized import decide_with, grow_once  # noqa: E402
 from esper.tamiyo import ImitationConfig  # noqa: E402
 
 
@@ -46,6 +48,22 @@ def proxy_data(spec: str, size: int, train: int, val: int, test: int | None = No
     test_split = _subset(data.test, test or val, 13)
     data = dataclasses.replace(data, train=_subset(data.train, train, 11), val=_subset(data.val, val, 12), test=test_split)
     return downsampled(data, size)
+
+
+def proxy_episode(data, host: str, policy, vocab, seed: int, env: EnvConfig | None = None, test=None) -> dict:
+    """One episode of `policy`, deciding in `vocab`, on the zoo's `host` (default: the
+    proxy's settings and pretraining's reward without the twin): grow_once's summary, with
+    the accuracy on `test` when given."""
+    growth = GrowthEnv(
+        lambda: HOSTS[host](data.num_classes),
+        data,
+        env or proxy_env(),
+        dataclasses.replace(PretrainConfig().reward, relative_to_twin=False),
+        blueprints=list(vocab.blueprints),
+        blends=list(vocab.blends),
+        example_input=data.train.x[:2],
+    )
+    return grow_once(growth, seed, decide_with(policy), test)
 
 
 def smoke_config() -> PretrainConfig:

@@ -39,15 +39,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from evidence_regime import BLENDS, BLUEPRINTS, CIFAR_ARCHIVE, SCALES, sha256_of  # noqa: E402
-from pretrain_tamiyo import proxy_data  # noqa: E402
+from pretrain_tamiyo import proxy_data, proxy_episode  # noqa: E402
 
 from esper.leyline import Vocabulary  # noqa: E402
 from esper.runs.metrics import read_jsonl  # noqa: E402
-from esper.simic.env import GrowthEnv  # noqa: E402
 from esper.simic.host_zoo import HOSTS  # noqa: E402
 from esper.simic.policies import PRETRAINED, resolve_policy  # noqa: E402
 from esper.simic.pretrain import proxy_env  # noqa: E402
-from esper.simic.vectorized import decide_with, grow_once  # noqa: E402
 from esper.tamiyo import HeuristicConfig  # noqa: E402
 
 EVIDENCE_HOST = "plain-w16-b3"  # HostCNN(width=16, blocks=3), the evidence benchmark's host
@@ -124,16 +122,7 @@ def main(argv=None) -> int:
 
     def test_acc(host: str, spec, seed: int) -> float:
         policy, policy_vocab, _ = resolve_policy(spec[0], vocab, heuristic=spec[1], seed=seed)
-        env = GrowthEnv(
-            lambda: HOSTS[host](data.num_classes),
-            data,
-            env_cfg,
-            scale.reward,
-            blueprints=list(policy_vocab.blueprints),
-            blends=list(policy_vocab.blends),
-            example_input=data.train.x[:2],
-        )
-        return grow_once(env, seed, decide_with(policy), data.test)["test_acc"]
+        return proxy_episode(data, host, policy, policy_vocab, seed, env=env_cfg, test=data.test)["test_acc"]
 
     cache_path = Path(args.work) / "proxy.jsonl"
     cache_path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,6 @@ what the search claims. Every episode is appended to WORK/search.jsonl as it end
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import random
 import statistics
@@ -32,13 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from evidence_regime import BLENDS, BLUEPRINTS, CIFAR_ARCHIVE  # noqa: E402
-from pretrain_tamiyo import proxy_data  # noqa: E402
+from pretrain_tamiyo import proxy_data, proxy_episode  # noqa: E402
 
 from esper.leyline import Vocabulary  # noqa: E402
-from esper.simic.env import GrowthEnv  # noqa: E402
-from esper.simic.host_zoo import HOSTS, TRAINING_HOSTS  # noqa: E402
-from esper.simic.pretrain import PretrainConfig, proxy_env  # noqa: E402
-from esper.simic.vectorized import decide_with, grow_once  # noqa: E402
+from esper.simic.host_zoo import TRAINING_HOSTS  # noqa: E402
+from esper.simic.pretrain import proxy_env  # noqa: E402
 from esper.tamiyo import HeuristicConfig, build_policy  # noqa: E402
 
 # What the search may change; "preferred" is the blueprint tried first.
@@ -76,7 +73,6 @@ class Proxy:
     def __init__(self, data, log: Path):
         self.data, self.log = data, log
         self.vocab = Vocabulary(BLUEPRINTS, BLENDS, proxy_env().blend_steps)
-        self.reward = PretrainConfig().reward
         self.done = {}
         if log.exists():
             for line in log.read_text().splitlines():
@@ -88,16 +84,7 @@ class Proxy:
         key = (json.dumps(choice, sort_keys=True), host, seed)
         if key not in self.done:
             policy = build_policy("wait", self.vocab) if choice is None else build_policy("heuristic", self.vocab, heuristic=rule(choice))
-            env = GrowthEnv(
-                lambda: HOSTS[host](self.data.num_classes),
-                self.data,
-                proxy_env(),
-                dataclasses.replace(self.reward, relative_to_twin=False),
-                blueprints=BLUEPRINTS,
-                blends=BLENDS,
-                example_input=self.data.train.x[:2],
-            )
-            self.done[key] = grow_once(env, seed, decide_with(policy))["val_acc"]
+            self.done[key] = proxy_episode(self.data, host, policy, self.vocab, seed)["val_acc"]
             with open(self.log, "a") as f:
                 f.write(json.dumps({"rule": key[0], "host": host, "seed": seed, "val_acc": self.done[key]}) + "\n")
         return self.done[key]
